@@ -1,0 +1,172 @@
+"""The ``evcf`` command line: one subcommand per pipeline step.
+
+Snakemake rules and DVC stages run these subcommands; every value arrives as an argument (the CLI
+never reads params.yaml).  A user-fixable problem prints ``error: <one line>`` and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import EvcfError
+
+log = logging.getLogger("evcf")
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from .data.download import fetch_archive
+
+    path = fetch_archive(args.url, Path(args.dest), md5=args.md5, md5_url=args.md5_url, sha256=args.sha256)
+    print(f"ok: {path}")
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from .data.synthetic import SyntheticSpec, generate_ratings, write_ratings
+
+    spec = SyntheticSpec(**args.spec)
+    frame = generate_ratings(spec)
+    write_ratings(frame, Path(args.out))
+    print(f"ok: {args.out}: {len(frame):,} ratings, {frame['user'].nunique():,} users, {frame['item'].nunique():,} items")
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from .data.readers import read_ratings
+    from .data.split import binarize_filter, check_fingerprint, split_users, write_split
+
+    started = time.perf_counter()
+    ratings = read_ratings(Path(args.raw), args.format)
+    read_s = time.perf_counter() - started
+    filtered = binarize_filter(ratings, args.threshold, args.min_items)
+    del ratings
+    split = split_users(filtered, args.heldout, source=args.raw)
+    if args.fingerprint:
+        check_fingerprint(split, args.fingerprint, source=args.raw)
+    summary = write_split(split, Path(args.out))
+    print(
+        f"ok: {args.out}: {summary['filtered']['users']:,} users, {summary['n_items']:,} items, "
+        f"{summary['train']['interactions']:,} training clicks (read {read_s:.1f} s, total "
+        f"{time.perf_counter() - started:.1f} s)"
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data.sparse import load_split
+    from .training import run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    metrics = run(
+        load_split(Path(args.data)),
+        dataset=args.dataset,
+        model_name=args.model,
+        hparams=args.hparams,
+        train=args.train,
+        seed=args.seed,
+        out_dir=Path(args.out),
+        device=args.device,
+    )
+    print(
+        f"ok: {args.out}: test Recall@20 {metrics['recall@20']:.4f} Recall@50 {metrics['recall@50']:.4f} "
+        f"NDCG@100 {metrics['ndcg@100']:.4f} (best epoch {metrics['best_epoch']}, {metrics['wall_seconds']:.1f} s)"
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import make_report
+
+    written = make_report([Path(r) for r in args.runs], Path(args.out),
+                          benchmarks_dir=Path(args.benchmarks) if args.benchmarks else None)
+    print(f"ok: wrote {len(written)} files under {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evcf", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"evcf {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", help="download a raw archive and verify its checksum")
+    p.add_argument("--url", required=True)
+    p.add_argument("--dest", required=True, help="e.g. data/raw/ml-20m/ml-20m.zip")
+    p.add_argument("--md5")
+    p.add_argument("--md5-url", help="a published .md5 file to verify against")
+    p.add_argument("--sha256")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("synth", help="generate the seeded synthetic rating data")
+    p.add_argument("--spec", type=_json_arg, default={}, help='JSON, e.g. {"n_users": 3000, "seed": 0}')
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("split", help="binarise, filter and split users as in PROTOCOL.md")
+    p.add_argument("--raw", required=True, help="raw archive or file (a directory for netflix)")
+    p.add_argument("--format", required=True)
+    p.add_argument("--threshold", type=float, required=True, help="keep ratings strictly above this")
+    p.add_argument("--min-items", type=int, required=True)
+    p.add_argument("--heldout", type=int, required=True, help="validation users = test users = this many")
+    p.add_argument("--fingerprint", type=_json_arg, default=None, help="JSON of the known split fingerprint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", help="train one model with one seed, select on validation, test")
+    p.add_argument("--data", required=True, help="data/processed/<dataset>")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--hparams", type=_json_arg, default={}, help="JSON model hyperparameters")
+    p.add_argument("--train", type=_json_arg, default={}, help="JSON training settings")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", required=True, help="results/<dataset>/<model>/seed-<seed>")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="tables, significance tests and plots from finished runs")
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--benchmarks", default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_report)
+
+    try:
+        from .bench import add_parser as add_bench_parser
+    except ImportError:  # pragma: no cover - bench is optional during development
+        pass
+    else:
+        add_bench_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        args.func(args)
+    except EvcfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Ranking metrics of the Liang et al. (2018) protocol, per user.
+
+Both functions take the full score matrix of a batch of users and their held-out items, and return one
+value per user (NaN where a user has no held-out item, so that callers decide how to average).
+
+Definitions (``../shared/reference/PROTOCOL.md``, from the ``vae_cf`` notebook):
+
+* Recall@K = |top-K ∩ held-out| / min(K, |held-out|)
+* NDCG@K = DCG@K / IDCG@K with DCG@K = Σ_{r=1..K} rel_r / log2(r + 1) and
+  IDCG@K = Σ_{r=1..min(K, |held-out|)} 1 / log2(r + 1)
+
+The caller has already set the scores of fold-in items to −inf.  Ties among equal scores are broken
+by ``torch.topk`` (the reference uses ``np.argpartition``; ties have probability zero for real-valued
+model scores).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["recall_at_k", "ndcg_at_k", "topk_hits"]
+
+
+def _as_tensor(scores) -> torch.Tensor:
+    if isinstance(scores, torch.Tensor):
+        return scores.detach()
+    scores = np.asarray(scores)
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float64)
+    return torch.from_numpy(scores)
+
+
+def _heldout_dense(heldout, device: torch.device) -> torch.Tensor:
+    if sp.issparse(heldout):
+        heldout = heldout.toarray()
+    if isinstance(heldout, torch.Tensor):
+        return (heldout.to(device) > 0)
+    return torch.from_numpy(np.asarray(heldout) > 0).to(device)
+
+
+def topk_hits(scores, heldout, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (hits, n_heldout): ``hits[u, r]`` is True when user u's rank-(r+1) item is held out.
+
+    ``hits`` has shape (users, min(k, n_items)); ``n_heldout`` (users,) counts held-out items.
+    """
+    scores = _as_tensor(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D (users, items), got shape {tuple(scores.shape)}")
+    truth = _heldout_dense(heldout, scores.device)
+    if truth.shape != scores.shape:
+        raise ValueError(f"heldout shape {tuple(truth.shape)} != scores shape {tuple(scores.shape)}")
+    k = min(k, scores.shape[1])
+    top = torch.topk(scores, k, dim=1, sorted=True).indices  # (users, k)
+    hits = torch.gather(truth, 1, top)  # (users, k)
+    return hits, truth.sum(dim=1)
+
+
+def recall_at_k(scores, heldout, k: int) -> np.ndarray:
+    """Recall@k per user: hits in the top k divided by min(k, number of held-out items)."""
+    hits, n = topk_hits(scores, heldout, k)
+    n = n.double()
+    recall = hits.sum(dim=1).double() / torch.clamp(n, max=k)
+    recall[n == 0] = float("nan")
+    return recall.cpu().numpy()
+
+
+def ndcg_at_k(scores, heldout, k: int) -> np.ndarray:
+    """NDCG@k per user, with the ideal DCG taken over min(k, number of held-out items) positions."""
+    hits, n = topk_hits(scores, heldout, k)
+    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=hits.device))  # (k,)
+    dcg = (hits.double() * discount[: hits.shape[1]]).sum(dim=1)
+    ideal = torch.cumsum(discount, 0)  # ideal[j] = IDCG with j+1 relevant items
+    n_rel = torch.clamp(n, max=k).long()
+    idcg = ideal[torch.clamp(n_rel - 1, min=0)]
+    ndcg = dcg / idcg
+    ndcg[n == 0] = float("nan")
+    return ndcg.cpu().numpy()

@@ -1,0 +1,256 @@
+"""Building blocks shared by the VAE models: hidden layers, Gaussian heads, log-densities, likelihoods.
+
+Everything here is a small pure function or a small module; the model files compose them.  Shapes use
+``B`` for the batch, ``I`` for the number of items, ``H`` for a hidden width and ``Z`` for a latent size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evcf.errors import EvcfError
+
+__all__ = [
+    "LIKELIHOODS",
+    "INITS",
+    "LOG_2PI",
+    "Dense",
+    "GatedDense",
+    "hidden_layer",
+    "mlp",
+    "GaussianHead",
+    "GaussianEncoder",
+    "l2_normalise",
+    "reparameterise",
+    "log_normal_diag",
+    "log_standard_normal",
+    "kl_standard_normal",
+    "nll",
+    "init_weights",
+    "weight_penalty",
+    "validate_config",
+    "eval_mode",
+]
+
+LIKELIHOODS = ("multinomial", "bernoulli")
+INITS = ("xavier", "he")
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hidden layers
+
+
+class Dense(nn.Module):
+    """A plain hidden layer: ``tanh(W x + b)`` (Liang et al. 2018; EVCF's non-gated ``NonLinear``)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (n, d_in) -> (n, d_out)
+        return torch.tanh(self.linear(x))
+
+
+class GatedDense(nn.Module):
+    """A gated linear unit: ``(W x + b) ⊗ σ(V x + c)``, with no tanh on top.
+
+    This is what EVCF's ``NonLinear(..., gated=True)`` computes: when gated, its ``activation``
+    argument (tanh) is skipped.  ``linear`` holds (W, b), ``gate`` holds (V, c).
+    """
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out)
+        self.gate = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (n, d_in) -> (n, d_out)
+        return self.linear(x) * torch.sigmoid(self.gate(x))
+
+
+def hidden_layer(d_in: int, d_out: int, gated: bool) -> nn.Module:
+    return GatedDense(d_in, d_out) if gated else Dense(d_in, d_out)
+
+
+def mlp(d_in: int, width: int, depth: int, gated: bool) -> nn.Sequential:
+    """``depth`` hidden layers: d_in → width, then (depth − 1) × width → width."""
+    layers = [hidden_layer(d_in, width, gated)]
+    layers += [hidden_layer(width, width, gated) for _ in range(depth - 1)]
+    return nn.Sequential(*layers)
+
+
+class GaussianHead(nn.Module):
+    """Linear map from a hidden layer to the mean and log-variance of a diagonal Gaussian.
+
+    One ``nn.Linear(H, 2Z)`` split in two halves, as in Liang's ``vae_cf`` (the last encoder layer has
+    ``2 * q_dims[-1]`` outputs).  With Liang's Xavier init this keeps his fan-out (2Z); with EVCF's He
+    init (fan-in only) it is the same distribution as EVCF's two separate ``Linear`` heads, and the
+    parameter count is the same either way.  ``logvar_clamp`` applies EVCF's hardtanh(−12, 4) to the
+    log-variance half (Liang has no clamp).  Heads are never gated (EVCF).
+    """
+
+    def __init__(self, d_in: int, latent: int, logvar_clamp: bool):
+        super().__init__()
+        self.latent = latent
+        self.logvar_clamp = logvar_clamp
+        self.linear = nn.Linear(d_in, 2 * latent)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.linear(h)  # (n, 2Z)
+        mu, logvar = out[:, : self.latent], out[:, self.latent :]  # (n, Z) each
+        if self.logvar_clamp:
+            logvar = F.hardtanh(logvar, -12.0, 4.0)
+        return mu, logvar
+
+
+class GaussianEncoder(nn.Module):
+    """q(z | x): dropout → ``num_layers`` hidden layers → Gaussian head.
+
+    The dropout is the encoder's first step, as in EVCF (``nn.Dropout`` heads ``q_z_layers``), so the
+    VampPrior's pseudo-inputs, which go through this encoder too, are dropped out in training mode.
+    L2 normalisation is *not* part of the encoder: the model applies it to real users only.
+    """
+
+    def __init__(self, d_in: int, hidden: int, num_layers: int, latent: int, *, gated: bool,
+                 dropout: float, logvar_clamp: bool):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.layers = mlp(d_in, hidden, num_layers, gated)
+        self.head = GaussianHead(hidden, latent, logvar_clamp)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.layers(self.dropout(x))  # (n, H)
+        return self.head(h)  # (n, Z), (n, Z)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input step, sampling, densities, likelihoods
+
+
+def l2_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Divide each row by its L2 norm (an all-zero row stays zero).  (B, I) -> (B, I)"""
+    return F.normalize(x, p=2.0, dim=1)
+
+
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, training: bool) -> torch.Tensor:
+    """z = mu + exp(logvar / 2) · ε with ε ~ N(0, I) in training; z = mu otherwise."""
+    if not training:
+        return mu
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag(exp(logvar))) summed over the last dimension.  (B, Z) x3 -> (B,)"""
+    return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar)).sum(-1)
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over the last dimension.  (B, Z) -> (B,)"""
+    return -0.5 * (LOG_2PI + z**2).sum(-1)
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Analytic KL(N(mu, diag(exp(logvar))) ‖ N(0, I)) per row (Liang's ``q_graph``).  -> (B,)"""
+    return 0.5 * (-logvar + torch.exp(logvar) + mu**2 - 1.0).sum(-1)
+
+
+def nll(logits: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """Negative log-likelihood of the raw 0/1 rows ``x`` per user.  (B, I) x2 -> (B,)
+
+    * multinomial (Liang): −Σ_i x_i · log_softmax(logits)_i;
+    * bernoulli (EVCF's ``binary`` input type): −Σ_i [x_i log σ(l_i) + (1 − x_i) log(1 − σ(l_i))] over
+      all items, computed from the logits.  EVCF computes it from clamped probabilities
+      (σ clamped to [1e-5, 1 − 1e-5]); we use the exact, numerically stable form instead.
+    """
+    if likelihood == "multinomial":
+        return -(F.log_softmax(logits, dim=1) * x).sum(1)
+    if likelihood == "bernoulli":
+        return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+    raise ValueError(f"unknown likelihood {likelihood!r}")
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block; the module's previous mode restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Initialisation and penalty
+
+
+def init_weights(module: nn.Module, scheme: str) -> None:
+    """Initialise every ``nn.Linear`` inside ``module`` (gate weights and heads included).
+
+    * ``"xavier"`` (Liang's ``vae_cf``): weights Glorot-uniform (``tf.contrib.layers.xavier_initializer``
+      defaults to ``uniform=True``), biases truncated normal with std 0.001 (cut at 2 std, as TF does).
+    * ``"he"`` (EVCF ``utils/nn.py he_init``): weights N(0, sqrt(2 / fan_in)); biases keep PyTorch's
+      default init.
+    """
+    for m in module.modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        if scheme == "xavier":
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.trunc_normal_(m.bias, mean=0.0, std=0.001, a=-0.002, b=0.002)
+        elif scheme == "he":
+            with torch.no_grad():
+                m.weight.normal_(0.0, math.sqrt(2.0 / m.in_features))
+        else:
+            raise ValueError(f"unknown init {scheme!r}")
+
+
+def weight_penalty(module: nn.Module) -> torch.Tensor:
+    """Σ ‖W‖² over the weight matrices of every ``nn.Linear`` in ``module`` (biases excluded)."""
+    terms = [m.weight.pow(2).sum() for m in module.modules() if isinstance(m, nn.Linear)]
+    return torch.stack(terms).sum()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config validation (values; types are checked by ``evcf.models.build_model``)
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "likelihood": LIKELIHOODS,
+    "init": INITS,
+    "kl_estimator": ("analytic", "sample"),
+    "pseudo_init": ("normal", "random-users"),
+}
+_POSITIVE_INTS = ("hidden_size", "latent_size", "z1_size", "z2_size", "num_layers", "n_pseudo")
+_NON_NEGATIVE = ("weight_decay", "pseudo_std")
+
+
+def validate_config(config: Any, model_name: str) -> None:
+    """Raise :class:`EvcfError` when a config field has a value the model cannot use."""
+    values = dataclasses.asdict(config)
+
+    def bad(key: str, problem: str, fix: str) -> EvcfError:
+        return EvcfError(f"model {model_name!r}: {key} = {values[key]!r} {problem}", fix=fix)
+
+    for key, choices in _CHOICES.items():
+        if key in values and values[key] not in choices:
+            raise bad(key, "is not a valid choice", f"use one of {', '.join(choices)}")
+    for key in _POSITIVE_INTS:
+        if key in values and values[key] < 1:
+            raise bad(key, "must be at least 1", f"set {key} to a positive integer")
+    for key in _NON_NEGATIVE:
+        if key in values and values[key] < 0:
+            raise bad(key, "must not be negative", f"set {key} to 0 or more")
+    if "dropout" in values and not 0.0 <= values["dropout"] < 1.0:
+        raise bad("dropout", "must be in [0, 1)", "use a drop probability such as 0.5")
+    if "lambdas" in values:
+        if len(values["lambdas"]) == 0 or any(lam <= 0 for lam in values["lambdas"]):
+            raise bad("lambdas", "must be a non-empty list of positive numbers",
+                      "e.g. lambdas: [100.0, 500.0, 1000.0]")

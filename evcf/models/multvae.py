@@ -1,0 +1,208 @@
+"""Mult-DAE and Mult-VAE (Liang et al. 2018), and Mult-VAE (Gated) (Kim & Suh 2019).
+
+Read top to bottom: the DAE, then the VAE, then its gated variant, which only changes defaults and the
+hidden layer.  All losses are means over the users of the batch.  Shapes: B users, I items, H hidden
+width, Z latent size.
+
+Sources: Liang's ``vae_cf`` notebook (``MultiDAE``, ``MultiVAE``) and EVCF's ``models/Baseline.py``
+(its Mult-VAE, used with ``--gated`` for the gated row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from evcf.models.base import LossParts, VAEModel
+from evcf.models.layers import (
+    Dense,
+    GaussianEncoder,
+    eval_mode,
+    init_weights,
+    kl_standard_normal,
+    l2_normalise,
+    log_normal_diag,
+    log_standard_normal,
+    mlp,
+    nll,
+    reparameterise,
+    validate_config,
+    weight_penalty,
+)
+
+__all__ = ["MultDAE", "MultVAE", "GatedMultVAE"]
+
+
+# ====================================================================================================
+# Mult-DAE: [I-200-I], tanh, multinomial likelihood, L2 penalty on the weights.
+
+
+class MultDAE(VAEModel):
+    """Liang's Mult-DAE: L2-normalise, dropout, I → H (tanh) → I logits; loss = NLL + λ Σ‖W‖²."""
+
+    name: ClassVar[str] = "mult-dae"
+
+    @dataclass(frozen=True)
+    class Config:
+        hidden_size: int = 200  # Liang et al. 2018, Mult-DAE architecture [I-200-I]
+        dropout: float = 0.5  # Liang notebook: keep_prob 0.5 on the input
+        weight_decay: float = 2e-5  # Liang notebook: lam = 0.01 / batch_size (500); penalty λ Σ‖W‖²
+        likelihood: str = "multinomial"  # Liang: multinomial log-likelihood
+        init: str = "xavier"  # Liang: Xavier weights, truncated-normal(0.001) biases
+
+    def __init__(self, n_items: int, config: Config | None = None):
+        super().__init__()
+        self.config = config if config is not None else self.Config()
+        validate_config(self.config, self.name)
+        c = self.config
+        self.n_items = n_items
+        self.dropout = nn.Dropout(c.dropout)
+        self.encoder = Dense(n_items, c.hidden_size)  # I -> H, tanh
+        self.decoder = nn.Linear(c.hidden_size, n_items)  # H -> I, logits
+        init_weights(self, c.init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(l2_normalise(x))  # (B, I)
+        return self.decoder(self.encoder(h))  # (B, I) logits
+
+    def loss(self, x: torch.Tensor, beta: float = 0.0) -> LossParts:
+        """NLL + λ Σ‖W‖² (``beta`` is ignored: a DAE has no KL term).
+
+        Liang's TF code adds ``2 * l2_regularizer(lam)`` = lam · Σ w² (TF halves it, he doubles it back).
+        """
+        rec = nll(self(x), x, self.config.likelihood).mean()
+        penalty = self.config.weight_decay * weight_penalty(self)
+        total = rec + penalty
+        return LossParts(loss=total, nll=rec.item(), kl=0.0, penalty=penalty.item())
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        with eval_mode(self):
+            return self(x)  # (B, I)
+
+
+# ====================================================================================================
+# Mult-VAE: [I-600-200-600-I], tanh, multinomial likelihood, Gaussian posterior, N(0, I) prior.
+
+
+class VAEOutput(NamedTuple):
+    logits: torch.Tensor  # (B, I)
+    z: torch.Tensor  # (B, Z) sample in training mode, posterior mean in eval mode
+    mu: torch.Tensor  # (B, Z)
+    logvar: torch.Tensor  # (B, Z)
+
+
+class MultVAE(VAEModel):
+    """Liang's Mult-VAE.  ``num_layers`` hidden layers of width H on each side (EVCF's option).
+
+    The encoder is ``GaussianEncoder`` (dropout → hidden layers → (mu, logvar)), the decoder is
+    hidden layers → ``Linear(H, I)`` logits.  In training mode z is a reparameterised sample; in eval
+    mode z is the posterior mean.  The KL term is the analytic Gaussian KL to N(0, I) (Liang) or its
+    one-sample estimate log q(z|x) − log N(z; 0, I) (EVCF ``Baseline.py``), per ``kl_estimator``.
+    """
+
+    name: ClassVar[str] = "mult-vae"
+    gated: ClassVar[bool] = False  # hidden layers: tanh(Wx+b) or the GLU (Wx+b)⊗σ(Vx+c)
+
+    @dataclass(frozen=True)
+    class Config:
+        hidden_size: int = 600  # Liang et al. 2018: [I-600-200-600-I]
+        latent_size: int = 200  # Liang et al. 2018: 200-dimensional z
+        num_layers: int = 1  # Liang: one hidden layer per side; also EVCF's `--num_layers` default
+        dropout: float = 0.5  # Liang notebook: keep_prob 0.5 on the normalised input
+        likelihood: str = "multinomial"  # Liang: multinomial log-likelihood
+        init: str = "xavier"  # Liang: Xavier weights, truncated-normal(0.001) biases
+        logvar_clamp: bool = False  # Liang: log-variance head is plain linear
+        kl_estimator: str = "analytic"  # Liang's q_graph: closed-form Gaussian KL
+        weight_decay: float = 0.0  # Liang notebook: MultiVAE(lam=0.0)
+
+    def __init__(self, n_items: int, config=None):
+        super().__init__()
+        self.config = config if config is not None else self.Config()
+        validate_config(self.config, self.name)
+        c = self.config
+        self.n_items = n_items
+        # q(z | x): dropout -> I -> H (-> H ...) -> (mu, logvar)
+        self.encoder = GaussianEncoder(n_items, c.hidden_size, c.num_layers, c.latent_size,
+                                       gated=self.gated, dropout=c.dropout,
+                                       logvar_clamp=c.logvar_clamp)
+        # p(x | z): Z -> H (-> H ...) -> I logits
+        self.decoder = nn.Sequential(mlp(c.latent_size, c.hidden_size, c.num_layers, self.gated),
+                                     nn.Linear(c.hidden_size, n_items))
+        init_weights(self, c.init)
+
+    # --- the network -------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> VAEOutput:
+        mu, logvar = self.encoder(l2_normalise(x))  # (B, Z), (B, Z)
+        z = reparameterise(mu, logvar, self.training)  # (B, Z)
+        return VAEOutput(self.decoder(z), z, mu, logvar)
+
+    # --- the prior and the KL term -----------------------------------------------------------------
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) per row: the standard normal here; the VampPrior in :class:`Vamp`.  -> (B,)"""
+        return log_standard_normal(z)
+
+    def kl(self, out: VAEOutput) -> torch.Tensor:
+        """KL term per user (B,): analytic, or the one-sample estimate log q(z|x) − log p(z)."""
+        if self.config.kl_estimator == "analytic":
+            return kl_standard_normal(out.mu, out.logvar)
+        return log_normal_diag(out.z, out.mu, out.logvar) - self.log_prior(out.z)
+
+    # --- the loss, next to the forward pass --------------------------------------------------------
+
+    def loss(self, x: torch.Tensor, beta: float) -> LossParts:
+        """NLL + β·KL (+ λ Σ‖W‖² when ``weight_decay`` > 0), means over the batch.
+
+        Uses the module's current mode: in training mode, dropout and a sampled z; in eval mode (as
+        EVCF's validation loss), no dropout and z = posterior mean.
+        """
+        out = self(x)
+        rec = nll(out.logits, x, self.config.likelihood).mean()
+        kl = self.kl(out).mean()
+        total = rec + beta * kl
+        penalty = 0.0
+        if self.config.weight_decay > 0:
+            pen = self.config.weight_decay * weight_penalty(self)
+            total = total + pen
+            penalty = pen.item()
+        return LossParts(loss=total, nll=rec.item(), kl=kl.item(), penalty=penalty)
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of p(x | z = posterior mean), no dropout.  (B, I)"""
+        with eval_mode(self):
+            return self(x).logits
+
+
+# ====================================================================================================
+# Mult-VAE (Gated): EVCF's Baseline.py with --gated.
+
+
+class GatedMultVAE(MultVAE):
+    """Mult-VAE whose hidden layers are gated linear units (Kim & Suh 2019), in EVCF's set-up.
+
+    Only the defaults differ from :class:`MultVAE`: EVCF's He init, the hardtanh(−12, 4) on the
+    log-variance head, and the one-sample KL estimate that ``Baseline.py`` computes
+    (``KL = -(log_p_z - log_q_z)`` from the sampled z).  ``Baseline.py`` always uses the multinomial
+    likelihood (``log_Softmax``), whatever ``--input_type`` says.
+    """
+
+    name: ClassVar[str] = "mult-vae-gated"
+    gated: ClassVar[bool] = True
+
+    @dataclass(frozen=True)
+    class Config(MultVAE.Config):
+        hidden_size: int = 600  # EVCF experiment.py `--hidden_size` default
+        latent_size: int = 200  # EVCF experiment.py `--z1_size` default
+        num_layers: int = 1  # EVCF experiment.py `--num_layers` default
+        dropout: float = 0.5  # EVCF Baseline.py: nn.Dropout(p=0.5) first in q_z_layers
+        likelihood: str = "multinomial"  # EVCF Baseline.py: always log_Softmax
+        init: str = "he"  # EVCF utils/nn.py he_init on every nn.Linear; biases PyTorch default
+        logvar_clamp: bool = True  # EVCF: q_z_logvar = Linear then Hardtanh(-12, 4)
+        kl_estimator: str = "sample"  # EVCF Baseline.py: log q(z|x) - log p(z) at the sampled z
+        weight_decay: float = 0.0  # EVCF: AdamNormGrad(weight_decay=0), no penalty

@@ -1,0 +1,310 @@
+"""The training loop: mini-batch steps, per-epoch validation, best-epoch selection, resumable.
+
+``run(...)`` is what ``evcf train`` calls: it fits a model on the training users, picks the epoch
+(or, for closed-form models, the setting) with the best validation NDCG@100, scores the test users
+with it and writes ``metrics.json``, ``history.csv`` and ``per_user.csv``.
+
+Every epoch ends with an atomic checkpoint (``checkpoint.pt``) that describes itself: model name
+and config, training config, seed, epoch, β-schedule position, optimizer state, every random
+generator's state, the best state so far, the history and the package version.  A run started again
+with the same arguments resumes from it and, on CPU, ends with the same metrics as an uninterrupted
+run (wall-clock fields excepted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .data.batches import DeviceCSR
+from .data.sparse import SplitData
+from .errors import EvcfError
+from .evaluate import evaluate, summarize
+from .models import build_model
+from .models.base import ClosedFormModel, VAEModel
+from .optim import make_optimizer
+from .schedules import beta_evcf, beta_liang
+
+__all__ = ["TrainConfig", "TrainingDiverged", "run", "resolve_device", "train_config"]
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+SELECT_BY = "ndcg@100"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200  # Liang et al. 2018 (EVCF code: up to 400)
+    batch_size: int = 500  # Liang et al. 2018 (EVCF code: 200)
+    lr: float = 1e-3  # Liang et al. 2018 (EVCF code: 5e-4)
+    optimizer: str = "adam"  # "adam" (Liang) or "adam-normgrad" (EVCF's AdamNormGrad)
+    beta_schedule: str = "liang"  # "liang" (per step), "evcf" (per epoch) or "none" (β = 0, a DAE)
+    total_anneal_steps: int = 200_000  # Liang: β reaches anneal_cap after this many updates
+    anneal_cap: float = 0.2  # Liang
+    warmup_epochs: int = 100  # EVCF code default
+    max_beta: float = 1.0  # EVCF code default (its README's Netflix H+Vamp (Gated) example: 0.3)
+    patience: int = 0  # epochs without validation improvement after warm-up; 0 = never stop early
+    eval_batch_size: int = 2000  # Liang's evaluation batch
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast of the training forward pass)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "optimizer": ("adam", "adam-normgrad"),
+            "beta_schedule": ("liang", "evcf", "none"),
+            "precision": ("fp32", "bf16"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise EvcfError(f"train.{key} = {getattr(self, key)!r} is not one of {list(allowed)}",
+                                path="params.yaml", fix=f"set train.{key} to one of {list(allowed)}")
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise EvcfError(f"train.{key} must be >= 1", path="params.yaml", fix=f"set a positive train.{key}")
+
+
+def train_config(values: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from a dict, with one clear error per unknown key or wrong type."""
+    known = {f.name: f for f in fields(TrainConfig)}
+    for key, value in values.items():
+        if key not in known:
+            raise EvcfError(f"unknown training setting {key!r}", path="params.yaml",
+                            fix=f"use one of {sorted(known)}")
+        default = getattr(TrainConfig, key)
+        ok = isinstance(value, type(default)) and not isinstance(value, bool)
+        if isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise EvcfError(f"training setting {key!r} must be {type(default).__name__}, got {value!r}",
+                            path="params.yaml", fix=f"write {key} as a {type(default).__name__}")
+    return TrainConfig(**{k: (float(v) if isinstance(getattr(TrainConfig, k), float) else v) for k, v in values.items()})
+
+
+class TrainingDiverged(EvcfError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EvcfError(f"device {name!r} requested but CUDA is not available", fix="use --device cpu or auto")
+    return torch.device(name)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(gen: torch.Generator, state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _beta(cfg: TrainConfig, epoch: int, update_count: int) -> float:
+    if cfg.beta_schedule == "liang":
+        return beta_liang(update_count, cfg.total_anneal_steps, cfg.anneal_cap)
+    if cfg.beta_schedule == "evcf":
+        return beta_evcf(epoch, cfg.warmup_epochs, cfg.max_beta)
+    return 0.0
+
+
+def _warmed_up(cfg: TrainConfig, epoch: int, update_count: int) -> bool:
+    """Early-stopping patience only counts once β has finished its warm-up."""
+    if cfg.beta_schedule == "liang":
+        return cfg.total_anneal_steps <= 0 or update_count >= cfg.total_anneal_steps * cfg.anneal_cap
+    if cfg.beta_schedule == "evcf":
+        return epoch >= cfg.warmup_epochs
+    return True
+
+
+def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: str, hparams: dict,
+             seed: int, device: torch.device, out_dir: Path) -> tuple[dict, list[dict], int, int]:
+    """Train with per-epoch validation; return (best state, history, best epoch, epochs run)."""
+    ckpt_path = out_dir / CHECKPOINT
+    shuffle_gen = torch.Generator().manual_seed(seed)
+    train = DeviceCSR(data.train, device)
+    val_in = DeviceCSR(data.validation_tr, device)
+    if getattr(getattr(model, "config", None), "pseudo_init", None) == "random-users":
+        pick = torch.randperm(train.n_rows, generator=shuffle_gen)[: model.config.n_pseudo]
+        model.init_pseudo_from(train.dense(pick))
+    model.to(device)
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
+    identity = {"model": model_name, "hparams": hparams, "train": asdict(cfg), "seed": seed}
+
+    epoch, update_count, bad_epochs = 0, 0, 0
+    best = {"score": -math.inf, "epoch": 0, "state": None}
+    history: list[dict] = []
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("identity") != identity:
+            raise EvcfError(
+                "a checkpoint from a different configuration is in the way",
+                path=ckpt_path,
+                fix="delete it (or the run folder) to start this run from scratch",
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        epoch, update_count, bad_epochs = ckpt["epoch"], ckpt["update_count"], ckpt["bad_epochs"]
+        best, history = ckpt["best"], ckpt["history"]
+        _set_rng_state(shuffle_gen, ckpt["rng"])
+        log.info("resuming %s from epoch %d (%s)", model_name, epoch, ckpt_path)
+
+    autocast = cfg.precision == "bf16"
+    while epoch < cfg.epochs:
+        if cfg.patience and bad_epochs >= cfg.patience:
+            log.info("early stop after epoch %d: no validation improvement for %d epochs", epoch, bad_epochs)
+            break
+        epoch += 1
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(train.n_rows, generator=shuffle_gen)
+        total, n_batches = 0.0, 0
+        beta = _beta(cfg, epoch, update_count)
+        for start in range(0, train.n_rows, cfg.batch_size):
+            beta = _beta(cfg, epoch, update_count)
+            x = train.dense(order[start : start + cfg.batch_size])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                parts = model.loss(x, beta)
+            if not torch.isfinite(parts.loss):
+                raise TrainingDiverged(
+                    f"{model_name}: loss became {parts.loss.item()} at epoch {epoch}, step {n_batches + 1} "
+                    f"(β = {beta:.4g}); likely causes: learning rate {cfg.lr} too high, bf16 overflow, "
+                    "or a degenerate batch. The last good checkpoint is kept",
+                    path=ckpt_path,
+                    fix="lower train.lr (or use precision fp32) and run again; it resumes from the checkpoint",
+                )
+            optimizer.zero_grad(set_to_none=True)
+            parts.loss.backward()
+            optimizer.step()
+            update_count += 1
+            total += parts.loss.item()
+            n_batches += 1
+        model.eval()
+        val = evaluate(model.score, val_in, data.validation_te, batch_size=cfg.eval_batch_size,
+                       device=device, metrics=(SELECT_BY,)).per_user[SELECT_BY].mean()
+        improved = val > best["score"]
+        if improved:
+            best = {"score": float(val), "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        bad_epochs = 0 if improved or not _warmed_up(cfg, epoch, update_count) else bad_epochs + 1
+        history.append({"epoch": epoch, "train_loss": total / max(n_batches, 1), "beta": beta,
+                        f"val_{SELECT_BY}": float(val), "seconds": time.perf_counter() - started})
+        log.info("%s epoch %d: loss %.4f β %.4f val NDCG@100 %.4f%s", model_name, epoch,
+                 history[-1]["train_loss"], beta, val, " *" if improved else "")
+        _atomic_torch_save(
+            {"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "epoch": epoch, "update_count": update_count, "bad_epochs": bad_epochs, "best": best,
+             "history": history, "rng": _rng_state(shuffle_gen), "evcf_version": __version__},
+            ckpt_path,
+        )
+    return best["state"], history, best["epoch"], epoch
+
+
+def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str, device: torch.device,
+                     eval_batch_size: int, out_dir: Path) -> tuple[list[dict], int]:
+    """Try every candidate setting; keep the best by validation NDCG@100."""
+    best_score, best_state, best_setting = -math.inf, None, None
+    val_in = DeviceCSR(data.validation_tr, device)
+    started = time.perf_counter()
+    for setting in model.candidates():
+        model.fit(data.train, **setting)
+        val = evaluate(model.score, val_in, data.validation_te, batch_size=eval_batch_size,
+                       device=device, metrics=(SELECT_BY,)).per_user[SELECT_BY].mean()
+        log.info("%s %s: val NDCG@100 %.4f", model_name, setting or "(no settings)", val)
+        if val > best_score:
+            best_score, best_state, best_setting = float(val), model.state(), setting
+    model.load_state(best_state)
+    _atomic_torch_save({"model": model_name, "state": best_state, "setting": best_setting,
+                        "evcf_version": __version__}, out_dir / CHECKPOINT)
+    history = [{"epoch": 0, "train_loss": None, "beta": None, f"val_{SELECT_BY}": best_score,
+                "seconds": time.perf_counter() - started}]
+    return history, 0
+
+
+def run(
+    data: SplitData,
+    *,
+    dataset: str,
+    model_name: str,
+    hparams: dict[str, Any],
+    train: dict[str, Any],
+    seed: int,
+    out_dir: Path,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Fit, select on validation, evaluate on test, write the run's three result files."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = train_config(train)
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # nothing in evcf uses the global numpy stream; this guards third-party code
+    model = build_model(model_name, data.n_items, **hparams)
+
+    if isinstance(model, ClosedFormModel):
+        history, best_epoch = _fit_closed_form(model, data, model_name=model_name, device=dev,
+                                               eval_batch_size=cfg.eval_batch_size, out_dir=out_dir)
+        epochs_run = 0
+        scorer = model.score
+    else:
+        best_state, history, best_epoch, epochs_run = _fit_vae(
+            model, data, cfg, model_name=model_name, hparams=hparams, seed=seed, device=dev, out_dir=out_dir)
+        model.load_state_dict(best_state)
+        model.eval()
+        scorer = model.score
+
+    test = evaluate(scorer, data.test_tr, data.test_te, batch_size=cfg.eval_batch_size, device=dev)
+    per_user = test.per_user.assign(uid=data.test_uids[test.per_user["row"].to_numpy()])
+    per_user = per_user[["uid", "recall@20", "recall@50", "ndcg@100"]]
+    metrics = {
+        "dataset": dataset,
+        "model": model_name,
+        "seed": seed,
+        **summarize(per_user),
+        "validation_ndcg@100": max(h[f"val_{SELECT_BY}"] for h in history),
+        "n_test_users": int(len(per_user)),
+        "best_epoch": int(best_epoch),
+        "epochs_run": int(epochs_run),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "device": dev.type if dev.type == "cpu" else f"{dev.type} ({torch.cuda.get_device_name(dev)})",
+        "threads": torch.get_num_threads(),
+        "evcf_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+    }
+    per_user.to_csv(out_dir / "per_user.csv.tmp", index=False, float_format="%.6f")
+    os.replace(out_dir / "per_user.csv.tmp", out_dir / "per_user.csv")
+    pd.DataFrame(history).to_csv(out_dir / "history.csv.tmp", index=False, float_format="%.6f")
+    os.replace(out_dir / "history.csv.tmp", out_dir / "history.csv")
+    _atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
