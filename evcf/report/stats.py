@@ -12,9 +12,9 @@ Protocol (one comparison = one dataset × metric × model ≠ reference):
    separately for the Wilcoxon and the t-test family.
 
 Effect sizes: the mean difference, Cohen's d_z = mean(d) / sd(d) (sd with ddof=1), and the matched-
-pairs rank-biserial correlation r = (R⁺ − R⁻) / (R⁺ + R⁻) over the non-zero differences, where R⁺/R⁻
-are the sums of the ranks of |d| of the positive/negative differences (Kerby 2014) — positive when the
-model beats the reference.
+pairs rank-biserial correlation r = (R⁺ − R⁻) / (R⁺ + R⁻) over the non-zero differences, where
+R⁺/R⁻ are the sums of the ranks of |d| of the positive/negative differences (Kerby 2014) — positive
+when the model beats the reference.
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ def significance_table(averaged: pd.DataFrame, reference: str = "mult-vae") -> p
             if model == reference:
                 continue
             other = ds[ds["model"] == model].set_index("uid")
-            joined = other.join(ref, how="inner", lsuffix="_model", rsuffix="_reference")
+            joined = other.merge(ref, how="inner", left_index=True, right_index=True,
+                                 suffixes=("_model", "_reference"))
             dropped = max(len(other), len(ref)) - len(joined)
             if dropped:
                 log.warning("%s: %s and %s share %d users (%d not in both); testing on the shared ones",

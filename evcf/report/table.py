@@ -217,13 +217,17 @@ def _cells(rec, *, latex: bool) -> tuple[str, str, str]:
 def _footnotes(table: pd.DataFrame, reference: str, *, latex: bool) -> list[str]:
     sources = sorted({s for s in table["published_source"] if s})
     ref = model_label(reference)
+    if table["wilcoxon_p_holm"].notna().any():
+        marks = (f"{MARK} significantly different from {ref} (two-sided Wilcoxon signed-rank test over "
+                 "test users, per-user values averaged over seeds, Holm-corrected within each "
+                 f"dataset × metric, p < {SIGNIFICANCE_LEVEL}).")
+    else:
+        marks = f"No significance marks: {ref} has no runs on a dataset alongside another model."
     lines = [
         "ours: mean ± sample std (ddof=1) over seeds, n = number of seeds; best ours per column in bold.",
         "published: " + ("; ".join(sources) if sources else "none for these datasets")
         + "; n/a where no published value is available here. Δ = ours − published.",
-        f"{MARK} significantly different from {ref} (two-sided Wilcoxon signed-rank test over test users, "
-        f"per-user values averaged over seeds, Holm-corrected within each dataset × metric, "
-        f"p < {SIGNIFICANCE_LEVEL}).",
+        marks,
         f"WMF, SLIM, CDAE: not run here; the paper copies their numbers from Liang et al. (2018). "
         f"—: no runs of that model on that dataset.",
     ]

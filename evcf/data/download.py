@@ -1,0 +1,222 @@
+"""Download a raw dataset archive once, verify it, and never leave a partial file behind.
+
+``fetch_archive`` reuses a file that is already at ``dest`` when its checksum matches (it never deletes
+or changes a file the user already had).  A new download streams into ``<dest>.part-<random>`` in the same
+directory and is renamed onto ``dest`` only after the byte count and the checksum check out; on any
+failure the temporary file is removed.  GroupLens publishes ``<zip>.md5`` beside each archive, so
+``md5_url`` gives verification without hard-coding checksums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import secrets
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import __version__
+from ..errors import EvcfError
+
+__all__ = ["fetch_archive", "file_md5", "file_sha256"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_MD5_TOKEN = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{32}(?![0-9a-fA-F])")
+_MAX_MD5_FILE = 64 << 10  # a .md5 file is one line; read no more than this
+
+
+def _md5() -> hashlib._Hash:
+    return hashlib.md5(usedforsecurity=False)  # an integrity check, not security
+
+
+def _file_digest(path: Path, make: Callable[[], hashlib._Hash]) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, make).hexdigest()  # streamed in chunks
+
+
+def file_md5(path: Path) -> str:
+    """MD5 of a file as lowercase hex, read in chunks."""
+    return _file_digest(Path(path), _md5)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file as lowercase hex, read in chunks."""
+    return _file_digest(Path(path), hashlib.sha256)
+
+
+def _check_hex(value: str | None, name: str, digits: int) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if not re.fullmatch(f"[0-9a-f]{{{digits}}}", value):
+        raise EvcfError(f"{name} {value!r} is not a checksum of {digits} hexadecimal digits",
+                        fix=f"give the {name} as {digits} hexadecimal digits, or leave it out")
+    return value
+
+
+def _fetch_md5(md5_url: str, timeout: float) -> str | None:
+    """The first 32-hex-digit token of a published ``.md5`` file, or None (with a warning) if unavailable."""
+    try:
+        with urllib.request.urlopen(_request(md5_url), timeout=timeout) as response:
+            text = response.read(_MAX_MD5_FILE).decode("ascii", errors="replace")
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        log.warning("could not fetch the checksum %s (%s)", md5_url, _reason(exc))
+        return None
+    match = _MD5_TOKEN.search(text)
+    if match is None:
+        log.warning("no md5 checksum found in %s", md5_url)
+        return None
+    return match.group(0).lower()
+
+
+def _request(url: str) -> urllib.request.Request:
+    return urllib.request.Request(url, headers={"User-Agent": f"evcf/{__version__} (python urllib)"})
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, http.client.IncompleteRead):
+        return "the transfer was cut short (the server closed the connection early)"
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__
+
+
+class _Expected:
+    """The checksums a file must have, and where they came from (for messages)."""
+
+    def __init__(self, md5: str | None, sha256: str | None, md5_source: str):
+        self.md5 = md5
+        self.sha256 = sha256
+        self.md5_source = md5_source
+
+    def __bool__(self) -> bool:
+        return self.md5 is not None or self.sha256 is not None
+
+    def mismatch(self, md5: str | None, sha256: str | None) -> str | None:
+        """Describe the first checksum that differs, or None when all known ones match."""
+        if self.sha256 is not None and sha256 != self.sha256:
+            return f"sha256 {sha256} differs from the expected {self.sha256}"
+        if self.md5 is not None and md5 != self.md5:
+            return f"md5 {md5} differs from the expected {self.md5} ({self.md5_source})"
+        return None
+
+
+def fetch_archive(url: str, dest: Path, *, md5: str | None = None, md5_url: str | None = None,
+                  sha256: str | None = None, progress: bool | None = None, timeout: float = 60) -> Path:
+    """Download ``url`` to ``dest`` unless a verified copy is already there; return ``dest``.
+
+    Checksums: ``md5`` and ``sha256`` when given; otherwise the md5 published at ``md5_url`` (the first
+    32-hex-digit token of that file).  With no checksum known the file is used unverified (a warning
+    when ``md5_url`` could not be read).  ``progress`` shows a tqdm bar; by default only when stderr is a
+    terminal.  Raises ``EvcfError`` for a failed download or a checksum mismatch, leaving nothing behind.
+    """
+    dest = Path(dest)
+    md5 = _check_hex(md5, "md5", 32)
+    sha256 = _check_hex(sha256, "sha256", 64)
+    md5_source = "given"
+    if md5 is None and sha256 is None and md5_url:
+        md5 = _fetch_md5(md5_url, timeout)
+        md5_source = f"from {md5_url}"
+    expected = _Expected(md5, sha256, md5_source)
+
+    if dest.exists():
+        return _reuse_existing(dest, expected)
+    created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]  # deepest first
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvcfError(f"cannot create the directory ({exc.strerror or exc})", path=dest.parent,
+                        fix="check the path and its permissions") from None
+    if not expected:
+        log.warning("no checksum known for %s; the download will not be verified", url)
+    try:
+        _download(url, dest, expected, progress=sys.stderr.isatty() if progress is None else progress,
+                  timeout=timeout)
+    except BaseException:
+        for directory in created:  # leave nothing behind, not even the folders made for it
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        raise
+    return dest
+
+
+def _reuse_existing(dest: Path, expected: _Expected) -> Path:
+    if not dest.is_file():
+        raise EvcfError("exists but is not a file", path=dest, fix="move it away, or choose another destination")
+    if not expected:
+        log.warning("%s exists and no checksum is known; using it unverified", dest)
+        return dest
+    try:
+        md5 = file_md5(dest) if expected.md5 else None
+        sha256 = file_sha256(dest) if expected.sha256 else None
+    except OSError as exc:
+        raise EvcfError(f"cannot read the existing file ({exc.strerror or exc})", path=dest,
+                        fix="check its permissions, or delete it to re-download") from None
+    problem = expected.mismatch(md5, sha256)
+    if problem:
+        raise EvcfError(f"the existing file's {problem}", path=dest,
+                        fix=f"it is incomplete, damaged or another version: delete {dest} and run again to "
+                            f"re-download it")
+    log.info("%s already present, checksum verified", dest)
+    return dest
+
+
+class _Failed(Exception):
+    """Internal: a download went wrong in a way the message below describes."""
+
+
+def _download(url: str, dest: Path, expected: _Expected, *, progress: bool, timeout: float) -> None:
+    tmp = dest.with_name(f"{dest.name}.part-{secrets.token_hex(4)}")
+    fix = (f"check the network connection and the URL, then run again; or download {url} by hand and place "
+           f"it at {dest}")
+    log.info("downloading %s to %s", url, dest)
+    try:
+        try:
+            md5, sha256 = _stream_to(url, tmp, expected, progress=progress, timeout=timeout, label=dest.name)
+            problem = expected.mismatch(md5, sha256)
+            if problem:
+                raise _Failed(f"the downloaded file's {problem}")
+            os.replace(tmp, dest)
+        except _Failed as exc:
+            raise EvcfError(f"download of {url} failed: {exc}", path=dest, fix=fix) from None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise EvcfError(f"download of {url} failed: {_reason(exc)}", path=dest, fix=fix) from None
+    finally:  # also on KeyboardInterrupt, which propagates unchanged
+        tmp.unlink(missing_ok=True)
+    log.info("downloaded %s (%s bytes)", dest, f"{dest.stat().st_size:,}")
+
+
+def _stream_to(url: str, tmp: Path, expected: _Expected, *, progress: bool, timeout: float,
+               label: str) -> tuple[str | None, str | None]:
+    """Write the response body to ``tmp``; return its md5 and sha256 (None where not needed)."""
+    hashes = {"md5": _md5() if expected.md5 else None, "sha256": hashlib.sha256() if expected.sha256 else None}
+    with urllib.request.urlopen(_request(url), timeout=timeout) as response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        received = 0
+        with open(tmp, "xb") as out, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                                          disable=not progress, leave=False) as bar:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                for digest in hashes.values():
+                    if digest is not None:
+                        digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and received != total:
+        raise _Failed(f"the transfer was cut short ({received:,} of {total:,} bytes received)")
+    return tuple(None if h is None else h.hexdigest() for h in hashes.values())

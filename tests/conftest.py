@@ -1,0 +1,66 @@
+"""Shared fixtures: a temporary copy of the workflow with a tiny synthetic configuration."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv running the tests holds evcf, snakemake and dvc
+
+# A few seconds per run: 400 generated users, 3 epochs.
+TINY = {
+    "datasets": ["synthetic-tiny"],
+    "models": ["mult-vae", "popularity"],
+    "seeds": [1],
+    "device": "cpu",
+    "threads": 1,
+}
+TINY_DATA = {
+    "synthetic": {"n_users": 400, "n_items": 120, "mean_items": 25, "n_topics": 6, "zipf": 1.1,
+                  "noise": 0.15, "seed": 3},
+    "format": "csv",
+    "threshold": 3.5,
+    "min_items": 5,
+    "heldout_users": 40,
+    "train": {"epochs": 3, "batch_size": 100, "total_anneal_steps": 6},
+}
+
+
+def tool(name: str) -> str:
+    return str(BIN / name)
+
+
+def make_workflow_copy(dest: Path, **overrides) -> Path:
+    """Copy the pipeline definition (not results or data) into ``dest`` with the tiny config."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "dvc.yaml"):
+        shutil.copy(REPO / name, dest / name)
+    shutil.copytree(REPO / "workflow", dest / "workflow")
+    # DVC stages list package folders as deps; link the package so those paths exist
+    (dest / "evcf").symlink_to(REPO / "evcf")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(TINY)
+    params["data"]["synthetic-tiny"] = TINY_DATA
+    params.update(overrides)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    env_path = f"{BIN}:{Path('/usr/bin')}:{Path('/bin')}"
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={"PATH": env_path, "HOME": str(cwd), "LC_ALL": "C.UTF-8"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture
+def workflow_copy(tmp_path: Path) -> Path:
+    return make_workflow_copy(tmp_path / "wf")

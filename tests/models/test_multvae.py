@@ -1,0 +1,216 @@
+"""Mult-DAE, Mult-VAE and Mult-VAE (Gated): architecture, loss terms, input step."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from evcf.models import GatedMultVAE, MultDAE, MultVAE, build_model
+from evcf.models.layers import GatedDense
+
+I = 7  # items in these small tests
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def rows(n=4, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, I, generator=g) < 0.5).float()
+    x[:, 0] = 1.0  # no empty rows
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parameter counts and shapes (worked out by hand; W is out×in, b is out)
+
+
+def test_mult_dae_parameter_count():
+    model = build_model("mult-dae", I, hidden_size=4)
+    # encoder I->4: 7*4 + 4 = 32; decoder 4->I: 4*7 + 7 = 35
+    assert n_params(model) == 67
+
+
+def test_mult_vae_parameter_count():
+    model = build_model("mult-vae", I, hidden_size=5, latent_size=3)
+    # encoder 7->5: 35 + 5 = 40; heads 5->(3 mu + 3 logvar): 30 + 6 = 36
+    # decoder 3->5: 15 + 5 = 20; output 5->7: 35 + 7 = 42
+    assert n_params(model) == 40 + 36 + 20 + 42 == 138
+
+
+def test_mult_vae_num_layers_adds_hidden_layers_on_both_sides():
+    model = build_model("mult-vae", I, hidden_size=5, latent_size=3, num_layers=2)
+    # 138 + one 5->5 layer (25 + 5) in the encoder and one in the decoder
+    assert n_params(model) == 138 + 2 * 30 == 198
+
+
+def test_gated_mult_vae_parameter_count():
+    model = build_model("mult-vae-gated", I, hidden_size=5, latent_size=3)
+    # the two hidden layers get a gate of the same size: encoder 2*40, decoder 2*20; heads and
+    # output layer are not gated: 36 + 42
+    assert n_params(model) == 80 + 36 + 40 + 42 == 198
+
+
+def test_gated_models_have_gates_and_plain_models_none():
+    gated = build_model("mult-vae-gated", I, hidden_size=5, latent_size=3)
+    plain = build_model("mult-vae", I, hidden_size=5, latent_size=3)
+    assert sum(isinstance(m, GatedDense) for m in gated.modules()) == 2
+    assert not any("gate" in n for n, _ in plain.named_parameters())
+    assert not any("gate" in n for n, _ in build_model("mult-dae", I).named_parameters())
+    assert {n for n, _ in gated.named_parameters() if "gate" in n} == {
+        "encoder.layers.0.gate.weight", "encoder.layers.0.gate.bias",
+        "decoder.0.0.gate.weight", "decoder.0.0.gate.bias"}
+
+
+@pytest.mark.parametrize("name", ["mult-dae", "mult-vae", "mult-vae-gated"])
+def test_shapes_and_loss_parts(name):
+    model = build_model(name, I, hidden_size=5, **({} if name == "mult-dae" else {"latent_size": 3}))
+    x = rows(4)
+    parts = model.loss(x, 0.3)
+    assert parts.loss.shape == () and parts.loss.requires_grad
+    assert isinstance(parts.nll, float) and isinstance(parts.kl, float)
+    scores = model.score(x)
+    assert scores.shape == (4, I) and not scores.requires_grad
+    if name != "mult-dae":
+        out = model(x)
+        assert out.logits.shape == (4, I) and out.z.shape == out.mu.shape == (4, 3)
+
+
+def test_defaults_follow_the_papers():
+    vae, gated, dae = MultVAE(20), GatedMultVAE(20), MultDAE(20)
+    assert (vae.config.hidden_size, vae.config.latent_size) == (600, 200)
+    assert (vae.config.init, vae.config.likelihood, vae.config.logvar_clamp) == (
+        "xavier", "multinomial", False)
+    assert (gated.config.init, gated.config.logvar_clamp, gated.config.kl_estimator) == (
+        "he", True, "sample")
+    assert dae.config.hidden_size == 200 and dae.config.weight_decay == pytest.approx(0.01 / 500)
+    # Liang's biases are truncated-normal(0.001); EVCF's keep PyTorch's default (much larger)
+    assert vae.decoder[1].bias.abs().max().item() <= 0.002
+    assert gated.decoder[1].bias.abs().max().item() > 0.002
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loss terms against hand computations
+
+
+def test_mult_dae_loss_is_multinomial_nll_plus_weight_penalty():
+    torch.manual_seed(0)
+    model = build_model("mult-dae", I, hidden_size=4, dropout=0.0, weight_decay=0.01)
+    x = rows(3)
+    w1, b1 = model.encoder.linear.weight.detach().numpy(), model.encoder.linear.bias.detach().numpy()
+    w2, b2 = model.decoder.weight.detach().numpy(), model.decoder.bias.detach().numpy()
+    xn = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+    logits = np.tanh(xn @ w1.T + b1) @ w2.T + b2
+    log_sm = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    nll = -(x.numpy() * log_sm).sum(1).mean()
+    penalty = 0.01 * ((w1**2).sum() + (w2**2).sum())  # weights only, not biases
+    model.train()
+    parts = model.loss(x, beta=0.7)
+    assert parts.nll == pytest.approx(nll, rel=1e-5)
+    assert parts.penalty == pytest.approx(penalty, rel=1e-5)
+    assert parts.kl == 0.0
+    assert parts.loss.item() == pytest.approx(nll + penalty, rel=1e-5)
+    np.testing.assert_allclose(model.score(x).numpy(), logits, rtol=1e-5, atol=1e-6)
+
+
+def test_mult_vae_analytic_kl_and_nll_by_hand_in_eval_mode():
+    torch.manual_seed(1)
+    model = build_model("mult-vae", I, hidden_size=5, latent_size=3)
+    model.eval()  # no dropout, z = mu: everything deterministic
+    x = rows(4)
+    p = {n: t.detach().numpy() for n, t in model.named_parameters()}
+    xn = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+    h = np.tanh(xn @ p["encoder.layers.0.linear.weight"].T + p["encoder.layers.0.linear.bias"])
+    out = h @ p["encoder.head.linear.weight"].T + p["encoder.head.linear.bias"]
+    mu, logvar = out[:, :3], out[:, 3:]
+    kl = (0.5 * (-logvar + np.exp(logvar) + mu**2 - 1)).sum(1).mean()
+    hd = np.tanh(mu @ p["decoder.0.0.linear.weight"].T + p["decoder.0.0.linear.bias"])
+    logits = hd @ p["decoder.1.weight"].T + p["decoder.1.bias"]
+    log_sm = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    nll = -(x.numpy() * log_sm).sum(1).mean()
+    parts = model.loss(x, beta=0.25)
+    assert parts.kl == pytest.approx(kl, rel=1e-5)
+    assert parts.nll == pytest.approx(nll, rel=1e-5)
+    assert parts.loss.item() == pytest.approx(nll + 0.25 * kl, rel=1e-5)
+    assert parts.penalty == 0.0
+    np.testing.assert_allclose(model.score(x).numpy(), logits, rtol=1e-5, atol=1e-6)
+
+
+def test_one_sample_kl_averages_to_the_analytic_kl():
+    torch.manual_seed(2)
+    model = build_model("mult-vae-gated", I, hidden_size=5, latent_size=3, dropout=0.0)
+    assert model.config.kl_estimator == "sample"
+    x = rows(1).repeat(40000, 1)  # one user, 40000 independent samples of z
+    model.train()
+    out = model(x)
+    samples = model.kl(out).detach().double()  # log q(z|x) - log N(z; 0, I), one per row
+    mu, logvar = out.mu[:1].detach().double(), out.logvar[:1].detach().double()
+    analytic = (0.5 * (-logvar + logvar.exp() + mu**2 - 1)).sum().item()
+    se = samples.std().item() / math.sqrt(len(samples))
+    assert abs(samples.mean().item() - analytic) < 4 * se + 1e-6
+    assert samples.std().item() > 0  # it really is a sample estimate
+    # and the loss reports the batch mean of that estimate
+    parts = model.loss(x[:5000], beta=1.0)
+    assert abs(parts.kl - analytic) < 4 * samples.std().item() / math.sqrt(5000)
+
+
+def test_logvar_clamp_in_gated_model():
+    model = build_model("mult-vae-gated", I, hidden_size=5, latent_size=3)
+    with torch.no_grad():
+        model.encoder.head.linear.bias[3:] = 100.0
+        model.encoder.head.linear.weight.zero_()
+    assert model(rows(2)).logvar.max().item() == 4.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input step: L2-normalise, then dropout (train mode only)
+
+
+def first_layer_input(model, layer, x) -> torch.Tensor:
+    seen = []
+    handle = layer.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    try:
+        model.loss(x, 1.0)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("name", ["mult-dae", "mult-vae", "mult-vae-gated"])
+def test_input_is_l2_normalised_then_dropped_out_in_training_only(name):
+    torch.manual_seed(3)
+    model = build_model(name, I, hidden_size=5, dropout=0.4)
+    layer = model.encoder.linear if name == "mult-dae" else model.encoder.layers[0]
+    x = rows(400, seed=1)
+    xn = x / x.norm(dim=1, keepdim=True)
+    model.eval()
+    torch.testing.assert_close(first_layer_input(model, layer, x), xn)
+    model.train()
+    seen = first_layer_input(model, layer, x)
+    clicked = x > 0
+    dropped = clicked & (seen == 0)
+    kept = clicked & (seen != 0)
+    torch.testing.assert_close(seen[kept], xn[kept] / 0.6)  # kept entries scaled by 1 / (1 - p)
+    assert (seen[~clicked] == 0).all()
+    frac = dropped.sum().item() / clicked.sum().item()
+    assert 0.33 < frac < 0.47  # about p = 0.4 of the clicked entries are dropped
+
+
+def test_sampling_in_training_posterior_mean_in_eval():
+    torch.manual_seed(4)
+    model = build_model("mult-vae", I, hidden_size=5, latent_size=3, dropout=0.0)
+    x = rows(3)
+    model.train()
+    out = model(x)
+    assert not torch.allclose(out.z, out.mu)
+    model.eval()
+    out = model(x)
+    assert torch.equal(out.z, out.mu)
+    model.train()
+    s1, s2 = model.score(x), model.score(x)
+    assert torch.equal(s1, s2)  # score is deterministic ...
+    assert model.training  # ... and restores the caller's mode
