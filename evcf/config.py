@@ -86,8 +86,19 @@ def _where(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
+def _coerce_cli_ints(config: dict[str, Any]) -> None:
+    """Snakemake's ``--config 'seeds=[1,2]'`` delivers list items as strings: turn digits into ints."""
+    seeds = config.get("seeds")
+    if isinstance(seeds, list):
+        config["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in seeds]
+
+
 def validate(config: dict[str, Any], *, source: str = "params.yaml") -> None:
-    """Raise one EvcfError for the first problem in ``config`` (schema, then cross-references)."""
+    """Raise one EvcfError for the first problem in ``config`` (schema, then cross-references).
+
+    Seeds given as digit strings on the command line are converted to ints in place first.
+    """
+    _coerce_cli_ints(config)
     errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]

@@ -80,3 +80,27 @@ def test_config_overrides_on_the_command_line(snakemake_run):
     text = out.stdout + out.stderr
     assert "results/synthetic-tiny/mult-vae/seed-2/metrics.json" in text
     assert "popularity" not in text.split("Job stats")[-1]
+
+
+def test_dvc_exp_run_downloads_a_grouplens_archive(tmp_path):
+    """`dvc exp run -S 'datasets=[ml-100k]'` through the real download rule, served from 127.0.0.1."""
+    from grouplens_fixtures import make_ml100k_zip, random_ratings, serve_directory, write_md5
+
+    served = tmp_path / "server"
+    served.mkdir()
+    write_md5(make_ml100k_zip(served / "ml-100k.zip",
+                              random_ratings(4, n_users=400, n_items=150, n_rows=16000, half_stars=False)))
+    root = make_workflow_copy(tmp_path / "dvc")
+    run(["git", "init", "-q"], cwd=root)
+    run([tool("dvc"), "init", "-q"], cwd=root)
+    run(["git", "add", "-A"], cwd=root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=root)
+    with serve_directory(served) as url:
+        run([tool("dvc"), "exp", "run", "-S", "datasets=[ml-100k]", "-S", "models=[popularity]",
+             "-S", f"data.ml-100k.url={url}/ml-100k.zip", "-S", f"data.ml-100k.md5_url={url}/ml-100k.zip.md5"],
+            cwd=root)
+    metrics = json.loads((root / "results/ml-100k/popularity/seed-1/metrics.json").read_text())
+    assert metrics["dataset"] == "ml-100k" and 0 < metrics["ndcg@100"] < 1
+    assert (root / "data/raw/ml-100k/ml-100k.zip").read_bytes() == (served / "ml-100k.zip").read_bytes()
+    shown = run([tool("dvc"), "exp", "show", "--json"], cwd=root)
+    assert "ml-100k" in shown.stdout

@@ -47,7 +47,7 @@ from evcf.models.multvae import MultVAE, VAEOutput
 __all__ = ["mixture_log_density", "VampPrior", "Vamp", "HVamp", "GatedHVamp"]
 
 
-# ====================================================================================================
+# ==================================================================================================
 # The mixture log-density
 
 
@@ -68,7 +68,7 @@ def mixture_log_density(z: torch.Tensor, means: torch.Tensor, logvars: torch.Ten
     return (torch.logsumexp(log_comp, dim=1) - math.log(n_components)).to(z.dtype)  # (B,)
 
 
-# ====================================================================================================
+# ==================================================================================================
 # The VampPrior
 
 
@@ -115,7 +115,7 @@ class VampPrior(nn.Module):
         self.pseudo.copy_(rows.to(self.pseudo) + self.std * noise.to(self.pseudo))
 
 
-# ====================================================================================================
+# ==================================================================================================
 # Vamp: the Mult-VAE network with a VampPrior
 
 
@@ -167,7 +167,7 @@ class Vamp(MultVAE):
         self.prior.init_from(rows, generator)
 
 
-# ====================================================================================================
+# ==================================================================================================
 # H+Vamp: two stochastic layers, VampPrior on the top one
 
 

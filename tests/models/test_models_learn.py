@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from evcf.models import build_model
@@ -50,8 +51,6 @@ def ndcg_at_k(scores: np.ndarray, fold_in: np.ndarray, heldout: np.ndarray, k: i
 def data():
     train, fold_in, heldout = synthetic_data()
     popularity = build_model("popularity", N_ITEMS)
-    import scipy.sparse as sp
-
     popularity.fit(sp.csr_matrix(train))
     pop_scores = popularity.score(torch.from_numpy(fold_in)).numpy()
     return train, fold_in, heldout, ndcg_at_k(pop_scores, fold_in, heldout)
@@ -66,9 +65,22 @@ SMALL = {
     "hvamp-gated": dict(hidden_size=64, z1_size=16, z2_size=16, n_pseudo=20),
 }
 
+# Each model with its paper's optimizer: Adam for Liang's models, AdamNormGrad for EVCF's.  (With
+# plain Adam, the non-gated H+Vamp with its default Bernoulli likelihood often collapses to
+# popularity on this toy set within 40 epochs -- KL -> 0 -- while AdamNormGrad trains it reliably;
+# the gated H+Vamp learns with either, checked by the last case.)
+CASES = [
+    ("mult-dae", "adam"),
+    ("mult-vae", "adam"),
+    ("mult-vae-gated", "adam-normgrad"),
+    ("vamp", "adam-normgrad"),
+    ("hvamp", "adam-normgrad"),
+    ("hvamp-gated", "adam-normgrad"),
+    ("hvamp-gated", "adam"),
+]
 
-@pytest.mark.parametrize("name, optimizer", [(name, "adam") for name in SMALL]
-                         + [("hvamp-gated", "adam-normgrad")])
+
+@pytest.mark.parametrize("name, optimizer", CASES)
 def test_model_beats_popularity(data, name, optimizer):
     train, fold_in, heldout, pop_ndcg = data
     torch.manual_seed(0)
@@ -85,4 +97,4 @@ def test_model_beats_popularity(data, name, optimizer):
             opt.step()
     ndcg = ndcg_at_k(model.score(torch.from_numpy(fold_in)).numpy(), fold_in, heldout)
     assert pop_ndcg < 0.3
-    assert ndcg > pop_ndcg + 0.15, f"{name}: NDCG@100 {ndcg:.3f} vs popularity {pop_ndcg:.3f}"
+    assert ndcg > pop_ndcg + 0.2, f"{name}: NDCG@100 {ndcg:.3f} vs popularity {pop_ndcg:.3f}"
