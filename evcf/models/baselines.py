@@ -27,8 +27,8 @@ def _check_train(train: sp.spmatrix, n_items: int, model: str) -> sp.csr_matrix:
     if not sp.issparse(train):
         train = sp.csr_matrix(np.asarray(train))
     if train.ndim != 2 or train.shape[1] != n_items:
-        raise EvcfError(f"model {model!r} was built for {n_items} items but the training matrix has "
-                        f"shape {train.shape}",
+        raise EvcfError(f"model {model!r} was built for {n_items} items but the training "
+                        f"matrix has shape {train.shape}",
                         fix="build the model with n_items equal to the number of item columns")
     return train.tocsr()
 
@@ -56,7 +56,7 @@ class Popularity(ClosedFormModel):
         if self.counts is None:
             raise RuntimeError("Popularity.score called before fit")
         counts = self.counts.to(x.device)
-        return counts.unsqueeze(0).repeat(x.shape[0], 1)  # (B, I), a fresh tensor the caller may mask
+        return counts.unsqueeze(0).repeat(x.shape[0], 1)  # (B, I), fresh: the caller may mask it
 
     def state(self) -> dict[str, Any]:
         return {"counts": self.counts}
@@ -79,7 +79,7 @@ class EASE(ClosedFormModel):
 
     @dataclass(frozen=True)
     class Config:
-        # our grid around Steck's published choices (λ = 500 for ML-20M, 1000 for Netflix, his notebook)
+        # our grid around Steck's choices (his notebook: λ = 500 for ML-20M, 1000 for Netflix)
         lambdas: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
 
     def __init__(self, n_items: int, config: Config | None = None):

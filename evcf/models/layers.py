@@ -1,7 +1,8 @@
-"""Building blocks shared by the VAE models: hidden layers, Gaussian heads, log-densities, likelihoods.
+"""Building blocks of the VAE models: hidden layers, Gaussian heads, log-densities, likelihoods.
 
-Everything here is a small pure function or a small module; the model files compose them.  Shapes use
-``B`` for the batch, ``I`` for the number of items, ``H`` for a hidden width and ``Z`` for a latent size.
+Everything here is a small pure function or a small module; the model files compose them.  Shapes
+use ``B`` for the batch, ``I`` for the number of items, ``H`` for a hidden width and ``Z`` for a
+latent size.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "GaussianEncoder",
     "l2_normalise",
     "reparameterise",
+    "at_least_float32",
     "log_normal_diag",
     "log_standard_normal",
     "kl_standard_normal",
@@ -49,7 +51,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 class Dense(nn.Module):
-    """A plain hidden layer: ``tanh(W x + b)`` (Liang et al. 2018; EVCF's non-gated ``NonLinear``)."""
+    """A plain hidden layer: ``tanh(W x + b)`` (Liang et al. 2018; EVCF's ungated ``NonLinear``)."""
 
     def __init__(self, d_in: int, d_out: int):
         super().__init__()
@@ -89,11 +91,11 @@ def mlp(d_in: int, width: int, depth: int, gated: bool) -> nn.Sequential:
 class GaussianHead(nn.Module):
     """Linear map from a hidden layer to the mean and log-variance of a diagonal Gaussian.
 
-    One ``nn.Linear(H, 2Z)`` split in two halves, as in Liang's ``vae_cf`` (the last encoder layer has
-    ``2 * q_dims[-1]`` outputs).  With Liang's Xavier init this keeps his fan-out (2Z); with EVCF's He
-    init (fan-in only) it is the same distribution as EVCF's two separate ``Linear`` heads, and the
-    parameter count is the same either way.  ``logvar_clamp`` applies EVCF's hardtanh(−12, 4) to the
-    log-variance half (Liang has no clamp).  Heads are never gated (EVCF).
+    One ``nn.Linear(H, 2Z)`` split in two halves, as in Liang's ``vae_cf`` (the last encoder layer
+    has ``2 * q_dims[-1]`` outputs).  With Liang's Xavier init this keeps his fan-out (2Z); with
+    EVCF's He init (fan-in only) it is the same distribution as EVCF's two separate ``Linear``
+    heads, and the parameter count is the same either way.  ``logvar_clamp`` applies EVCF's
+    hardtanh(−12, 4) to the log-variance half (Liang has no clamp).  Heads are never gated (EVCF).
     """
 
     def __init__(self, d_in: int, latent: int, logvar_clamp: bool):
@@ -113,8 +115,9 @@ class GaussianHead(nn.Module):
 class GaussianEncoder(nn.Module):
     """q(z | x): dropout → ``num_layers`` hidden layers → Gaussian head.
 
-    The dropout is the encoder's first step, as in EVCF (``nn.Dropout`` heads ``q_z_layers``), so the
-    VampPrior's pseudo-inputs, which go through this encoder too, are dropped out in training mode.
+    The dropout is the encoder's first step, as in EVCF (``nn.Dropout`` heads ``q_z_layers``), so
+    the VampPrior's pseudo-inputs, which go through this encoder too, are dropped out in training
+    mode.
     L2 normalisation is *not* part of the encoder: the model applies it to real users only.
     """
 
@@ -146,18 +149,30 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, training: bool) -> to
     return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """Upcast bf16/fp16 (e.g. outputs of layers under autocast) to float32; leave others alone.
+
+    Log-densities sum hundreds of terms and are then subtracted from each other (the one-sample KL),
+    which half precision cannot resolve.
+    """
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log N(z; mu, diag(exp(logvar))) summed over the last dimension.  (B, Z) x3 -> (B,)"""
+    z, mu, logvar = at_least_float32(z), at_least_float32(mu), at_least_float32(logvar)
     return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar)).sum(-1)
 
 
 def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over the last dimension.  (B, Z) -> (B,)"""
+    z = at_least_float32(z)
     return -0.5 * (LOG_2PI + z**2).sum(-1)
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Analytic KL(N(mu, diag(exp(logvar))) ‖ N(0, I)) per row (Liang's ``q_graph``).  -> (B,)"""
+    mu, logvar = at_least_float32(mu), at_least_float32(logvar)
     return 0.5 * (-logvar + torch.exp(logvar) + mu**2 - 1.0).sum(-1)
 
 
@@ -165,9 +180,10 @@ def nll(logits: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
     """Negative log-likelihood of the raw 0/1 rows ``x`` per user.  (B, I) x2 -> (B,)
 
     * multinomial (Liang): −Σ_i x_i · log_softmax(logits)_i;
-    * bernoulli (EVCF's ``binary`` input type): −Σ_i [x_i log σ(l_i) + (1 − x_i) log(1 − σ(l_i))] over
-      all items, computed from the logits.  EVCF computes it from clamped probabilities
-      (σ clamped to [1e-5, 1 − 1e-5]); we use the exact, numerically stable form instead.
+    * bernoulli (EVCF's ``binary`` input type):
+      −Σ_i [x_i log σ(l_i) + (1 − x_i) log(1 − σ(l_i))] over all items, computed from the logits.
+      EVCF computes it from clamped probabilities (σ clamped to [1e-5, 1 − 1e-5]); we use the
+      exact, numerically stable form instead.
     """
     if likelihood == "multinomial":
         return -(F.log_softmax(logits, dim=1) * x).sum(1)
@@ -194,8 +210,9 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 def init_weights(module: nn.Module, scheme: str) -> None:
     """Initialise every ``nn.Linear`` inside ``module`` (gate weights and heads included).
 
-    * ``"xavier"`` (Liang's ``vae_cf``): weights Glorot-uniform (``tf.contrib.layers.xavier_initializer``
-      defaults to ``uniform=True``), biases truncated normal with std 0.001 (cut at 2 std, as TF does).
+    * ``"xavier"`` (Liang's ``vae_cf``): weights Glorot-uniform
+      (``tf.contrib.layers.xavier_initializer`` defaults to ``uniform=True``), biases truncated
+      normal with std 0.001 (cut at 2 std, as TF does).
     * ``"he"`` (EVCF ``utils/nn.py he_init``): weights N(0, sqrt(2 / fan_in)); biases keep PyTorch's
       default init.
     """

@@ -1,8 +1,8 @@
 """Mult-DAE and Mult-VAE (Liang et al. 2018), and Mult-VAE (Gated) (Kim & Suh 2019).
 
-Read top to bottom: the DAE, then the VAE, then its gated variant, which only changes defaults and the
-hidden layer.  All losses are means over the users of the batch.  Shapes: B users, I items, H hidden
-width, Z latent size.
+Read top to bottom: the DAE, then the VAE, then its gated variant, which only changes defaults and
+the hidden layer.  All losses are means over the users of the batch.  Shapes: B users, I items,
+H hidden width, Z latent size.
 
 Sources: Liang's ``vae_cf`` notebook (``MultiDAE``, ``MultiVAE``) and EVCF's ``models/Baseline.py``
 (its Mult-VAE, used with ``--gated`` for the gated row).
@@ -71,7 +71,8 @@ class MultDAE(VAEModel):
     def loss(self, x: torch.Tensor, beta: float = 0.0) -> LossParts:
         """NLL + λ Σ‖W‖² (``beta`` is ignored: a DAE has no KL term).
 
-        Liang's TF code adds ``2 * l2_regularizer(lam)`` = lam · Σ w² (TF halves it, he doubles it back).
+        Liang's TF code adds ``2 * l2_regularizer(lam)`` = lam · Σ w² (TF halves it, he doubles
+        it back).
         """
         rec = nll(self(x), x, self.config.likelihood).mean()
         penalty = self.config.weight_decay * weight_penalty(self)
@@ -99,9 +100,10 @@ class MultVAE(VAEModel):
     """Liang's Mult-VAE.  ``num_layers`` hidden layers of width H on each side (EVCF's option).
 
     The encoder is ``GaussianEncoder`` (dropout → hidden layers → (mu, logvar)), the decoder is
-    hidden layers → ``Linear(H, I)`` logits.  In training mode z is a reparameterised sample; in eval
-    mode z is the posterior mean.  The KL term is the analytic Gaussian KL to N(0, I) (Liang) or its
-    one-sample estimate log q(z|x) − log N(z; 0, I) (EVCF ``Baseline.py``), per ``kl_estimator``.
+    hidden layers → ``Linear(H, I)`` logits.  In training mode z is a reparameterised sample; in
+    eval mode z is the posterior mean.  The KL term is the analytic Gaussian KL to N(0, I) (Liang)
+    or its one-sample estimate log q(z|x) − log N(z; 0, I) (EVCF ``Baseline.py``), per
+    ``kl_estimator``.
     """
 
     name: ClassVar[str] = "mult-vae"
@@ -119,7 +121,7 @@ class MultVAE(VAEModel):
         kl_estimator: str = "analytic"  # Liang's q_graph: closed-form Gaussian KL
         weight_decay: float = 0.0  # Liang notebook: MultiVAE(lam=0.0)
 
-    def __init__(self, n_items: int, config=None):
+    def __init__(self, n_items: int, config: Config | None = None):
         super().__init__()
         self.config = config if config is not None else self.Config()
         validate_config(self.config, self.name)
@@ -134,14 +136,14 @@ class MultVAE(VAEModel):
                                      nn.Linear(c.hidden_size, n_items))
         init_weights(self, c.init)
 
-    # --- the network -------------------------------------------------------------------------------
+    # --- the network ------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> VAEOutput:
         mu, logvar = self.encoder(l2_normalise(x))  # (B, Z), (B, Z)
         z = reparameterise(mu, logvar, self.training)  # (B, Z)
         return VAEOutput(self.decoder(z), z, mu, logvar)
 
-    # --- the prior and the KL term -----------------------------------------------------------------
+    # --- the prior and the KL term ----------------------------------------------------------------
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) per row: the standard normal here; the VampPrior in :class:`Vamp`.  -> (B,)"""
@@ -153,7 +155,7 @@ class MultVAE(VAEModel):
             return kl_standard_normal(out.mu, out.logvar)
         return log_normal_diag(out.z, out.mu, out.logvar) - self.log_prior(out.z)
 
-    # --- the loss, next to the forward pass --------------------------------------------------------
+    # --- the loss, next to the forward pass -------------------------------------------------------
 
     def loss(self, x: torch.Tensor, beta: float) -> LossParts:
         """NLL + β·KL (+ λ Σ‖W‖² when ``weight_decay`` > 0), means over the batch.

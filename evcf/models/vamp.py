@@ -12,7 +12,8 @@ Settled from EVCF's code (``models/Model.py``, ``Vamp.py``, ``HVamp.py``, ``util
 * EVCF builds the pseudo-inputs as ``hardtanh(eye(K) @ W)``; we read P directly (same values, no K×K
   identity product).
 * EVCF evaluates log p(z) by broadcasting (B, 1, Z) against (1, K, Z); we expand the quadratic form
-  into matrix products (:func:`mixture_log_density`), exact up to rounding, with no (B, K, Z) tensor.
+  into matrix products (:func:`mixture_log_density`), exact up to rounding, with no (B, K, Z)
+  tensor.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from evcf.models.layers import (
     LOG_2PI,
     GaussianEncoder,
     GaussianHead,
+    at_least_float32,
     eval_mode,
     hidden_layer,
     init_weights,
@@ -46,26 +48,32 @@ from evcf.models.multvae import MultVAE, VAEOutput
 
 __all__ = ["mixture_log_density", "VampPrior", "Vamp", "HVamp", "GatedHVamp"]
 
+# maps inputs (n, I) to the Gaussian parameters (mu, logvar), each (n, Z)
+Encoder = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
 
 # ==================================================================================================
 # The mixture log-density
 
 
-def mixture_log_density(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor) -> torch.Tensor:
+def mixture_log_density(z: torch.Tensor, means: torch.Tensor,
+                        logvars: torch.Tensor) -> torch.Tensor:
     """log (1/K) Σ_k N(z_b; m_k, diag(exp(logvar_k))) for every row z_b.  (B, Z), (K, Z) x2 -> (B,)
 
     The squared Mahalanobis distance is expanded into matrix products,
     Σ_d (z_d − m_kd)² / v_kd = z² · (1/v_k) − 2 z · (m_k / v_k) + Σ_d m_kd² / v_kd,
-    so memory is O(B·K + K·Z) instead of EVCF's O(B·K·Z).  The expansion subtracts large terms when a
-    component's variance is tiny (logvar down to −12, so 1/v up to e¹² ≈ 1.6e5), so it is evaluated in
-    float64 (a few B×Z×K products: cheap) and cast back to the dtype of ``z``.
+    so memory is O(B·K + K·Z) instead of EVCF's O(B·K·Z).  The expansion subtracts large terms
+    when a component's variance is tiny (logvar down to −12, so 1/v up to e¹² ≈ 1.6e5), so it is
+    evaluated in float64 (a few B×Z×K products: cheap; autocast leaves float64 alone) and cast back
+    to the dtype of ``z`` (float32 at least).
     """
     n_components, dim = means.shape
     z64, m64, lv64 = z.double(), means.double(), logvars.double()
     prec = torch.exp(-lv64)  # (K, Z)  1 / v
     quad = (z64 * z64) @ prec.T - 2.0 * (z64 @ (m64 * prec).T) + (m64 * m64 * prec).sum(1)  # (B, K)
     log_comp = -0.5 * (quad + lv64.sum(1) + dim * LOG_2PI)  # (B, K)  log N(z_b; m_k, v_k)
-    return (torch.logsumexp(log_comp, dim=1) - math.log(n_components)).to(z.dtype)  # (B,)
+    log_p = torch.logsumexp(log_comp, dim=1) - math.log(n_components)  # (B,)
+    return log_p.to(at_least_float32(z).dtype)
 
 
 # ==================================================================================================
@@ -76,22 +84,22 @@ class VampPrior(nn.Module):
     """p(z) = (1/K) Σ_k q(z | u_k), with learned pseudo-inputs u_k = hardtanh_{0,1}(P_k).
 
     ``P`` is a (K, I) parameter initialised N(mean, std) (EVCF ``normal_init`` with
-    ``--pseudoinputs_mean 0.05 --pseudoinputs_std 0.01``).  It is not an ``nn.Linear``, so the models'
-    weight init and weight penalty leave it alone, as in EVCF (``add_pseudoinputs`` runs after
-    ``he_init``).
+    ``--pseudoinputs_mean 0.05 --pseudoinputs_std 0.01``).  It is not an ``nn.Linear``, so the
+    models' weight init and weight penalty leave it alone, as in EVCF (``add_pseudoinputs`` runs
+    after ``he_init``).
     """
 
     def __init__(self, n_components: int, n_items: int, mean: float, std: float):
         super().__init__()
         self.std = std
-        self.pseudo = nn.Parameter(torch.empty(n_components, n_items).normal_(mean, std))  # P (K, I)
+        # P (K, I)
+        self.pseudo = nn.Parameter(torch.empty(n_components, n_items).normal_(mean, std))
 
     def pseudo_inputs(self) -> torch.Tensor:
         return F.hardtanh(self.pseudo, 0.0, 1.0)  # (K, I)
 
-    def log_prob(self, z: torch.Tensor,
-                 encoder: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """log p(z) per row, with the components given by ``encoder`` applied to the pseudo-inputs."""
+    def log_prob(self, z: torch.Tensor, encoder: Encoder) -> torch.Tensor:
+        """log p(z) per row; the components are ``encoder`` applied to the pseudo-inputs."""
         means, logvars = encoder(self.pseudo_inputs())  # (K, Z), (K, Z)
         return mixture_log_density(z, means, logvars)  # (B,)
 
@@ -99,8 +107,8 @@ class VampPrior(nn.Module):
     def init_from(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """P = rows + N(0, std) noise, one row per pseudo-input.
 
-        As EVCF's ``--use_training_data_init``: the first K (shuffled) training users plus noise with
-        ``pseudoinputs_std`` 0.01 (``utils/load_data.py``).
+        As EVCF's ``--use_training_data_init``: the first K (shuffled) training users plus noise
+        with ``pseudoinputs_std`` 0.01 (``utils/load_data.py``).
         """
         if rows.is_sparse:
             rows = rows.to_dense()
@@ -108,7 +116,7 @@ class VampPrior(nn.Module):
             raise EvcfError(
                 f"pseudo-input initialisation needs {self.pseudo.shape[0]} rows of "
                 f"{self.pseudo.shape[1]} items, got shape {tuple(rows.shape)}",
-                fix="pass exactly n_pseudo training users (lower n_pseudo if there are fewer users)",
+                fix="pass exactly n_pseudo training users (lower n_pseudo if there are fewer)",
             )
         device = generator.device if generator is not None else self.pseudo.device
         noise = torch.randn(self.pseudo.shape, generator=generator, device=device)  # (K, I)
@@ -123,9 +131,9 @@ class Vamp(MultVAE):
     """EVCF's ``models/Vamp.py``: the Mult-VAE network (EVCF style) with a VampPrior on z.
 
     KL is the one-sample estimate log q(z|x) − log p(z) at the sampled z, mean over the batch.
-    Default likelihood: Bernoulli, because EVCF's ``--input_type`` defaults to ``binary`` and its data
-    loaders force ``binary`` unless ``multinomial`` is asked for; the paper kept, per row, whichever of
-    the two worked better and did not publish which.  Both are available.
+    Default likelihood: Bernoulli, because EVCF's ``--input_type`` defaults to ``binary`` and its
+    data loaders force ``binary`` unless ``multinomial`` is asked for; the paper kept, per row,
+    whichever of the two worked better and did not publish which.  Both are available.
 
     ``pseudo_init: "random-users"`` is carried out by the caller, which owns the data: it must call
     :meth:`init_pseudo_from` with ``n_pseudo`` training rows before training (the model alone starts
@@ -162,8 +170,9 @@ class Vamp(MultVAE):
     def kl(self, out: VAEOutput) -> torch.Tensor:
         return log_normal_diag(out.z, out.mu, out.logvar) - self.log_prior(out.z)  # (B,)
 
-    def init_pseudo_from(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Initialise the pseudo-inputs from ``n_pseudo`` training rows (K, I) plus N(0, pseudo_std)."""
+    def init_pseudo_from(self, rows: torch.Tensor,
+                         generator: torch.Generator | None = None) -> None:
+        """Set the pseudo-inputs to ``n_pseudo`` training rows (K, I) plus N(0, pseudo_std)."""
         self.prior.init_from(rows, generator)
 
 
@@ -197,7 +206,8 @@ class HVamp(VAEModel):
     L = 1 (EVCF's default) this is exactly the network of MODELS.md; the README's hierarchical
     example uses L = 2.  The x branch of q(z1|·) has its own dropout, drawn independently of
     q(z2|·)'s, as in EVCF.  EVCF also ships ``HVamp_1layer.py`` (``--model_name hvamp1``), which
-    concatenates the raw dropout(x) with z2 instead of using branch layers; it is not reproduced here.
+    concatenates the raw dropout(x) with z2 instead of using branch layers; it is not reproduced
+    here.
 
     KL = log q(z1|x,z2) + log q(z2|x) − log p(z1|z2) − log p(z2) at the sampled (z1, z2).  In eval
     mode z2 = mean of q(z2|x) and z1 = mean of q(z1|x, z2).  Likelihood default: Bernoulli (see
@@ -251,7 +261,7 @@ class HVamp(VAEModel):
         # p(z2): VampPrior (after init_weights, as EVCF's add_pseudoinputs comes after he_init)
         self.prior = VampPrior(c.n_pseudo, n_items, c.pseudo_mean, c.pseudo_std)
 
-    # --- the network -------------------------------------------------------------------------------
+    # --- the network ------------------------------------------------------------------------------
 
     def q_z1(self, x_norm: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.cat([self.q_z1_x(x_norm), self.q_z1_z2(z2)], dim=1)  # (B, 2H)
@@ -271,7 +281,7 @@ class HVamp(VAEModel):
         return HVampOutput(self.p_x(z1, z2), z1, z1_mu, z1_logvar, z2, z2_mu, z2_logvar, p_mu,
                            p_logvar)
 
-    # --- the prior, the KL term and the loss --------------------------------------------------------
+    # --- the prior, the KL term and the loss ------------------------------------------------------
 
     def log_prior_z2(self, z2: torch.Tensor) -> torch.Tensor:
         """log p(z2) under the VampPrior; pseudo-inputs go through q(z2 | ·) unnormalised.  (B,)"""
@@ -284,7 +294,10 @@ class HVamp(VAEModel):
         return log_q - log_p  # (B,)
 
     def loss(self, x: torch.Tensor, beta: float) -> LossParts:
-        """NLL + β·KL (+ λ Σ‖W‖² when ``weight_decay`` > 0); the module's mode decides dropout/sampling."""
+        """NLL + β·KL (+ λ Σ‖W‖² when ``weight_decay`` > 0), means over the batch.
+
+        The module's mode decides dropout and sampling, as in :meth:`MultVAE.loss`.
+        """
         out = self(x)
         rec = nll(out.logits, x, self.config.likelihood).mean()
         kl = self.kl(out).mean()
@@ -302,8 +315,9 @@ class HVamp(VAEModel):
         with eval_mode(self):
             return self(x).logits
 
-    def init_pseudo_from(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Initialise the pseudo-inputs from ``n_pseudo`` training rows (K, I) plus N(0, pseudo_std)."""
+    def init_pseudo_from(self, rows: torch.Tensor,
+                         generator: torch.Generator | None = None) -> None:
+        """Set the pseudo-inputs to ``n_pseudo`` training rows (K, I) plus N(0, pseudo_std)."""
         self.prior.init_from(rows, generator)
 
 

@@ -34,8 +34,8 @@ def test_every_model_builds_with_defaults_and_exposes_its_config(name):
 
 
 def test_config_fields():
-    assert model_config_fields("mult-dae") == {"hidden_size", "dropout", "weight_decay", "likelihood",
-                                               "init"}
+    assert model_config_fields("mult-dae") == {"hidden_size", "dropout", "weight_decay",
+                                               "likelihood", "init"}
     assert model_config_fields("popularity") == set()
     assert model_config_fields("ease") == {"lambdas"}
     assert {"n_pseudo", "pseudo_init", "z1_size", "z2_size", "num_layers"} <= model_config_fields(

@@ -68,7 +68,8 @@ def test_gated_models_have_gates_and_plain_models_none():
 
 @pytest.mark.parametrize("name", ["mult-dae", "mult-vae", "mult-vae-gated"])
 def test_shapes_and_loss_parts(name):
-    model = build_model(name, I, hidden_size=5, **({} if name == "mult-dae" else {"latent_size": 3}))
+    latent = {} if name == "mult-dae" else {"latent_size": 3}
+    model = build_model(name, I, hidden_size=5, **latent)
     x = rows(4)
     parts = model.loss(x, 0.3)
     assert parts.loss.shape == () and parts.loss.requires_grad
@@ -101,7 +102,8 @@ def test_mult_dae_loss_is_multinomial_nll_plus_weight_penalty():
     torch.manual_seed(0)
     model = build_model("mult-dae", I, hidden_size=4, dropout=0.0, weight_decay=0.01)
     x = rows(3)
-    w1, b1 = model.encoder.linear.weight.detach().numpy(), model.encoder.linear.bias.detach().numpy()
+    w1 = model.encoder.linear.weight.detach().numpy()
+    b1 = model.encoder.linear.bias.detach().numpy()
     w2, b2 = model.decoder.weight.detach().numpy(), model.decoder.bias.detach().numpy()
     xn = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
     logits = np.tanh(xn @ w1.T + b1) @ w2.T + b2
