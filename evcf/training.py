@@ -163,14 +163,14 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
     epoch, update_count, bad_epochs = 0, 0, 0
     best = {"score": -math.inf, "epoch": 0, "state": None}
     history: list[dict] = []
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt.get("identity") != identity:
-            raise EvcfError(
-                "a checkpoint from a different configuration is in the way",
-                path=ckpt_path,
-                fix="delete it (or the run folder) to start this run from scratch",
-            )
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
+    if ckpt is not None and ckpt.get("identity") != identity:
+        # the settings changed since it was written (e.g. params.yaml edited): start afresh, keep it aside
+        stale = ckpt_path.with_name("checkpoint.stale.pt")
+        os.replace(ckpt_path, stale)
+        log.warning("%s was written with other settings; moved to %s, starting from scratch", ckpt_path, stale.name)
+        ckpt = None
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         epoch, update_count, bad_epochs = ckpt["epoch"], ckpt["update_count"], ckpt["bad_epochs"]
@@ -235,14 +235,21 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
     best_score, best_state, best_setting = -math.inf, None, None
     val_in = DeviceCSR(data.validation_tr, device)
     started = time.perf_counter()
+    tried = []
     for setting in model.candidates():
         model.fit(data.train, **setting)
         val = evaluate(model.score, val_in, data.validation_te, batch_size=eval_batch_size,
                        device=device, metrics=(SELECT_BY,)).per_user[SELECT_BY].mean()
         log.info("%s %s: val NDCG@100 %.4f", model_name, setting or "(no settings)", val)
+        tried.append({**setting, f"val_{SELECT_BY}": float(val)})
         if val > best_score:
             best_score, best_state, best_setting = float(val), model.state(), setting
+    if hasattr(model, "clear_cache"):
+        model.clear_cache()
     model.load_state(best_state)
+    # what was tried and what won, so the selection can be audited from the run folder
+    pd.DataFrame(tried).assign(selected=lambda f: f[f"val_{SELECT_BY}"] == best_score).to_csv(
+        out_dir / "tuning.csv", index=False, float_format="%.6f")
     _atomic_torch_save({"model": model_name, "state": best_state, "setting": best_setting,
                         "evcf_version": __version__}, out_dir / CHECKPOINT)
     history = [{"epoch": 0, "train_loss": None, "beta": None, f"val_{SELECT_BY}": best_score,

@@ -97,11 +97,13 @@ def test_resume_after_kill_gives_identical_results(processed, tmp_path):
     pd.testing.assert_frame_equal(h_full, h_resumed)
 
 
-def test_checkpoint_of_another_configuration_is_refused(processed, tmp_path):
+def test_checkpoint_of_another_configuration_is_set_aside(processed, tmp_path):
     _run(processed, tmp_path, train={**FAST, "epochs": 1})
-    (tmp_path / "metrics.json").unlink()
-    with pytest.raises(EvcfError, match="different configuration"):
-        _run(processed, tmp_path, train={**FAST, "epochs": 1, "lr": 0.01})
+    first = (tmp_path / CHECKPOINT).read_bytes()
+    changed = _run(processed, tmp_path, train={**FAST, "epochs": 2, "lr": 0.01})
+    assert changed["epochs_run"] == 2  # trained from scratch, not resumed from the lr=0.001 run
+    assert (tmp_path / "checkpoint.stale.pt").read_bytes() == first
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["identity"]["train"]["lr"] == 0.01
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(processed, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import sys
 
 from evcf.config import raw_path, run_settings, synthetic_spec, validate
 from evcf.errors import EvcfError
+from snakemake.io import report as in_report  # `report` alone is a keyword of the Snakefile grammar
 
 try:
     validate(config)
@@ -96,10 +97,21 @@ def get_train_args(wildcards):
     return f"--hparams {q(hparams)} --train {q(train)}"
 
 
+PLOTS = ("metrics", "learning_curves", "per_user_ndcg", "train_time")  # see evcf/report/plots.py
+
+
 def report_outputs():
-    outs = ["results/table1.md", "results/table1.csv", "results/table1.tex", "results/significance.csv",
-            "results/summary.json"]
+    """The make_report rule's outputs; the table and the PNGs go into `snakemake --report`."""
+    outs = [
+        in_report("results/table1.md", category="Table 1", caption="workflow/report/table1.rst"),
+        "results/table1.csv",
+        "results/table1.tex",
+        "results/significance.csv",
+        "results/summary.json",
+    ]
     for d in DATASETS:
-        for plot in ("metrics", "learning_curves", "per_user_ndcg", "train_time"):
-            outs += [f"results/plots/{plot}_{d}.png", f"results/plots/{plot}_{d}.csv"]
+        for plot in PLOTS:
+            outs.append(in_report(f"results/plots/{plot}_{d}.png", category="Plots", subcategory=d,
+                               labels={"dataset": d, "plot": plot}))
+            outs.append(f"results/plots/{plot}_{d}.csv")
     return outs

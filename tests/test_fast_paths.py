@@ -1,0 +1,293 @@
+"""Every speed-up is exact: the fast paths against plain dense reference paths, on CPU in float32.
+
+(a) Batches: ``DeviceCSR.dense`` equals scipy's ``toarray()``; every VAE model's loss and gradients
+    are identical when fed either (same seed, hence the same dropout mask and noise).
+(b) Pseudo-inputs: read straight from the parameter (``hardtanh(P)``) they equal EVCF's
+    ``hardtanh(I_K @ P)``, with identical losses and gradients.
+(c) Evaluation: ``evaluate()`` (on-device fold-in masking, ``torch.topk``) equals a numpy reference
+    (``toarray()``, fold-in set to −inf, ``argsort``) user by user.
+(d) The VampPrior's matrix-product log-density against the brute-force per-component sum is tested
+    in ``tests/models/test_vamp.py`` (``test_mixture_log_density_equals_brute_force_float64``,
+    ``test_mixture_log_density_float32_and_gradients_match_brute_force``,
+    ``test_mixture_log_density_saves_no_batch_by_components_by_latent_tensor``); here only the
+    bench's re-creation of EVCF's broadcast form is checked against it.
+
+The bench's reference-style training step (``evcf bench``'s baseline) is checked too: it must train
+the same model as the fast path, or its timings compare different things.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from evcf.bench import (
+    _step_fast,
+    _step_reference,
+    broadcast_mixture_log_density,
+    heldout_split,
+    reference_style,
+    synthetic_matrix,
+)
+from evcf.data.batches import DeviceCSR
+from evcf.evaluate import evaluate
+from evcf.models import build_model
+from evcf.models.vamp import mixture_log_density
+from evcf.optim import make_optimizer
+
+N_ITEMS = 60
+SMALL = {  # every VAE model of the registry, small enough for a unit test
+    "mult-dae": {"hidden_size": 16},
+    "mult-vae": {"hidden_size": 16, "latent_size": 6},
+    "mult-vae-gated": {"hidden_size": 16, "latent_size": 6},
+    "vamp": {"hidden_size": 16, "latent_size": 6, "n_pseudo": 5},
+    "hvamp": {"hidden_size": 16, "z1_size": 6, "z2_size": 5, "n_pseudo": 5, "num_layers": 2},
+    "hvamp-gated": {"hidden_size": 16, "z1_size": 6, "z2_size": 5, "n_pseudo": 5, "num_layers": 2},
+}
+VAMP_MODELS = ["vamp", "hvamp", "hvamp-gated"]
+CPU = torch.device("cpu")
+
+
+def test_every_vae_model_is_covered():
+    from evcf.models import MODEL_NAMES, VAEModel, model_class
+
+    assert {n for n in MODEL_NAMES if issubclass(model_class(n), VAEModel)} == set(SMALL)
+
+
+@pytest.fixture(scope="module")
+def matrix() -> sp.csr_matrix:
+    return synthetic_matrix(120, N_ITEMS, 1500, seed=4)
+
+
+def scipy_batch(matrix: sp.csr_matrix, rows) -> torch.Tensor:
+    """The reference style: scipy row slice, toarray() on the host."""
+    return torch.from_numpy(matrix[np.asarray(rows)].toarray().astype(np.float32))
+
+
+def loss_and_grads(model, x: torch.Tensor, beta: float = 0.3, seed: int = 7):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the same dropout mask and the same reparameterisation noise
+    parts = model.loss(x, beta)
+    parts.loss.backward()
+    return parts, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+# --------------------------------------------------------------------------------------------------
+# (a) DeviceCSR batches
+
+
+@pytest.mark.parametrize("rows", [[0], [5, 3, 3, 119], list(range(0, 120, 7)), [], "permutation"])
+def test_device_csr_dense_equals_scipy_toarray(matrix, rows):
+    if rows == "permutation":
+        rows = np.random.default_rng(1).permutation(120)[:50].tolist()
+    dev = DeviceCSR(matrix)
+    index = torch.tensor(rows, dtype=torch.long)
+    expected = matrix[np.asarray(rows, dtype=np.int64)].toarray() if rows else np.zeros((0, N_ITEMS))
+    assert torch.equal(dev.dense(index), torch.from_numpy(expected.astype(np.float32)))
+    assert torch.equal(dev.dense(index, dtype=torch.bool), torch.from_numpy(expected > 0))
+    batch_row, cols = dev.nonzeros(index)  # the stored entries, row by row, columns ascending
+    if rows:
+        sub = matrix[np.asarray(rows)].tocoo()
+        order = np.lexsort((sub.col, sub.row))
+        np.testing.assert_array_equal(batch_row.numpy(), sub.row[order])
+        np.testing.assert_array_equal(cols.numpy(), sub.col[order])
+
+
+def test_device_csr_of_an_unsorted_csr_with_wide_indices():
+    # columns out of order within rows and int64 indices: DeviceCSR sorts, the dense rows agree
+    dense = (np.random.default_rng(3).random((9, 13)) < 0.3).astype(np.float32)
+    coo = sp.coo_matrix(dense)
+    perm = np.random.default_rng(4).permutation(coo.nnz)
+    unsorted = sp.csr_matrix((coo.data[perm], (coo.row[perm], coo.col[perm])), shape=dense.shape)
+    unsorted.indices = unsorted.indices.astype(np.int64)
+    unsorted.indptr = unsorted.indptr.astype(np.int64)
+    got = DeviceCSR(unsorted).dense(torch.arange(9)).numpy()
+    np.testing.assert_array_equal(got, dense)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_losses_and_gradients_identical_for_device_csr_and_scipy_batches(matrix, name):
+    torch.manual_seed(0)
+    model = build_model(name, N_ITEMS, **SMALL[name])
+    model.train()
+    rows = np.random.default_rng(2).permutation(120)[:40]
+    fast = DeviceCSR(matrix).dense(torch.from_numpy(rows))
+    ref = scipy_batch(matrix, rows)
+    assert torch.equal(fast, ref)
+    fast_parts, fast_grads = loss_and_grads(model, fast)
+    ref_parts, ref_grads = loss_and_grads(model, ref)
+    assert torch.equal(fast_parts.loss, ref_parts.loss)
+    assert (fast_parts.nll, fast_parts.kl, fast_parts.penalty) == (ref_parts.nll, ref_parts.kl, ref_parts.penalty)
+    assert fast_grads.keys() == ref_grads.keys() and len(fast_grads) == len(list(model.parameters()))
+    for key in fast_grads:
+        assert torch.equal(fast_grads[key], ref_grads[key]), key
+    assert torch.equal(model.score(fast), model.score(ref))
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_bench_reference_step_trains_the_same_model_as_the_fast_step(matrix, name):
+    """The bench's baseline (scipy batches; for VampPrior models identity-matmul pseudo-inputs and
+    the broadcast log-density) takes the same optimisation steps as ``evcf train``'s path."""
+    optimizer = "adam-normgrad" if name in VAMP_MODELS or name == "mult-vae-gated" else "adam"
+    runs = []
+    for style in ("fast", "reference"):
+        torch.manual_seed(0)
+        model = build_model(name, N_ITEMS, **SMALL[name])
+        model.train()
+        opt = make_optimizer(optimizer, model.parameters(), 1e-3)
+        train = DeviceCSR(matrix)
+        order = torch.randperm(120, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(3)
+        losses = []
+        for k in range(3):
+            rows = order[k * 40 : (k + 1) * 40]
+            if style == "fast":
+                losses.append(_step_fast(model, opt, train, rows, 0.2, False, CPU))
+            else:
+                with reference_style(model):
+                    losses.append(_step_reference(model, opt, matrix, rows.numpy(), 0.2, CPU))
+        runs.append((losses, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+    (fast_losses, fast_state), (ref_losses, ref_state) = runs
+    if name in VAMP_MODELS:  # the broadcast and the matrix-product log-densities round differently
+        assert fast_losses == pytest.approx(ref_losses, rel=1e-5)
+        for key in fast_state:
+            torch.testing.assert_close(fast_state[key], ref_state[key], rtol=1e-4, atol=1e-5)
+    else:  # no prior to patch: the two paths differ only in how the batch is built
+        assert fast_losses == ref_losses
+        for key in fast_state:
+            assert torch.equal(fast_state[key], ref_state[key]), key
+    assert "log_prob" not in vars(getattr(model, "prior", model))  # the patch is gone afterwards
+
+
+# --------------------------------------------------------------------------------------------------
+# (b) Pseudo-inputs read from the parameter vs EVCF's identity product
+
+
+@contextlib.contextmanager
+def identity_matmul_pseudo_inputs(model, calls: list):
+    """EVCF's way: u = hardtanh(I_K @ P), with a K×K identity (``idle_input``)."""
+    prior = model.prior
+    eye = torch.eye(prior.pseudo.shape[0])
+
+    def pseudo_inputs() -> torch.Tensor:
+        calls.append(1)
+        return F.hardtanh(eye @ prior.pseudo, 0.0, 1.0)
+
+    prior.pseudo_inputs = pseudo_inputs
+    try:
+        yield
+    finally:
+        del prior.pseudo_inputs
+
+
+@pytest.mark.parametrize("name", VAMP_MODELS)
+def test_pseudo_inputs_from_the_parameter_equal_the_identity_matmul(matrix, name):
+    torch.manual_seed(0)
+    model = build_model(name, N_ITEMS, **SMALL[name])
+    with torch.no_grad():  # some entries outside [0, 1], so that the hardtanh clips
+        model.prior.pseudo[0, :4] = torch.tensor([-0.3, 1.4, 0.5, 1.0])
+    model.train()
+    x = scipy_batch(matrix, np.arange(30))
+    calls: list = []
+    with identity_matmul_pseudo_inputs(model, calls):
+        reference_u = model.prior.pseudo_inputs()
+        ref_parts, ref_grads = loss_and_grads(model, x)
+    assert len(calls) == 2  # the loss went through the patched pseudo-inputs
+    assert torch.equal(model.prior.pseudo_inputs(), reference_u)
+    fast_parts, fast_grads = loss_and_grads(model, x)
+    assert torch.equal(fast_parts.loss, ref_parts.loss)
+    assert fast_grads.keys() == ref_grads.keys() and "prior.pseudo" in fast_grads
+    for key in fast_grads:
+        assert torch.equal(fast_grads[key], ref_grads[key]), key
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bench_broadcast_log_density_equals_the_matrix_product_form(seed):
+    """The bench's re-creation of EVCF's (B, K, Z) broadcast against mixture_log_density (which
+    tests/models/test_vamp.py checks against a brute-force sum)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(7, 4, generator=g, requires_grad=True)
+    means = torch.randn(5, 4, generator=g, requires_grad=True)
+    logvars = torch.empty(5, 4).uniform_(-3, 2, generator=g).requires_grad_()
+    fast = mixture_log_density(z, means, logvars)
+    ref = broadcast_mixture_log_density(z, means, logvars)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(fast.sum(), (z, means, logvars)),
+                    torch.autograd.grad(ref.sum(), (z, means, logvars))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# (c) Evaluation against a numpy reference
+
+
+def numpy_metrics(score, fold_in: sp.csr_matrix, heldout: sp.csr_matrix, batch_size: int) -> dict:
+    """Per-user Recall@20/50 and NDCG@100 the plain way: dense rows, fold-in = −inf, argsort."""
+    users = np.flatnonzero(np.diff(heldout.indptr) > 0)
+    out: dict[str, list] = {"row": [], "recall@20": [], "recall@50": [], "ndcg@100": []}
+    for start in range(0, users.size, batch_size):
+        rows = users[start : start + batch_size]
+        x = fold_in[rows].toarray().astype(np.float32)
+        s = score(torch.from_numpy(x)).numpy().astype(np.float64)
+        s[x > 0] = -np.inf
+        ranking = np.argsort(-s, axis=1, kind="stable")
+        truth = heldout[rows].toarray() > 0
+        n_held = truth.sum(1)
+        for k in (20, 50):
+            hits = np.take_along_axis(truth, ranking[:, :k], axis=1).sum(1)
+            out[f"recall@{k}"].extend(hits / np.minimum(k, n_held))
+        gains = np.take_along_axis(truth, ranking[:, :100], axis=1) / np.log2(np.arange(2, 102))
+        ideal = np.array([np.sum(1.0 / np.log2(np.arange(2, min(100, n) + 2))) for n in n_held])
+        out["ndcg@100"].extend(gains.sum(1) / ideal)
+        out["row"].extend(rows)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def eval_data():
+    matrix = synthetic_matrix(150, 200, 6000, seed=9)
+    return heldout_split(matrix, seed=10)
+
+
+def exact_scorer(n_items: int):
+    """Scores = integer (x @ W, W integer) + a distinct fraction per item: no ties among
+    non-fold-in items and exact in float32 whatever the summation order or batch."""
+    g = torch.Generator().manual_seed(11)
+    weights = torch.randint(-8, 9, (n_items, n_items), generator=g).float()
+    base = torch.randperm(n_items, generator=g).float() / 1024.0
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        return x @ weights + base
+
+    return score
+
+
+@pytest.mark.parametrize("batch_size", [2000, 37])
+def test_evaluate_equals_numpy_reference_per_user(eval_data, batch_size):
+    fold_in, heldout = eval_data
+    score = exact_scorer(200)
+    got = evaluate(score, fold_in, heldout, batch_size=batch_size, device="cpu").per_user
+    want = numpy_metrics(score, fold_in, heldout, batch_size=batch_size)
+    assert len(got) == len(want["row"]) > 100
+    np.testing.assert_array_equal(got["row"].to_numpy(), want["row"])
+    for name in ("recall@20", "recall@50", "ndcg@100"):
+        np.testing.assert_allclose(got[name].to_numpy(), want[name], rtol=1e-12, atol=0, err_msg=name)
+    assert 0 < got["ndcg@100"].mean() < 1
+
+
+def test_evaluate_of_a_trained_shape_model_equals_numpy_reference(eval_data):
+    fold_in, heldout = eval_data
+    torch.manual_seed(0)
+    model = build_model("mult-vae", 200, hidden_size=32, latent_size=8)
+    model.eval()
+    got = evaluate(model.score, DeviceCSR(fold_in), heldout, batch_size=64, device="cpu").per_user
+    want = numpy_metrics(model.score, fold_in, heldout, batch_size=64)
+    for name in ("recall@20", "recall@50", "ndcg@100"):
+        np.testing.assert_allclose(got[name].to_numpy(), want[name], rtol=1e-12, atol=0, err_msg=name)
+    assert not math.isnan(got["ndcg@100"].mean())
