@@ -11,7 +11,9 @@ explicit sizes, and for every model asked for:
   matrix and densified with ``toarray()`` on the host, then moved to the device (Liang's ``vae_cf``,
   RecVAE); for the VampPrior models also EVCF's pseudo-inputs ``hardtanh(I_K @ P)`` (a K×K identity
   times the K×I weight, every step) and EVCF's broadcast (B, K, Z) mixture log-density.  The
-  reference always runs in float32, as the original code does;
+  reference always runs in float32, as the original code does.  The timed steps of the two paths
+  alternate (and so does which goes first), so that load from other processes on a shared machine
+  falls on both alike; each path's peak memory is measured in a separate run of it alone;
 * the time to evaluate ``--eval-users`` (10,000) held-out users with :func:`evcf.evaluate.evaluate`;
 * the peak resident memory of each phase (``/proc/self/status`` VmHWM, reset between phases where
   the kernel allows; ``resource.getrusage`` otherwise) and, on a GPU, ``torch.cuda.max_memory_allocated``.
@@ -217,15 +219,20 @@ def synthetic_matrix(n_users: int, n_items: int, nnz: int, seed: int, *, min_per
 
 def heldout_split(matrix: "sp.csr_matrix", seed: int, fraction: float = 0.2, min_items: int = 5
                   ) -> tuple["sp.csr_matrix", "sp.csr_matrix"]:
-    """(fold-in, held-out): each click of a row with ≥ ``min_items`` clicks held out with
-    probability ``fraction`` (seeded), as a stand-in for the protocol's 80/20 fold-in split."""
+    """(fold-in, held-out) rows as the protocol splits held-out users: a row with ≥ ``min_items``
+    clicks has ``int(fraction · n)`` of them, drawn at random (seeded), held out; shorter rows keep
+    everything as fold-in."""
     import numpy as np
     import scipy.sparse as sp
 
     rng = np.random.default_rng(seed)
     lengths = np.diff(matrix.indptr)
     rows = np.repeat(np.arange(matrix.shape[0]), lengths)
-    held = (rng.random(matrix.nnz) < fraction) & (lengths[rows] >= min_items)
+    order = np.lexsort((rng.random(matrix.nnz), rows))  # a random order within each row
+    rank = np.empty(matrix.nnz, np.int64)
+    rank[order] = np.arange(matrix.nnz) - matrix.indptr[rows[order]]
+    n_held = np.where(lengths >= min_items, (fraction * lengths).astype(np.int64), 0)
+    held = rank < n_held[rows]
     cols = matrix.indices
 
     def part(mask: np.ndarray) -> sp.csr_matrix:
@@ -563,32 +570,26 @@ def _step_reference(model: Any, optimizer: Any, train: "sp.csr_matrix", rows: "n
     return parts.loss.item()
 
 
-def _timed(step: Callable[[Any], float], batches: list, warmup: int, device: "torch.device"
-           ) -> tuple[float, list[float]]:
-    """Run ``step`` on each batch; return the first loss and the times of the post-warm-up steps."""
+def _sync(device: "torch.device") -> None:
     import torch
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    first, times = math.nan, []
-    for i, batch in enumerate(batches):
-        sync()
-        started = time.perf_counter()
-        loss = step(batch)
-        sync()
-        if i == 0:
-            first = loss
-        if i >= warmup:
-            times.append(time.perf_counter() - started)
-    return first, times
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _bench_vae(name: str, recipe: dict[str, Any], hparams: dict[str, Any], data: dict[str, Any], *,
                steps: int, reference_steps: int, warmup: int, precision: str, seed: int,
                device: "torch.device", memory: _PeakMemory) -> dict[str, Any]:
-    import numpy as np
+    """Memory phases first (each path alone), then the timed steps of both paths interleaved.
+
+    1. reference style alone: one step from a fresh model (its peak memory and first loss);
+    2. fast path alone: a fresh model and its warm-up steps (peak memory, first loss), kept;
+    3. evaluation of the held-out users with that model (time, peak memory);
+    4. a fresh reference-style model and its warm-up steps, then ``steps`` fast and
+       ``reference_steps`` reference steps on the same batches, alternating which goes first, so
+       that load from other processes falls on both alike.
+    The first losses of 1 and 2 (same seed, batch and dropout mask) must agree up to rounding.
+    """
     import torch
 
     from .evaluate import evaluate
@@ -598,11 +599,14 @@ def _bench_vae(name: str, recipe: dict[str, Any], hparams: dict[str, Any], data:
     train_csr, train_dev = data["train_csr"], data["train_dev"]
     n_users = train_csr.shape[0]
     batch = min(recipe["batch_size"], n_users)
-    n_batches = max(warmup + steps, warmup + reference_steps)
+    n_batches = max(1, warmup) + max(steps, reference_steps)
     order = torch.randperm(n_users, generator=torch.Generator().manual_seed(seed))
     # consecutive batches of one shuffled order, as an epoch takes them (wrapping round if short)
     batches = [order[torch.arange(k * batch, (k + 1) * batch) % n_users] for k in range(n_batches)]
+    timed = batches[max(1, warmup):]
     steps_per_epoch = math.ceil(n_users / batch)
+    autocast = precision == "bf16"
+    beta = recipe["beta"]
     out: dict[str, Any] = {"batch_size": batch, "optimizer": recipe["optimizer"], "lr": recipe["lr"],
                            "hparams": hparams, "steps_per_epoch": steps_per_epoch}
 
@@ -612,45 +616,71 @@ def _bench_vae(name: str, recipe: dict[str, Any], hparams: dict[str, Any], data:
         model.train()
         return model, make_optimizer(recipe["optimizer"], model.parameters(), recipe["lr"])
 
-    # the fast path: what evcf train runs
-    with memory.phase(out, "peak_rss_mib"):
-        model, optimizer = fresh()
-        torch.manual_seed(seed)
-        autocast = precision == "bf16"
-        first, times = _timed(lambda rows: _step_fast(model, optimizer, train_dev, rows, recipe["beta"],
-                                                      autocast, device),
-                              batches[: warmup + steps], warmup, device)
-        step_s = statistics.median(times)
-        out.update(step_s=step_s, step_times_s=times, epoch_s=step_s * steps_per_epoch,
-                   users_per_s=batch / step_s, first_step_loss=first)
-        model.eval()
-        started = time.perf_counter()
-        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=recipe["eval_batch_size"],
-                 device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        out["eval_10k_s"] = time.perf_counter() - started
-        out["eval_batch_size"] = recipe["eval_batch_size"]
-        del model, optimizer
+    def fast(model: Any, optimizer: Any, rows: Any) -> float:
+        return _step_fast(model, optimizer, train_dev, rows, beta, autocast, device)
 
-    # the reference style, always float32
+    def reference(model: Any, optimizer: Any, rows: Any) -> float:
+        return _step_reference(model, optimizer, train_csr, rows.numpy(), beta, device)
+
+    ref_first = None
     if reference_steps > 0:
         with memory.phase(out, "reference_peak_rss_mib"):
             model, optimizer = fresh()
-            np_batches = [b.numpy() for b in batches[: warmup + reference_steps]]
             with reference_style(model):
                 torch.manual_seed(seed)
-                ref_first, ref_times = _timed(
-                    lambda rows: _step_reference(model, optimizer, train_csr, rows, recipe["beta"], device),
-                    np_batches, warmup, device)
+                ref_first = reference(model, optimizer, batches[0])
             del model, optimizer
-        ref_step = statistics.median(ref_times)
-        out.update(reference_step_s=ref_step, reference_step_times_s=ref_times,
+
+    with memory.phase(out, "peak_rss_mib"):
+        model, optimizer = fresh()
+        torch.manual_seed(seed)
+        first = fast(model, optimizer, batches[0])
+        for rows in batches[1:warmup]:
+            fast(model, optimizer, rows)
+
+    with memory.phase(out, "eval_peak_rss_mib"):
+        model.eval()
+        _sync(device)
+        started = time.perf_counter()
+        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=recipe["eval_batch_size"],
+                 device=device)
+        _sync(device)
+        out["eval_10k_s"] = time.perf_counter() - started
+        out["eval_batch_size"] = recipe["eval_batch_size"]
+        model.train()
+
+    ref_model = ref_optimizer = None
+    if reference_steps > 0:
+        ref_model, ref_optimizer = fresh()
+        for rows in batches[:warmup]:
+            with reference_style(ref_model):
+                reference(ref_model, ref_optimizer, rows)
+    times: dict[str, list[float]] = {"fast": [], "reference": []}
+    for i in range(max(steps, reference_steps)):
+        for kind in (("fast", "reference") if i % 2 == 0 else ("reference", "fast")):
+            if i >= (steps if kind == "fast" else reference_steps):
+                continue
+            _sync(device)
+            started = time.perf_counter()
+            if kind == "fast":
+                fast(model, optimizer, timed[i])
+            else:
+                with reference_style(ref_model):
+                    reference(ref_model, ref_optimizer, timed[i])
+            _sync(device)
+            times[kind].append(time.perf_counter() - started)
+    del model, optimizer, ref_model, ref_optimizer
+
+    step_s = statistics.median(times["fast"])
+    out.update(step_s=step_s, step_times_s=times["fast"], epoch_s=step_s * steps_per_epoch,
+               users_per_s=batch / step_s, first_step_loss=first)
+    if reference_steps > 0:
+        ref_step = statistics.median(times["reference"])
+        out.update(reference_step_s=ref_step, reference_step_times_s=times["reference"],
                    reference_epoch_s=ref_step * steps_per_epoch, reference_first_step_loss=ref_first,
-                   speedup=ref_step / out["step_s"])
-        # same seed, same batch, same dropout: the first losses agree up to rounding (a check that
-        # both paths compute the same model; bf16 runs differ by bf16 rounding)
-        out["first_step_loss_rel_diff"] = abs(first - ref_first) / max(abs(ref_first), 1e-12)
+                   speedup=ref_step / step_s,
+                   # a check that both paths compute the same model (bf16 runs differ by its rounding)
+                   first_step_loss_rel_diff=abs(first - ref_first) / max(abs(ref_first), 1e-12))
     else:
         out.update(reference_epoch_s=None, speedup=None)
     return out
@@ -905,18 +935,19 @@ def format_table(result: dict[str, Any]) -> str:
             _fmt(m.get("reference_epoch_s")),
             _fmt(m.get("speedup"), "x"),
             _fmt(m.get("eval_10k_s")),
-            _fmt(m.get("peak_rss_mib")),
+            _fmt(m.get("peak_rss_mib")) + (f" / {_fmt(m['eval_peak_rss_mib'])}" if m.get("eval_peak_rss_mib") else ""),
             m.get("note", ""),
         ])
     n_eval = result.get("eval_users") or 0
     headers = ["model", "batch", "s / epoch", "users / s", "reference s / epoch", "speed-up",
-               f"eval {n_eval:,} users (s)", "peak RSS (MiB)", "note"]
+               f"eval {n_eval:,} users (s)", "peak RSS train / eval (MiB)", "note"]
     shape = result["shape"]
     lines = [
         f"shape {shape['name']}: {shape['users']:,} users x {shape['items']:,} items, {shape['nnz']:,} clicks; "
         f"device {result['device']} ({result['machine']['summary']}), {result['precision']} "
         f"(reference {result['reference_precision']}), {result['threads']} threads; "
-        f"median of {result['steps']} steps after {result['warmup_steps']} warm-up, times an epoch's steps",
+        f"median of {result['steps']} steps ({result['reference_steps']} reference) after {result['warmup_steps']} "
+        f"warm-up, the two paths interleaved, times an epoch's steps",
         tabulate(rows, headers=headers, disable_numparse=True, colalign=("left",) + ("right",) * 7 + ("left",)),
     ]
     pre = result.get("preprocess")
@@ -927,7 +958,7 @@ def format_table(result: dict[str, Any]) -> str:
                      f"peak RSS {_fmt(pre['peak_rss_mib'])} MiB")
     else:
         lines.append(f"preprocessing: {result.get('preprocess_note', 'skipped')}")
-    lines.append(f"peak RSS: training {_fmt(result['train_peak_rss_mib'])} MiB (worst model, fast path), "
+    lines.append(f"peak RSS: training {_fmt(result['train_peak_rss_mib'])} MiB (worst model, fast path alone), "
                  f"whole bench {_fmt(result['peak_rss_mib'])} MiB; load average "
                  f"{result['load_average_start']} -> {result['load_average_end']}")
     return "\n".join(lines)

@@ -136,7 +136,7 @@ def grid(cluster, tmp_path_factory) -> Grid:
     """The tiny grid on SLURM: mult-vae's training broken, then fixed and resumed."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     broken = copy.deepcopy(params["model_params"])
-    broken["mult-vae"]["model"]["dropout"] = 1.5  # valid YAML; `evcf train` rejects it when it builds the model
+    broken["mult-vae"]["model"]["dropout"] = 1.5  # passes config validation; `evcf train` rejects it when it builds the model
     root = make_workflow_copy(tmp_path_factory.mktemp("slurm-run") / "wf", model_params=broken)
     fit_profile_to_node(root, cluster)
 

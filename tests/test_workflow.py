@@ -51,6 +51,10 @@ def test_snakemake_all_produces_every_output(snakemake_run):
     assert len(pd.read_csv(root / RUN.format(model="mult-vae") / "history.csv")) == 3
     table = (root / "results/table1.md").read_text()
     assert "Mult-VAE" in table and "Popularity" in table
+    # the self-contained HTML report holds the table and the plots
+    run([tool("snakemake"), "--cores", "1", "--report", "results/report.html", "all"], cwd=root)
+    html = (root / "results/report.html").read_bytes()
+    assert len(html) > 50_000 and b"metrics_synthetic-tiny.png" in html
     # a second invocation has nothing to do
     again = run([tool("snakemake"), "--cores", "2", "all", "--dry-run"], cwd=root)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -69,6 +73,8 @@ def test_dvc_repro_gives_the_same_metrics(snakemake_run, tmp_path):
     assert (root / "results/table1.md").exists()
     shown = run([tool("dvc"), "metrics", "show", "--json"], cwd=root)
     assert "ndcg@100" in shown.stdout
+    plots = json.loads(run([tool("dvc"), "plots", "show", "--json"], cwd=root).stdout)
+    assert "results/plots/metrics_synthetic-tiny.png" in plots["data"]
     status = run([tool("dvc"), "status"], cwd=root)
     assert "up to date" in status.stdout.lower()
 

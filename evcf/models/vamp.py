@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evcf.errors import EvcfError
-from evcf.models.base import LossParts, VAEModel
+from evcf.models.base import VAEModel
 from evcf.models.layers import (
     LOG_2PI,
     GaussianEncoder,
@@ -293,27 +293,10 @@ class HVamp(VAEModel):
         log_p = log_normal_diag(out.z1, out.p_z1_mu, out.p_z1_logvar) + self.log_prior_z2(out.z2)
         return log_q - log_p  # (B,)
 
-    def loss(self, x: torch.Tensor, beta: float) -> LossParts:
-        """NLL + β·KL (+ λ Σ‖W‖² when ``weight_decay`` > 0), means over the batch.
-
-        The module's mode decides dropout and sampling, as in :meth:`MultVAE.loss`.
-        """
-        out = self(x)
-        rec = nll(out.logits, x, self.config.likelihood).mean()
-        kl = self.kl(out).mean()
-        total = rec + beta * kl
-        penalty = 0.0
-        if self.config.weight_decay > 0:
-            pen = self.config.weight_decay * weight_penalty(self)
-            total = total + pen
-            penalty = pen.item()
-        return LossParts(loss=total, nll=rec.item(), kl=kl.item(), penalty=penalty)
-
-    @torch.no_grad()
-    def score(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of p(x | z1, z2) at z2 = E q(z2|x), z1 = E q(z1|x, z2), no dropout.  (B, I)"""
-        with eval_mode(self):
-            return self(x).logits
+    # The loss (NLL + β·KL (+ λ Σ‖W‖²), means over the batch) and the eval-mode scores
+    # (z2 = E q(z2|x), z1 = E q(z1|x, z2), no dropout) are Mult-VAE's, over this forward() and kl().
+    loss = MultVAE.loss
+    score = MultVAE.score
 
     def init_pseudo_from(self, rows: torch.Tensor,
                          generator: torch.Generator | None = None) -> None:
