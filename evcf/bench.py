@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -311,7 +311,6 @@ def write_ml20m_ratings(path: Path, rows: int, seed: int) -> dict[str, int]:
     shares = np.asarray(_ML20M_STAR_SHARES) / sum(_ML20M_STAR_SHARES)
     path = Path(path)
     chunk = 1 << 21
-    lengths = np.diff(matrix.indptr)
     with open(path, "wb") as out:
         out.write(b"userId,movieId,rating,timestamp\n")
         for start in range(0, rows, chunk):
@@ -321,7 +320,6 @@ def write_ml20m_ratings(path: Path, rows: int, seed: int) -> dict[str, int]:
             half_stars = rng.choice(np.arange(1, 11), size=stop - start, p=shares).astype(np.int64)
             stamp = rng.integers(1_000_000_000, 1_427_784_002, stop - start)
             out.write(_ratings_csv_chunk(user, movie, half_stars, stamp))
-    assert int(lengths.sum()) == rows
     return {"rows": rows, "users": n_users, "movies": n_movies, "bytes": path.stat().st_size}
 
 
@@ -747,7 +745,7 @@ def _warm_up_process(device: "torch.device") -> None:
 def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: int | None = None,
               nnz: int | None = None, models: list[str] | None = None, steps: int = 5, warmup: int = 1,
               reference_steps: int | None = None, batch_size: int | None = None,
-              hparams: dict[str, dict[str, Any]] | None = None, device: str = "cpu",
+              hparams: dict[str, dict[str, Any]] | None = None, device: str = "auto",
               precision: str = "fp32", threads: int | None = None, eval_users: int = 10_000,
               preprocess_rows: int | None = None, skip_preprocess: bool = False,
               seed: int = 0) -> dict[str, Any]:
@@ -757,12 +755,12 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     defaults to ``steps`` (0 skips the reference style).  ``preprocess_rows`` defaults to the shape's
     (20,000,263 for ml-20m; none for netflix and explicit sizes).
     """
-    import numpy as np  # noqa: F401  (fail early, before the long parts, if the stack is broken)
+    import numpy as np
     import torch
 
     from . import __version__
     from .data.batches import DeviceCSR
-    from .models import MODEL_NAMES, VAEModel, model_class
+    from .models import VAEModel, build_model, model_class
     from .training import resolve_device
 
     # --- arguments ----------------------------------------------------------------------------
@@ -795,17 +793,20 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
         raise EvcfError("--batch-size must be at least 1", fix="e.g. --batch-size 500")
     if precision not in ("fp32", "bf16"):
         raise EvcfError(f"--precision {precision!r} is not fp32 or bf16", fix="use fp32 or bf16")
-    if threads is not None:
-        if threads < 1:
-            raise EvcfError("--threads must be at least 1", fix="e.g. --threads 2")
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise EvcfError("--threads must be at least 1", fix="e.g. --threads 2")
     if eval_users < 1:
         raise EvcfError("--eval-users must be at least 1", fix="e.g. --eval-users 10000")
+    for name in models:  # hyperparameter names and types, before the long parts (a 2-item model)
+        if issubclass(model_class(name), VAEModel):
+            build_model(name, 2, **{**RECIPES.get(name, {}).get("hparams", {}), **hparams.get(name, {})})
     if skip_preprocess:
         preprocess_rows = None
     elif preprocess_rows is None:
         preprocess_rows = the_shape.preprocess_rows
     dev = resolve_device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     result: dict[str, Any] = {
         "shape": {"name": the_shape.name, "users": the_shape.users, "items": the_shape.items,
@@ -852,8 +853,8 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     mark = time.perf_counter()
     train_csr = synthetic_matrix(the_shape.users, the_shape.items, the_shape.nnz, seed)
     n_eval = min(eval_users, the_shape.users)
-    eval_matrix = synthetic_matrix(n_eval, the_shape.items, max(n_eval, round(n_eval * the_shape.nnz / the_shape.users)),
-                                   seed + 1)
+    eval_nnz = max(n_eval, round(n_eval * the_shape.nnz / the_shape.users))  # the same clicks per user
+    eval_matrix = synthetic_matrix(n_eval, the_shape.items, eval_nnz, seed + 1)
     eval_in, eval_out = heldout_split(eval_matrix, seed + 2)
     del eval_matrix
     result["synthetic_s"] = round(time.perf_counter() - mark, 3)
@@ -883,12 +884,13 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
             log.info("bench: %s (closed form)", name)
             entry = _bench_closed_form(name, data, dev, memory)
         result["models"][name] = _rounded(entry)
-        log.info("bench: %s: epoch %s s, reference %s s", name, entry.get("epoch_s"), entry.get("reference_epoch_s"))
+        log.info("bench: %s: %s s per epoch, reference %s s", name, _fmt(entry.get("epoch_s")),
+                 _fmt(entry.get("reference_epoch_s")))
     timed_eval = [m for m in result["models"].values() if m.get("eval_10k_s") is not None]
     first = result["models"].get("mult-vae") or (timed_eval[0] if timed_eval else None)
     result["eval_10k_s"] = first.get("eval_10k_s") if first else None
-    trained = [m["peak_rss_mib"] for name, m in result["models"].items()
-               if name in MODEL_NAMES and m.get("peak_rss_mib") is not None]
+    trained = [m["peak_rss_mib"] for m in result["models"].values()
+               if m.get("epoch_s") is not None and m.get("peak_rss_mib") is not None]  # VAE models
     result["train_peak_rss_mib"] = max(trained) if trained else None
     result["peak_rss_mib"] = memory.peak_mib()
     if dev.type == "cuda":
@@ -999,7 +1001,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``evcf bench`` on the CLI's subparsers."""
     p = subparsers.add_parser(
         "bench", help="time training steps, evaluation and preprocessing against the reference style",
-        description=__doc__.split("\n\n")[0])
+        description="Time training steps, evaluation and preprocessing at a dataset's shape, against "
+                    "the reference style (see evcf/bench.py).")
     p.add_argument("--shape", default="ml-20m", help=f"named shape: {', '.join(SHAPES)} (default ml-20m)")
     p.add_argument("--users", type=int, help="explicit training users (with --items and --nnz)")
     p.add_argument("--items", type=int)
@@ -1013,7 +1016,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="one batch size for every model (default: each paper's, 500 Liang / 200 EVCF)")
     p.add_argument("--hparams", type=_json_object, default=None,
                    help='JSON per model, e.g. \'{"vamp": {"n_pseudo": 500}}\'')
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--eval-users", type=int, default=10_000, help="held-out users to evaluate (default 10000)")

@@ -11,15 +11,15 @@ import scipy.sparse as sp
 import torch
 
 from .data.batches import DeviceCSR
-from .metrics import ndcg_at_k, recall_at_k
+from .metrics import ndcg_from_hits, recall_from_hits, topk_hits
 
 __all__ = ["METRICS", "Evaluation", "evaluate", "summarize"]
 
-# name -> (function, K); the paper's three
+# name -> (function of topk_hits' output, K); the paper's three
 METRICS: dict[str, tuple[Callable, int]] = {
-    "recall@20": (recall_at_k, 20),
-    "recall@50": (recall_at_k, 50),
-    "ndcg@100": (ndcg_at_k, 100),
+    "recall@20": (recall_from_hits, 20),
+    "recall@50": (recall_from_hits, 50),
+    "ndcg@100": (ndcg_from_hits, 100),
 }
 
 
@@ -72,9 +72,11 @@ def evaluate(
         scores = score(x).float()
         scores[x > 0] = -torch.inf
         truth = heldout_dev.dense(rows, dtype=torch.bool)
+        # one ranking for all metrics: the top max(K) items, each metric reads its first K
+        hits, n_heldout = topk_hits(scores, truth, max(METRICS[name][1] for name in metrics))
         for name in metrics:
             fn, k = METRICS[name]
-            columns[name].append(fn(scores, truth, k))
+            columns[name].append(fn(hits, n_heldout, k))
     frame = pd.DataFrame({"row": users})
     for name in metrics:
         frame[name] = np.concatenate(columns[name]) if columns[name] else np.array([])

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["recall_at_k", "ndcg_at_k", "topk_hits"]
+__all__ = ["recall_at_k", "ndcg_at_k", "topk_hits", "recall_from_hits", "ndcg_from_hits"]
 
 
 def _as_tensor(scores) -> torch.Tensor:
@@ -36,7 +36,8 @@ def _heldout_dense(heldout, device: torch.device) -> torch.Tensor:
     if sp.issparse(heldout):
         heldout = heldout.toarray()
     if isinstance(heldout, torch.Tensor):
-        return (heldout.to(device) > 0)
+        heldout = heldout.to(device)
+        return heldout if heldout.dtype == torch.bool else heldout > 0
     return torch.from_numpy(np.asarray(heldout) > 0).to(device)
 
 
@@ -57,23 +58,34 @@ def topk_hits(scores, heldout, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return hits, truth.sum(dim=1)
 
 
+def recall_from_hits(hits: torch.Tensor, n_heldout: torch.Tensor, k: int) -> np.ndarray:
+    """Recall@k from :func:`topk_hits` output (its first k columns are used)."""
+    n = n_heldout.double()
+    recall = hits[:, :k].sum(dim=1).double() / torch.clamp(n, max=k)
+    recall[n == 0] = float("nan")
+    return recall.cpu().numpy()
+
+
+def ndcg_from_hits(hits: torch.Tensor, n_heldout: torch.Tensor, k: int) -> np.ndarray:
+    """NDCG@k from :func:`topk_hits` output (its first k columns are used)."""
+    hits = hits[:, :k]
+    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=hits.device))  # (k,)
+    dcg = (hits.double() * discount[: hits.shape[1]]).sum(dim=1)
+    ideal = torch.cumsum(discount, 0)  # ideal[j] = IDCG with j+1 relevant items
+    n_rel = torch.clamp(n_heldout, max=k).long()
+    idcg = ideal[torch.clamp(n_rel - 1, min=0)]
+    ndcg = dcg / idcg
+    ndcg[n_heldout == 0] = float("nan")
+    return ndcg.cpu().numpy()
+
+
 def recall_at_k(scores, heldout, k: int) -> np.ndarray:
     """Recall@k per user: hits in the top k divided by min(k, number of held-out items)."""
     hits, n = topk_hits(scores, heldout, k)
-    n = n.double()
-    recall = hits.sum(dim=1).double() / torch.clamp(n, max=k)
-    recall[n == 0] = float("nan")
-    return recall.cpu().numpy()
+    return recall_from_hits(hits, n, k)
 
 
 def ndcg_at_k(scores, heldout, k: int) -> np.ndarray:
     """NDCG@k per user, with the ideal DCG taken over min(k, number of held-out items) positions."""
     hits, n = topk_hits(scores, heldout, k)
-    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=hits.device))  # (k,)
-    dcg = (hits.double() * discount[: hits.shape[1]]).sum(dim=1)
-    ideal = torch.cumsum(discount, 0)  # ideal[j] = IDCG with j+1 relevant items
-    n_rel = torch.clamp(n, max=k).long()
-    idcg = ideal[torch.clamp(n_rel - 1, min=0)]
-    ndcg = dcg / idcg
-    ndcg[n == 0] = float("nan")
-    return ndcg.cpu().numpy()
+    return ndcg_from_hits(hits, n, k)

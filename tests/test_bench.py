@@ -80,6 +80,7 @@ def test_run_bench_skips_preprocessing_and_reference_when_asked(tmp_path):
     ({"hparams": {"vamp": {}}, "models": ["mult-vae"]}, "not benchmarked"),
     ({"users": 10, "items": 4, "nnz": 100}, "cannot make a 10 x 4 matrix"),
     ({"precision": "fp8"}, "fp32 or bf16"),
+    ({"models": ["vamp"], "hparams": {"vamp": {"n_pseudoinputs": 5}}}, "has no hyperparameter 'n_pseudoinputs'"),
 ])
 def test_bad_arguments_raise_one_evcf_error(kwargs, needle):
     args = {"users": 50, "items": 40, "nnz": 400, "skip_preprocess": True, **kwargs}

@@ -291,3 +291,44 @@ def test_evaluate_of_a_trained_shape_model_equals_numpy_reference(eval_data):
     for name in ("recall@20", "recall@50", "ndcg@100"):
         np.testing.assert_allclose(got[name].to_numpy(), want[name], rtol=1e-12, atol=0, err_msg=name)
     assert not math.isnan(got["ndcg@100"].mean())
+
+
+# --------------------------------------------------------------------------------------------------
+# The sparse first layer (first_layer_from_rows) against the plain dense input step
+
+
+def _dense_first_layer(dropout, layer, x):
+    """The reference path: L2-normalise the dense rows, dropout, then the layer."""
+    return layer(dropout(torch.nn.functional.normalize(x, p=2.0, dim=1)))
+
+
+@pytest.mark.parametrize("name", ["mult-dae", "mult-vae", "mult-vae-gated", "vamp", "hvamp", "hvamp-gated"])
+@pytest.mark.parametrize("mode", ["eval", "train-no-dropout"])
+def test_sparse_first_layer_equals_dense_path(name, mode, monkeypatch):
+    from evcf.models import build_model, layers, multvae, vamp
+
+    n_items = 64
+    extra = {"n_pseudo": 4} if "vamp" in name else {}
+    x = (torch.rand(12, n_items, generator=torch.Generator().manual_seed(0)) < 0.15).float()
+    x[0] = 0
+    x[0, 3] = 1  # a user with a single click
+
+    def loss_and_grads(patched: bool):
+        torch.manual_seed(7)
+        model = build_model(name, n_items, hidden_size=16, dropout=0.0 if mode != "eval" else 0.5, **extra)
+        model.train(mode != "eval")
+        with monkeypatch.context() as m:
+            if patched:
+                for module in (layers, multvae, vamp):
+                    m.setattr(module, "first_layer_from_rows", _dense_first_layer)
+            torch.manual_seed(8)
+            parts = model.loss(x, 0.3)
+            parts.loss.backward()
+        return parts.loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    fast_loss, fast_grads = loss_and_grads(patched=False)
+    ref_loss, ref_grads = loss_and_grads(patched=True)
+    torch.testing.assert_close(fast_loss, ref_loss, rtol=1e-6, atol=1e-5)
+    assert fast_grads.keys() == ref_grads.keys()
+    for key in ref_grads:
+        torch.testing.assert_close(fast_grads[key], ref_grads[key], rtol=1e-5, atol=1e-6, msg=key)

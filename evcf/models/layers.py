@@ -28,6 +28,7 @@ __all__ = [
     "mlp",
     "GaussianHead",
     "GaussianEncoder",
+    "first_layer_from_rows",
     "l2_normalise",
     "reparameterise",
     "at_least_float32",
@@ -131,6 +132,44 @@ class GaussianEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.layers(self.dropout(x))  # (n, H)
         return self.head(h)  # (n, Z), (n, Z)
+
+    def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``self(l2_normalise(x))`` for raw user rows, computed from their non-zeros only."""
+        h = first_layer_from_rows(self.dropout, self.layers[0], x)  # (n, H)
+        for layer in self.layers[1:]:
+            h = layer(h)
+        return self.head(h)
+
+
+def first_layer_from_rows(dropout: nn.Dropout, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(dropout(l2_normalise(x)))`` from the non-zeros of the rows ``x``.  (B, I) -> (B, H)
+
+    Exact: L2 normalisation and dropout change only the non-zeros, so the first layer's product is
+    a weighted sum of the weight columns of each row's items (``embedding_bag``).  Values equal the
+    dense path's (``x / max(‖x‖, eps)``, then ``· mask / (1 − p)``); only the summation order of the
+    product differs (float rounding).  The dropout mask is drawn for the non-zeros alone: the same
+    distribution as the dense mask, a different random stream.  With ~0.3% non-zeros (ML-20M) this
+    replaces two dense (B, I) x (I, H) products (forward and weight gradient) — see ``evcf bench``.
+    """
+    batch_row, cols = torch.nonzero(x, as_tuple=True)  # (nnz,) each, row-major
+    norm = x.norm(2.0, dim=1).clamp_min(1e-12)  # (B,) F.normalize's denominator
+    values = x[batch_row, cols] / norm[batch_row]  # (nnz,)
+    if dropout.training and dropout.p > 0:
+        keep = torch.empty_like(values).bernoulli_(1.0 - dropout.p)
+        values = values * keep / (1.0 - dropout.p)
+    counts = torch.bincount(batch_row, minlength=x.shape[0])  # (B,)
+    offsets = torch.cumsum(counts, 0) - counts
+
+    def linear(m: nn.Linear) -> torch.Tensor:  # (B, H)
+        # embedding_bag reads rows of an (I, H) table: the transposed weight
+        return F.embedding_bag(cols, m.weight.t().contiguous(), offsets, mode="sum",
+                               per_sample_weights=values.to(m.weight.dtype)) + m.bias
+
+    if isinstance(layer, GatedDense):
+        return linear(layer.linear) * torch.sigmoid(linear(layer.gate))
+    if isinstance(layer, Dense):
+        return torch.tanh(linear(layer.linear))
+    raise TypeError(f"first_layer_from_rows: unsupported layer {type(layer).__name__}")
 
 
 # --------------------------------------------------------------------------------------------------

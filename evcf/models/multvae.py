@@ -23,7 +23,7 @@ from evcf.models.layers import (
     eval_mode,
     init_weights,
     kl_standard_normal,
-    l2_normalise,
+    first_layer_from_rows,
     log_normal_diag,
     log_standard_normal,
     mlp,
@@ -65,8 +65,8 @@ class MultDAE(VAEModel):
         init_weights(self, c.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.dropout(l2_normalise(x))  # (B, I)
-        return self.decoder(self.encoder(h))  # (B, I) logits
+        h = first_layer_from_rows(self.dropout, self.encoder, x)  # (B, H) = tanh(W dropout(l2(x)) + b)
+        return self.decoder(h)  # (B, I) logits
 
     def loss(self, x: torch.Tensor, beta: float = 0.0) -> LossParts:
         """NLL + λ Σ‖W‖² (``beta`` is ignored: a DAE has no KL term).
@@ -139,7 +139,7 @@ class MultVAE(VAEModel):
     # --- the network ------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> VAEOutput:
-        mu, logvar = self.encoder(l2_normalise(x))  # (B, Z), (B, Z)
+        mu, logvar = self.encoder.forward_rows(x)  # (B, Z), (B, Z): encoder(l2_normalise(x))
         z = reparameterise(mu, logvar, self.training)  # (B, Z)
         return VAEOutput(self.decoder(z), z, mu, logvar)
 

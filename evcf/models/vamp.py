@@ -36,7 +36,7 @@ from evcf.models.layers import (
     eval_mode,
     hidden_layer,
     init_weights,
-    l2_normalise,
+    first_layer_from_rows,
     log_normal_diag,
     mlp,
     nll,
@@ -263,8 +263,10 @@ class HVamp(VAEModel):
 
     # --- the network ------------------------------------------------------------------------------
 
-    def q_z1(self, x_norm: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = torch.cat([self.q_z1_x(x_norm), self.q_z1_z2(z2)], dim=1)  # (B, 2H)
+    def q_z1(self, x: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z1 | x, z2) for raw rows ``x``: the x branch is dropout(l2_normalise(x)) → H."""
+        h_x = first_layer_from_rows(self.q_z1_x[0], self.q_z1_x[1], x)  # (B, H)
+        h = torch.cat([h_x, self.q_z1_z2(z2)], dim=1)  # (B, 2H)
         return self.q_z1_head(self.q_z1_joint(h))  # (B, Z1), (B, Z1)
 
     def p_x(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
@@ -272,10 +274,9 @@ class HVamp(VAEModel):
         return self.p_x_out(self.p_x_joint(h))  # (B, I) logits
 
     def forward(self, x: torch.Tensor) -> HVampOutput:
-        x_norm = l2_normalise(x)  # (B, I)
-        z2_mu, z2_logvar = self.q_z2(x_norm)  # (B, Z2)
+        z2_mu, z2_logvar = self.q_z2.forward_rows(x)  # (B, Z2): q_z2(l2_normalise(x))
         z2 = reparameterise(z2_mu, z2_logvar, self.training)
-        z1_mu, z1_logvar = self.q_z1(x_norm, z2)  # (B, Z1)
+        z1_mu, z1_logvar = self.q_z1(x, z2)  # (B, Z1)
         z1 = reparameterise(z1_mu, z1_logvar, self.training)
         p_mu, p_logvar = self.p_z1_head(self.p_z1(z2))  # (B, Z1)
         return HVampOutput(self.p_x(z1, z2), z1, z1_mu, z1_logvar, z2, z2_mu, z2_logvar, p_mu,

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from evcf.models import GatedMultVAE, MultDAE, MultVAE, build_model
-from evcf.models.layers import GatedDense
+from evcf.models.layers import Dense, GatedDense, first_layer_from_rows
 
 I = 7  # items in these small tests
 
@@ -172,34 +173,50 @@ def test_logvar_clamp_in_gated_model():
 # Input step: L2-normalise, then dropout (train mode only)
 
 
-def first_layer_input(model, layer, x) -> torch.Tensor:
-    seen = []
-    handle = layer.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
-    try:
-        model.loss(x, 1.0)
-    finally:
-        handle.remove()
-    return seen[0]
+def first_layer_input(dropout: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """What the first layer sees: run first_layer_from_rows through an identity tanh layer."""
+    layer = Dense(x.shape[1], x.shape[1])
+    with torch.no_grad():
+        layer.linear.weight.copy_(torch.eye(x.shape[1]))
+        layer.linear.bias.zero_()
+    return torch.atanh(first_layer_from_rows(dropout, layer, x)).detach()
 
 
-@pytest.mark.parametrize("name", ["mult-dae", "mult-vae", "mult-vae-gated"])
-def test_input_is_l2_normalised_then_dropped_out_in_training_only(name):
+def test_input_is_l2_normalised_then_dropped_out_in_training_only():
     torch.manual_seed(3)
-    model = build_model(name, I, hidden_size=5, dropout=0.4)
-    layer = model.encoder.linear if name == "mult-dae" else model.encoder.layers[0]
+    dropout = nn.Dropout(0.4)
     x = rows(400, seed=1)
     xn = x / x.norm(dim=1, keepdim=True)
-    model.eval()
-    torch.testing.assert_close(first_layer_input(model, layer, x), xn)
-    model.train()
-    seen = first_layer_input(model, layer, x)
+    dropout.eval()
+    torch.testing.assert_close(first_layer_input(dropout, x), xn, atol=1e-5, rtol=1e-5)
+    dropout.train()
+    seen = first_layer_input(dropout, x)
     clicked = x > 0
-    dropped = clicked & (seen == 0)
-    kept = clicked & (seen != 0)
-    torch.testing.assert_close(seen[kept], xn[kept] / 0.6)  # kept entries scaled by 1 / (1 - p)
-    assert (seen[~clicked] == 0).all()
+    dropped = clicked & (seen.abs() < 1e-6)
+    kept = clicked & ~dropped
+    torch.testing.assert_close(seen[kept], xn[kept] / 0.6, atol=1e-5, rtol=1e-5)  # scaled by 1 / (1 - p)
+    assert (seen[~clicked].abs() < 1e-6).all()
     frac = dropped.sum().item() / clicked.sum().item()
     assert 0.33 < frac < 0.47  # about p = 0.4 of the clicked entries are dropped
+
+
+@pytest.mark.parametrize("name", ["mult-dae", "mult-vae", "mult-vae-gated", "vamp", "hvamp", "hvamp-gated"])
+def test_models_feed_user_rows_through_the_sparse_first_layer(name, monkeypatch):
+    """Every model's user input goes through first_layer_from_rows (with the model's dropout)."""
+    from evcf.models import layers, multvae, vamp
+
+    calls = []
+    real = layers.first_layer_from_rows
+
+    def spy(dropout, layer, x):
+        calls.append((dropout.p, x.shape))
+        return real(dropout, layer, x)
+
+    for module in (layers, multvae, vamp):
+        monkeypatch.setattr(module, "first_layer_from_rows", spy)
+    model = build_model(name, I, hidden_size=5, dropout=0.3, **({"n_pseudo": 3} if "vamp" in name else {}))
+    model.loss(rows(4), 1.0)
+    assert calls and all(p == 0.3 and shape == (4, I) for p, shape in calls)
 
 
 def test_sampling_in_training_posterior_mean_in_eval():

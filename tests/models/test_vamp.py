@@ -281,26 +281,31 @@ def test_hvamp_score_uses_z2_mean_then_z1_mean_given_it():
     assert model.training
 
 
-def test_hvamp_input_paths_normalised_and_dropped_out_independently():
+def test_hvamp_input_paths_normalised_and_dropped_out_independently(monkeypatch):
+    """x enters q(z2|x) and q(z1|x,z2) through first_layer_from_rows (L2-normalise, then dropout:
+    tests/models/test_multvae.py), each path with its own dropout module, i.e. its own mask."""
+    from evcf.models import layers, vamp
+
     torch.manual_seed(12)
     model = build_model("hvamp", 300, hidden_size=5, z1_size=3, z2_size=2, n_pseudo=3)
-    seen = {}
+    calls = []
+    real = layers.first_layer_from_rows
 
-    def record(key):
-        def hook(module, inputs, output):  # returns None: the output is not replaced
-            seen.setdefault(key, inputs[0].detach())
-        return hook
+    def spy(dropout, layer, x):
+        calls.append((dropout, layer, x))
+        return real(dropout, layer, x)
 
-    model.q_z2.layers[0].register_forward_hook(record("z2"))
-    model.q_z1_x[1].register_forward_hook(record("z1"))
+    monkeypatch.setattr(layers, "first_layer_from_rows", spy)
+    monkeypatch.setattr(vamp, "first_layer_from_rows", spy)
     x = (torch.rand(40, 300) < 0.3).float()
-    xn = x / x.norm(dim=1, keepdim=True)
     model.train()
-    model(x)  # forward only: the prior is not evaluated, so the first call of each hook is x's
-    for key in ("z2", "z1"):
-        kept = seen[key] != 0
-        torch.testing.assert_close(seen[key][kept], xn[kept] / 0.5)
-    assert not torch.equal(seen["z2"] != 0, seen["z1"] != 0)  # two independent dropout masks
+    model(x)  # forward only: the prior is not evaluated
+    assert len(calls) == 2
+    (d2, l2, x2), (d1, l1, x1) = calls
+    assert l2 is model.q_z2.layers[0] and l1 is model.q_z1_x[1]
+    assert d2 is model.q_z2.dropout and d1 is model.q_z1_x[0] and d1 is not d2
+    assert d1.p == d2.p == 0.5
+    assert torch.equal(x1, x) and torch.equal(x2, x)  # raw rows: normalised inside
 
 
 def test_hvamp_pseudo_inputs_go_through_q_z2():
