@@ -348,21 +348,48 @@ def broadcast_mixture_log_density(z: "torch.Tensor", means: "torch.Tensor", logv
     return log_prior - 0.5 * dim * LOG_2PI
 
 
-@contextlib.contextmanager
-def reference_style(model: Any) -> Iterator[None]:
-    """Inside the block, a VampPrior model computes its prior the EVCF way.
+def _dense_first_layer(dropout: Any, layer: Any, x: "torch.Tensor") -> "torch.Tensor":
+    """The reference codes' input step: L2-normalise and drop out the dense (B, I) batch, then a
+    dense (B, I) x (I, H) product."""
+    import torch.nn.functional as F
 
-    ``u = hardtanh(I_K @ P)`` with a K×K identity (EVCF's ``idle_input``, made once) times the K×I
-    pseudo-input weight on every call, and the broadcast mixture log-density.  Models without a
-    VampPrior are left alone.  The patch is an instance attribute, removed on exit.
+    return layer(dropout(F.normalize(x, p=2.0, dim=1)))
+
+
+@contextlib.contextmanager
+def reference_style(model: Any, *, dense_input: bool = True) -> Iterator[None]:
+    """Inside the block, the model computes the way the reference codes do.
+
+    * ``dense_input``: the input step runs on the dense batch (``first_layer_from_rows`` replaced
+      by normalise → dropout → dense product), for every model.  Same values; the dropout mask is
+      drawn over all B×I entries, so its random stream differs from the sparse path's.
+    * a VampPrior model computes its prior the EVCF way: ``u = hardtanh(I_K @ P)`` with a K×K
+      identity (EVCF's ``idle_input``, made once) times the K×I pseudo-input weight on every call,
+      and the broadcast mixture log-density (an instance attribute, removed on exit).
     """
+    from .models import layers, multvae, vamp
+
+    patched = (layers, multvae, vamp) if dense_input else ()
+    saved = [module.first_layer_from_rows for module in patched]
+    for module in patched:
+        module.first_layer_from_rows = _dense_first_layer
+    try:
+        prior = getattr(model, "prior", None)
+        if prior is None or not hasattr(prior, "pseudo"):
+            yield
+            return
+        with _evcf_prior(prior):
+            yield
+    finally:
+        for module, original in zip(patched, saved):
+            module.first_layer_from_rows = original
+
+
+@contextlib.contextmanager
+def _evcf_prior(prior: Any) -> Iterator[None]:
     import torch
     import torch.nn.functional as F
 
-    prior = getattr(model, "prior", None)
-    if prior is None or not hasattr(prior, "pseudo"):
-        yield
-        return
     eye = torch.eye(prior.pseudo.shape[0], device=prior.pseudo.device, dtype=prior.pseudo.dtype)
 
     def log_prob(self: Any, z: torch.Tensor, encoder: Callable) -> torch.Tensor:
@@ -620,8 +647,18 @@ def _bench_vae(name: str, recipe: dict[str, Any], hparams: dict[str, Any], data:
     def reference(model: Any, optimizer: Any, rows: Any) -> float:
         return _step_reference(model, optimizer, train_csr, rows.numpy(), beta, device)
 
+    def check_loss(reference_path: bool) -> float:
+        """Eval-mode loss of a fresh model on the first batch: no dropout, no sampling, so both
+        paths must agree up to rounding (they draw dropout masks from different streams)."""
+        model, _ = fresh()
+        model.eval()
+        x = train_dev.dense(batches[0])
+        with torch.no_grad(), (reference_style(model) if reference_path else contextlib.nullcontext()):
+            return model.loss(x, beta).loss.item()
+
     ref_first = None
     if reference_steps > 0:
+        check, ref_check = check_loss(False), check_loss(True)
         with memory.phase(out, "reference_peak_rss_mib"):
             model, optimizer = fresh()
             with reference_style(model):
@@ -677,8 +714,9 @@ def _bench_vae(name: str, recipe: dict[str, Any], hparams: dict[str, Any], data:
         out.update(reference_step_s=ref_step, reference_step_times_s=times["reference"],
                    reference_epoch_s=ref_step * steps_per_epoch, reference_first_step_loss=ref_first,
                    speedup=ref_step / step_s,
-                   # a check that both paths compute the same model (bf16 runs differ by its rounding)
-                   first_step_loss_rel_diff=abs(first - ref_first) / max(abs(ref_first), 1e-12))
+                   # a check that both paths compute the same model: eval-mode losses, fp32
+                   check_loss=check, reference_check_loss=ref_check,
+                   check_loss_rel_diff=abs(check - ref_check) / max(abs(ref_check), 1e-12))
     else:
         out.update(reference_epoch_s=None, speedup=None)
     return out
