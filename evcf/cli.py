@@ -89,6 +89,34 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_tune_summary(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    if not isinstance(args.settings, list) or len(args.settings) != len(args.points):
+        raise EvcfError(f"--settings must be a JSON list with one setting per point ({len(args.points)})",
+                        fix="pass the grid points in the order of --points")
+    rows = []
+    for point, setting in zip(args.points, args.settings):
+        path = Path(point) / "metrics.json"
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EvcfError(f"cannot read the tuning run ({exc})", path=path,
+                            fix="re-run that grid point (snakemake tune)") from None
+        rows.append({"point": Path(point).name, **setting,
+                     "validation_ndcg@100": metrics["validation_ndcg@100"], "best_epoch": metrics["best_epoch"]})
+    table = pd.DataFrame(rows)
+    # selection uses validation users only; test metrics stay in the point folders, unread here
+    best = table["validation_ndcg@100"].idxmax()
+    table["selected"] = table.index == best
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out.with_name(out.name + ".tmp"), index=False, float_format="%.6f")
+    out.with_name(out.name + ".tmp").replace(out)
+    print(f"ok: {out}: best {json.dumps(args.settings[best])} (validation NDCG@100 "
+          f"{table.loc[best, 'validation_ndcg@100']:.4f} of {len(table)} points)")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import make_report
 
@@ -137,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", required=True, help="results/<dataset>/<model>/seed-<seed>")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune-summary", help="one table of a hyperparameter grid, the winner marked")
+    p.add_argument("--points", nargs="+", required=True, help="run folders of the grid points")
+    p.add_argument("--settings", type=json.loads, required=True, help="JSON list: each point's setting")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_tune_summary)
 
     p = sub.add_parser("report", help="tables, significance tests and plots from finished runs")
     p.add_argument("--runs", nargs="+", required=True)

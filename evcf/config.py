@@ -9,6 +9,7 @@ command-line arguments of ``evcf`` subcommands.  The ``evcf`` CLI itself never r
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -17,7 +18,7 @@ import jsonschema
 
 from .errors import EvcfError
 
-__all__ = ["SCHEMA", "validate", "raw_path", "run_settings", "synthetic_spec"]
+__all__ = ["SCHEMA", "validate", "raw_path", "run_settings", "synthetic_spec", "tune_points"]
 
 _NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"}
 _SECTION = {"type": "object"}
@@ -76,8 +77,18 @@ SCHEMA: dict[str, Any] = {
                 "properties": {"model": _SECTION, "train": _SECTION},
             },
         },
-        "report": {"type": "object"},
-        "bench": {"type": "object"},
+        "tune": {
+            "type": "object",
+            "additionalProperties": {  # dataset
+                "type": "object",
+                "additionalProperties": {  # model
+                    "type": "object",
+                    "minProperties": 1,
+                    "propertyNames": {"pattern": "^(model|train)\\.[a-z_]+$"},
+                    "additionalProperties": {"type": "array", "minItems": 1},
+                },
+            },
+        },
     },
 }
 
@@ -136,6 +147,13 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml") -> None:
         if unknown:
             raise EvcfError(f"model_params.{name}.model: unknown setting(s) {sorted(unknown)}", path=source,
                             fix=f"use only {sorted(model_config_fields(name))}")
+    for dataset, grids in config.get("tune", {}).items():
+        if dataset not in config["data"]:
+            raise EvcfError(f"tune: unknown dataset {dataset!r}", path=source, fix=f"use one of {known_data}")
+        for model in grids:
+            if model not in MODEL_NAMES:
+                raise EvcfError(f"tune.{dataset}: unknown model {model!r}", path=source,
+                                fix=f"use one of {list(MODEL_NAMES)}")
     # every run must resolve to valid settings (types are checked by the config dataclasses)
     from .training import train_config
 
@@ -143,6 +161,9 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml") -> None:
         for model in config["models"]:
             hparams, train = run_settings(config, dataset, model)
             train_config(train)
+        for model in config.get("tune", {}).get(dataset, {}):
+            for point in tune_points(config, dataset, model):
+                train_config(point["train"])
 
 
 def _merge(base: dict, override: dict | None) -> dict:
@@ -165,6 +186,25 @@ def run_settings(config: dict[str, Any], dataset: str, model: str) -> tuple[dict
     train = _merge(_merge(_merge(config["train"], per_model.get("train")), entry.get("train")), per_both.get("train"))
     hparams = _merge(per_model.get("model", {}), per_both.get("model"))
     return hparams, train
+
+
+def tune_points(config: dict[str, Any], dataset: str, model: str) -> list[dict]:
+    """The grid ``tune.<dataset>.<model>`` as a list of runs, each ``{"setting", "hparams", "train"}``.
+
+    A grid maps ``model.<name>`` / ``train.<name>`` to lists of values; every combination (in the
+    order written) becomes one run on top of :func:`run_settings`.
+    """
+    grid = config.get("tune", {}).get(dataset, {}).get(model, {})
+    keys = list(grid)
+    points = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        hparams, train = run_settings(config, dataset, model)
+        setting = dict(zip(keys, values))
+        for key, value in setting.items():
+            section, name = key.split(".", 1)
+            (hparams if section == "model" else train)[name] = value
+        points.append({"setting": setting, "hparams": hparams, "train": train})
+    return points
 
 
 def raw_path(config: dict[str, Any], dataset: str) -> str:

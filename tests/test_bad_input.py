@@ -132,3 +132,11 @@ def test_wrong_training_setting_type(tmp_path):
     proc = run([tool("snakemake"), "--cores", "1", "all", "--dry-run"], cwd=root, check=False)
     assert proc.returncode != 0
     assert "error: params.yaml: training setting 'lr' must be float" in proc.stderr
+
+
+def test_bad_tune_grid_key(tmp_path):
+    root = make_workflow_copy(tmp_path / "wf", tune={"synthetic-tiny": {"mult-vae": {"lr": [0.1]}}})
+    proc = run([tool("snakemake"), "--cores", "1", "tune", "--dry-run"], cwd=root, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "tune.synthetic-tiny.mult-vae" in errors[0], proc.stderr

@@ -110,3 +110,24 @@ def test_dvc_exp_run_downloads_a_grouplens_archive(tmp_path):
     assert (root / "data/raw/ml-100k/ml-100k.zip").read_bytes() == (served / "ml-100k.zip").read_bytes()
     shown = run([tool("dvc"), "exp", "show", "--json"], cwd=root)
     assert "ml-100k" in shown.stdout
+
+
+def test_tune_target_runs_the_grid_and_marks_the_validation_winner(tmp_path):
+    grid = {"synthetic-tiny": {"mult-vae": {"train.lr": [0.001, 0.01], "model.hidden_size": [32]}}}
+    root = make_workflow_copy(tmp_path / "wf", tune=grid)
+    run([tool("snakemake"), "--cores", "2", "tune"], cwd=root)
+    summary = pd.read_csv(root / "results/tune/synthetic-tiny/mult-vae.csv")
+    assert list(summary["point"]) == ["point-0", "point-1"]
+    assert list(summary["train.lr"]) == [0.001, 0.01]
+    for _, row in summary.iterrows():
+        metrics = json.loads((root / "results/tune/synthetic-tiny/mult-vae" / row["point"] / "metrics.json").read_text())
+        assert row["validation_ndcg@100"] == pytest.approx(metrics["validation_ndcg@100"], abs=1e-6)
+    assert summary["selected"].sum() == 1
+    assert summary.loc[summary["selected"], "validation_ndcg@100"].item() == summary["validation_ndcg@100"].max()
+    # each grid point trained with its own settings (the checkpoint records them)
+    import torch
+
+    for point, lr in (("point-0", 0.001), ("point-1", 0.01)):
+        ckpt = torch.load(root / "results/tune/synthetic-tiny/mult-vae" / point / "checkpoint.pt", weights_only=False)
+        assert ckpt["identity"]["train"]["lr"] == lr and ckpt["identity"]["hparams"]["hidden_size"] == 32
+    assert not (root / "results/synthetic-tiny").exists()  # tuning never touches the table's runs

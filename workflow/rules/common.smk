@@ -3,7 +3,9 @@ import json
 import shlex
 import sys
 
-from evcf.config import raw_path, run_settings, synthetic_spec, validate
+from pathlib import Path
+
+from evcf.config import raw_path, run_settings, synthetic_spec, tune_points, validate
 from evcf.errors import EvcfError
 from snakemake.io import report as in_report  # `report` alone is a keyword of the Snakefile grammar
 
@@ -22,6 +24,7 @@ wildcard_constraints:
     dataset="[a-z0-9][a-z0-9-]*",
     model="[a-z0-9][a-z0-9-]*",
     seed="[0-9]+",
+    point="[0-9]+",
 
 
 def q(value):
@@ -115,3 +118,24 @@ def report_outputs():
                                labels={"dataset": d, "plot": plot}))
             outs.append(f"results/plots/{plot}_{d}.csv")
     return outs
+
+
+def tune_outputs():
+    """One summary per (dataset, model) grid in `tune`, for the datasets that run."""
+    return [
+        f"results/tune/{d}/{m}.csv" for d in DATASETS for m in config.get("tune", {}).get(d, {})
+    ]
+
+
+def get_tune_args(wildcards):
+    point = tune_points(config, wildcards.dataset, wildcards.model)[int(wildcards.point)]
+    return f"--hparams {q(point['hparams'])} --train {q(point['train'])}"
+
+
+def get_tune_summary_input(wildcards):
+    n = len(tune_points(config, wildcards.dataset, wildcards.model))
+    return [f"results/tune/{wildcards.dataset}/{wildcards.model}/point-{i}/metrics.json" for i in range(n)]
+
+
+def get_tune_settings(wildcards):
+    return q([p["setting"] for p in tune_points(config, wildcards.dataset, wildcards.model)])
