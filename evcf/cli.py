@@ -178,12 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_report)
 
-    try:
-        from .bench import add_parser as add_bench_parser
-    except ImportError:  # pragma: no cover - bench is optional during development
-        pass
-    else:
-        add_bench_parser(sub)
+    from .bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
