@@ -33,16 +33,13 @@ from evcf.models.layers import (
     GaussianEncoder,
     GaussianHead,
     at_least_float32,
-    eval_mode,
     hidden_layer,
     init_weights,
     first_layer_from_rows,
     log_normal_diag,
     mlp,
-    nll,
     reparameterise,
     validate_config,
-    weight_penalty,
 )
 from evcf.models.multvae import MultVAE, VAEOutput
 

@@ -137,5 +137,9 @@ def get_tune_summary_input(wildcards):
     return [f"results/tune/{wildcards.dataset}/{wildcards.model}/point-{i}/metrics.json" for i in range(n)]
 
 
+def get_tune_point_dirs(wildcards):
+    return " ".join(str(Path(p).parent) for p in get_tune_summary_input(wildcards))
+
+
 def get_tune_settings(wildcards):
     return q([p["setting"] for p in tune_points(config, wildcards.dataset, wildcards.model)])

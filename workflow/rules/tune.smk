@@ -35,7 +35,7 @@ rule summarize_tuning:
         "logs/summarize_tuning/{dataset}/{model}.log",
     params:
         settings=get_tune_settings,
-        points=lambda wildcards, input: " ".join(str(Path(p).parent) for p in input),
+        points=get_tune_point_dirs,
     shell:
         "evcf tune-summary --points {params.points} --settings {params.settings} --out {output} 2> {log}"
 
