@@ -229,15 +229,15 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
     return best["state"], history, best["epoch"], epoch
 
 
-def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str, device: torch.device,
-                     eval_batch_size: int, out_dir: Path) -> tuple[list[dict], int]:
+def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str, seed: int,
+                     device: torch.device, eval_batch_size: int, out_dir: Path) -> tuple[list[dict], int]:
     """Try every candidate setting; keep the best by validation NDCG@100."""
     best_score, best_state, best_setting = -math.inf, None, None
     val_in = DeviceCSR(data.validation_tr, device)
     started = time.perf_counter()
     tried = []
     for setting in model.candidates():
-        model.fit(data.train, **setting)
+        model.fit(data.train, seed=seed, device=device, **setting)
         val = evaluate(model.score, val_in, data.validation_te, batch_size=eval_batch_size,
                        device=device, metrics=(SELECT_BY,)).per_user[SELECT_BY].mean()
         log.info("%s %s: val NDCG@100 %.4f", model_name, setting or "(no settings)", val)
@@ -279,7 +279,7 @@ def run(
     model = build_model(model_name, data.n_items, **hparams)
 
     if isinstance(model, ClosedFormModel):
-        history, best_epoch = _fit_closed_form(model, data, model_name=model_name, device=dev,
+        history, best_epoch = _fit_closed_form(model, data, model_name=model_name, seed=seed, device=dev,
                                                eval_batch_size=cfg.eval_batch_size, out_dir=out_dir)
         epochs_run = 0
         scorer = model.score

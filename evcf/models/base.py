@@ -39,6 +39,7 @@ class VAEModel(nn.Module):
     """A model trained by gradient steps.  Subclasses set ``name`` and implement the two methods."""
 
     name: ClassVar[str]
+    seeded: ClassVar[bool] = True  # its result depends on the seed: the pipeline runs every seed
 
     def loss(self, x: torch.Tensor, beta: float) -> LossParts:
         """Training-mode loss for a batch ``x`` (batch, n_items); ``beta`` weights the KL term."""
@@ -54,15 +55,28 @@ class VAEModel(nn.Module):
 
 
 class ClosedFormModel:
-    """A model fitted in closed form on the training matrix (no epochs, no gradient steps)."""
+    """A model fitted in one call on the training matrix, with its own fitting procedure.
+
+    The training loop tries each of :meth:`candidates`, calls :meth:`fit` for it, scores the
+    validation users, and keeps the :meth:`state` of the best setting.  ``fit`` may run any
+    algorithm (a closed form, ALS sweeps, coordinate descent, its own gradient loop).
+    """
 
     name: ClassVar[str]
+    # False: the result does not depend on the seed, so the pipeline fits it once (first seed only)
+    seeded: ClassVar[bool] = False
 
     def candidates(self) -> Iterable[dict[str, Any]]:
         """Hyperparameter settings to try; the loop keeps the best by validation NDCG@100."""
         return [{}]
 
-    def fit(self, train: sp.csr_matrix, **setting: Any) -> None:
+    def fit(self, train: sp.csr_matrix, *, seed: int = 0, device: torch.device | None = None,
+            **setting: Any) -> None:
+        """Fit on ``train`` (users x items, 0/1) with one of :meth:`candidates` as ``setting``.
+
+        ``seed`` seeds any randomness of the fit (ignored by models with ``seeded = False``);
+        ``device`` is the run's device, for models that can use it.
+        """
         raise NotImplementedError
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,4 +85,8 @@ class ClosedFormModel:
 
     def state(self) -> dict[str, Any]:
         """Everything needed to score again (saved in the checkpoint)."""
+        raise NotImplementedError
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned (the loop calls it with the best setting's state)."""
         raise NotImplementedError

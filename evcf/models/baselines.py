@@ -47,7 +47,8 @@ class Popularity(ClosedFormModel):
         self.n_items = n_items
         self.counts: torch.Tensor | None = None  # (I,) float32
 
-    def fit(self, train: sp.spmatrix, **setting: Any) -> None:
+    def fit(self, train: sp.spmatrix, *, seed: int = 0, device: torch.device | None = None,
+            **setting: Any) -> None:
         train = _check_train(train, self.n_items, self.name)
         counts = np.asarray(train.sum(axis=0), dtype=np.float64).ravel()  # (I,)
         self.counts = torch.from_numpy(counts.astype(np.float32))
@@ -102,7 +103,8 @@ class EASE(ClosedFormModel):
             self._gram_source = train
         return self._gram
 
-    def fit(self, train: sp.spmatrix, **setting: Any) -> None:
+    def fit(self, train: sp.spmatrix, *, seed: int = 0, device: torch.device | None = None,
+            **setting: Any) -> None:
         lam = float(setting.get("lambda", self.config.lambdas[0]))
         if lam <= 0:
             raise EvcfError(f"EASE needs lambda > 0, got {lam}", fix="use a positive lambda")
