@@ -18,6 +18,15 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/tune.smk"
 
 
+# seconds of work each: never worth a cluster job
+localrules:
+    all,
+    all_splits,
+    all_runs,
+    collect_runs,
+    tune,
+
+
 rule all:
     input:
         all_run_outputs(),

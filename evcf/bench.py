@@ -96,7 +96,7 @@ SHAPES: dict[str, BenchShape] = {
     "netflix": BenchShape("netflix", 383_435, 17_769, 50_000_000, None),
 }
 
-# The step recipe of the paper each model comes from (MODELS.md).  The CLI never reads params.yaml,
+# The step recipe of the paper each model comes from (docs/models.md).  The CLI never reads params.yaml,
 # so these are the bench's own explicit defaults; --batch-size and --hparams override them.
 _LIANG = {"batch_size": 500, "optimizer": "adam", "lr": 1e-3, "eval_batch_size": 2000}  # Liang et al. 2018
 _EVCF = {"batch_size": 200, "optimizer": "adam-normgrad", "lr": 5e-4, "eval_batch_size": 1000}  # EVCF experiment.py

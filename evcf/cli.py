@@ -32,7 +32,7 @@ def _json_arg(text: str) -> dict:
 def cmd_download(args: argparse.Namespace) -> None:
     from .data.download import fetch_archive
 
-    path = fetch_archive(args.url, Path(args.dest), md5=args.md5, md5_url=args.md5_url, sha256=args.sha256)
+    path = fetch_archive(args.url, Path(args.dest), md5=args.md5, sha256=args.sha256)
     print(f"ok: {path}")
 
 
@@ -117,6 +117,32 @@ def cmd_tune_summary(args: argparse.Namespace) -> None:
           f"{table.loc[best, 'validation_ndcg@100']:.4f} of {len(table)} points)")
 
 
+def cmd_collect(args: argparse.Namespace) -> None:
+    """One file per (dataset, model): its runs' metrics and identities, and their mean."""
+    from .evaluate import METRICS
+
+    runs = []
+    for folder in args.runs:
+        path = Path(folder) / "metrics.json"
+        try:
+            runs.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EvcfError(f"cannot read the run ({exc})", path=path, fix="re-run that training run") from None
+    keys = {(r["dataset"], r["model"]) for r in runs}
+    if len(keys) != 1:
+        raise EvcfError(f"--runs mixes rows {sorted(keys)}", fix="pass the runs of one dataset and model")
+    (dataset, model), = keys
+    row = {"dataset": dataset, "model": model, "n": len(runs), "seeds": [r["seed"] for r in runs],
+           "mean": {m: sum(r[m] for r in runs) / len(runs) for m in METRICS},
+           "runs": {str(Path(f)): {m: r[m] for m in (*METRICS, "validation_ndcg@100", "best_epoch")}
+                    for f, r in zip(args.runs, runs)}}
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(row, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"ok: {out}: {model} on {dataset}, n = {len(runs)}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import make_report
 
@@ -131,11 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("download", help="download a raw archive and verify its checksum")
+    p = sub.add_parser("download", help="download a raw archive and verify its checksum (md5 or sha256 required)")
     p.add_argument("--url", required=True)
     p.add_argument("--dest", required=True, help="e.g. data/raw/ml-20m/ml-20m.zip")
     p.add_argument("--md5")
-    p.add_argument("--md5-url", help="a published .md5 file to verify against")
     p.add_argument("--sha256")
     p.set_defaults(func=cmd_download)
 
@@ -144,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("split", help="binarise, filter and split users as in PROTOCOL.md")
+    p = sub.add_parser("split", help="binarise, filter and split users as in docs/protocol.md")
     p.add_argument("--raw", required=True, help="raw archive or file (a directory for netflix)")
     p.add_argument("--format", required=True)
     p.add_argument("--threshold", type=float, required=True, help="keep ratings strictly above this")
@@ -171,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=json.loads, required=True, help="JSON list: each point's setting")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_tune_summary)
+
+    p = sub.add_parser("collect", help="gather the runs of one (dataset, model) into one row file")
+    p.add_argument("--runs", nargs="+", required=True, help="run folders of that row (one per seed)")
+    p.add_argument("--out", required=True, help="results/<dataset>/<model>.json")
+    p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("report", help="tables, significance tests and plots from finished runs")
     p.add_argument("--runs", nargs="+", required=True)

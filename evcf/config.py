@@ -9,161 +9,266 @@ command-line arguments of ``evcf`` subcommands.  The ``evcf`` CLI itself never r
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
-from pathlib import PurePosixPath
-from typing import Any
+import typing
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import jsonschema
+import yaml
 
 from .errors import EvcfError
 
-__all__ = ["SCHEMA", "validate", "raw_path", "run_settings", "synthetic_spec", "tune_points"]
+__all__ = ["build_schema", "check_plain_yaml", "apply_cli_types", "validate", "raw_path", "run_settings", "synthetic_spec", "tune_points"]
 
 _NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"}
-_SECTION = {"type": "object"}
-
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["datasets", "models", "seeds", "data", "train", "model_params"],
-    "additionalProperties": False,
-    "properties": {
-        "datasets": {"type": "array", "items": _NAME, "minItems": 1, "uniqueItems": True},
-        "models": {"type": "array", "items": _NAME, "minItems": 1, "uniqueItems": True},
-        "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "uniqueItems": True},
-        "device": {"type": "string", "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$"},
-        "threads": {"type": "integer", "minimum": 1},
-        "data": {
-            "type": "object",
-            "additionalProperties": {
-                "type": "object",
-                "required": ["format", "threshold", "min_items", "heldout_users"],
-                "additionalProperties": False,
-                "properties": {
-                    "url": {"type": "string", "pattern": "^(https?|file)://"},
-                    "md5": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                    "md5_url": {"type": "string", "pattern": "^(https?|file)://"},
-                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                    "local": {"type": "boolean"},
-                    "synthetic": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "n_users": {"type": "integer", "minimum": 1},
-                            "n_items": {"type": "integer", "minimum": 2},
-                            "mean_items": {"type": "number", "exclusiveMinimum": 0},
-                            "n_topics": {"type": "integer", "minimum": 1},
-                            "zipf": {"type": "number", "minimum": 0},
-                            "noise": {"type": "number", "minimum": 0, "maximum": 1},
-                            "seed": {"type": "integer", "minimum": 0},
-                        },
-                    },
-                    "format": {"enum": ["movielens-20m", "movielens-1m", "movielens-100k", "netflix", "csv"]},
-                    "threshold": {"type": "number"},
-                    "min_items": {"type": "integer", "minimum": 1},
-                    "heldout_users": {"type": "integer", "minimum": 1},
-                    "fingerprint": {"type": "object"},
-                    "train": _SECTION,
-                    "model_params": {"type": "object", "additionalProperties": _SECTION},
-                },
-            },
-        },
-        "train": _SECTION,
-        "model_params": {
-            "type": "object",
-            "additionalProperties": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {"model": _SECTION, "train": _SECTION},
-            },
-        },
-        "tune": {
-            "type": "object",
-            "additionalProperties": {  # dataset
-                "type": "object",
-                "additionalProperties": {  # model
-                    "type": "object",
-                    "minProperties": 1,
-                    "propertyNames": {"pattern": "^(model|train)\\.[a-z_]+$"},
-                    "additionalProperties": {"type": "array", "minItems": 1},
-                },
-            },
-        },
-    },
-}
+FINGERPRINT_KEYS = ("ratings", "users", "filtered_items", "items", "validation_te_rows", "test_te_rows",
+                    "unique_sid_sha256", "validation_te_sha256", "test_te_sha256")
+SYNTHETIC_KEYS = {"n_users": "integer", "n_items": "integer", "mean_items": "number", "n_topics": "integer",
+                  "zipf": "number", "noise": "number", "seed": "integer"}
 
 
-def _where(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+def _closed(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """An object schema that accepts only the keys in ``properties``."""
+    return {"type": "object", "additionalProperties": False, "properties": properties, **extra}
 
 
-def _coerce_cli_ints(config: dict[str, Any]) -> None:
-    """Snakemake's ``--config 'seeds=[1,2]'`` delivers list items as strings: turn digits into ints."""
-    seeds = config.get("seeds")
-    if isinstance(seeds, list):
-        config["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in seeds]
+def _type_schema(hint: Any) -> dict[str, Any]:
+    """The JSON-schema type of a config dataclass field (bool, int, float, str, tuple[X, ...])."""
+    if typing.get_origin(hint) is tuple:
+        return {"type": "array", "items": _type_schema(typing.get_args(hint)[0])}
+    return {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[hint]}
 
 
-def validate(config: dict[str, Any], *, source: str = "params.yaml") -> None:
-    """Raise one EvcfError for the first problem in ``config`` (schema, then cross-references).
+def _fields_schema(config_cls: type) -> dict[str, Any]:
+    return _closed({name: _type_schema(hint) for name, hint in typing.get_type_hints(config_cls).items()})
 
-    Seeds given as digit strings on the command line are converted to ints in place first.
+
+def build_schema() -> dict[str, Any]:
+    """The schema of params.yaml, with every key named: an unknown key anywhere is an error.
+
+    Training and model sections take their keys and types from ``TrainConfig`` and each model's
+    ``Config`` dataclass, so the schema cannot drift from the code.
     """
-    _coerce_cli_ints(config)
-    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(config), key=lambda e: list(e.absolute_path))
+    from .models import MODEL_NAMES, model_class
+    from .training import TrainConfig
+
+    train = _fields_schema(TrainConfig)
+    per_model = _closed({name: _closed({"model": _fields_schema(model_class(name).Config), "train": train})
+                         for name in MODEL_NAMES})
+    grid = {}
+    for name in MODEL_NAMES:
+        keys = {f"model.{k}": v for k, v in _fields_schema(model_class(name).Config)["properties"].items()}
+        keys.update({f"train.{k}": v for k, v in train["properties"].items()})
+        grid[name] = _closed({k: {"type": "array", "minItems": 1, "items": v} for k, v in keys.items()},
+                             minProperties=1)
+    dataset = _closed(
+        {
+            "url": {"type": "string", "pattern": "^(https?|file)://"},
+            "md5": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "local": {"type": "boolean"},
+            "synthetic": _closed({k: {"type": t} for k, t in SYNTHETIC_KEYS.items()}),
+            "format": {"enum": ["movielens-20m", "movielens-1m", "movielens-100k", "netflix", "csv"]},
+            "threshold": {"type": "number"},
+            "min_items": {"type": "integer", "minimum": 1},
+            "heldout_users": {"type": "integer", "minimum": 1},
+            "fingerprint": _closed({k: {"type": "string" if k.endswith("sha256") else "integer"}
+                                    for k in FINGERPRINT_KEYS}),
+            "train": train,
+            "model_params": per_model,
+        },
+        required=["format", "threshold", "min_items", "heldout_users"],
+    )
+    return _closed(
+        {
+            "datasets": {"type": "array", "items": _NAME, "minItems": 1, "uniqueItems": True},
+            "models": {"type": "array", "items": _NAME, "minItems": 1, "uniqueItems": True},
+            "seeds": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
+                      "uniqueItems": True},
+            "device": {"type": "string", "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$"},
+            "threads": {"type": "integer", "minimum": 1},
+            "data": {"type": "object", "additionalProperties": dataset},
+            "train": train,
+            "model_params": per_model,
+            "tune": {"type": "object", "additionalProperties": _closed(grid)},
+        },
+        required=["datasets", "models", "seeds", "data", "train", "model_params"],
+    )
+
+
+def check_plain_yaml(path: str | Path) -> None:
+    """Refuse YAML anchors, aliases and merge keys in ``path``.
+
+    DVC writes ``-S`` overrides back into params.yaml through its YAML round-trip, which follows
+    aliases: an override of one aliased key would silently change (or fail to change) every key
+    that shares it.  So params.yaml spells every value out.
+    """
+    path = Path(path)
+    try:
+        events = list(yaml.parse(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise EvcfError(f"not valid YAML ({exc})", path=path, fix="correct the YAML syntax") from None
+    for event in events:
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            raise EvcfError(f"line {line}: YAML alias *{event.anchor} is not allowed", path=path,
+                            fix="write the values out in full (DVC's -S overrides do not follow aliases)")
+        if getattr(event, "anchor", None):
+            raise EvcfError(f"line {line}: YAML anchor &{event.anchor} is not allowed", path=path,
+                            fix="write the values out in full (DVC's -S overrides do not follow aliases)")
+        if isinstance(event, yaml.ScalarEvent) and event.value == "<<" and event.plain:
+            raise EvcfError(f"line {line}: YAML merge key '<<' is not allowed", path=path,
+                            fix="write the merged keys out in full")
+
+
+def _leaves(tree: Any, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, (*prefix, key))
+    else:
+        yield prefix, tree
+
+
+def _get(tree: Any, path: tuple) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: Any, path: tuple, value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree[key]
+    tree[path[-1]] = value
+
+
+def _typed(value: Any) -> Any:
+    """A command-line string read as YAML (``'0.002'`` → 0.002, ``'[1, 2]'`` → [1, 2]); lists item by item."""
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def apply_cli_types(config: dict[str, Any], overrides: dict[str, Any] | None) -> set[tuple]:
+    """Give values typed on the command line their YAML types, in place; return their key paths.
+
+    Snakemake parses nested ``--config`` values with YAML's base loader, which keeps every scalar a
+    string.  The values are read again as YAML, so ``lr: 0.002`` arrives as a number.
+    """
+    paths = set()
+    for path, value in _leaves(overrides or {}):
+        paths.add(path)
+        try:
+            current = _get(config, path)
+        except (KeyError, TypeError):
+            continue
+        if current == value:
+            _set(config, path, _typed(value))
+    return paths
+
+
+def _where(path: tuple | list) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _origin(path: tuple, cli_paths: set[tuple], source: str) -> str:
+    """'--config' when ``path`` was set on the command line, else the config file."""
+    for cli in cli_paths:
+        n = min(len(cli), len(path))
+        if tuple(cli[:n]) == tuple(path[:n]):
+            return "--config (command line)"
+    return source
+
+
+def _schema_error(err: jsonschema.ValidationError) -> tuple[tuple, str, str]:
+    """(where, problem, fix) for one schema violation, naming the nearest valid key for a typo."""
+    where = tuple(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = list(err.schema.get("properties", {}))
+        unknown = [k for k in err.instance if k not in allowed]
+        if unknown:
+            key = unknown[0]
+            near = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            return (*where, key), f"unknown key {key!r}", f"{hint}valid keys here: {', '.join(allowed)}"
+    return where, err.message, "correct that value"
+
+
+def validate(config: dict[str, Any], *, source: str = "params.yaml",
+             overrides: dict[str, Any] | None = None) -> None:
+    """Raise one EvcfError for the first problem in ``config``; otherwise every run is buildable.
+
+    ``overrides`` are the values given on the command line (Snakemake's ``--config``): they are
+    typed in place first (see :func:`apply_cli_types`), and errors in them say so.  Then: the
+    schema (every key known, every type right), the cross-references, and finally every run and
+    every grid point of the selection is resolved and built (model and training configs), so a bad
+    value fails here, before any job starts.
+    """
+    cli_paths = apply_cli_types(config, overrides)
+    errors = sorted(jsonschema.Draft202012Validator(build_schema()).iter_errors(config),
+                    key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        err = errors[0]
-        raise EvcfError(
-            f"{_where(err)}: {err.message}",
-            path=source,
-            fix="correct that key in params.yaml or in the --config / -S override",
-        )
-    from .models import MODEL_NAMES, model_config_fields  # late: torch import only when validating models
+        where, problem, fix = _schema_error(errors[0])
+        raise EvcfError(f"{_where(where)}: {problem}", path=_origin(where, cli_paths, source), fix=fix)
+
+    def fail(where: tuple, problem: str, fix: str) -> EvcfError:
+        return EvcfError(f"{_where(where)}: {problem}", path=_origin(where, cli_paths, source), fix=fix)
+
+    from .models import MODEL_NAMES, build_model
+    from .training import train_config
 
     known_data = sorted(config["data"])
-    for name in config["datasets"]:
+    for i, name in enumerate(config["datasets"]):
         if name not in config["data"]:
-            raise EvcfError(f"unknown dataset {name!r} in `datasets`", path=source,
-                            fix=f"use one of {known_data}, or add an entry for it under `data`")
+            raise fail(("datasets", i), f"unknown dataset {name!r}",
+                       f"use one of {known_data}, or add an entry for it under `data`")
+    for i, name in enumerate(config["models"]):
+        if name not in MODEL_NAMES:
+            near = difflib.get_close_matches(name, MODEL_NAMES, n=1, cutoff=0.5)
+            raise fail(("models", i), f"unknown model {name!r}",
+                       (f"did you mean {near[0]!r}? " if near else "") + f"use one of {list(MODEL_NAMES)}")
     for name, entry in config["data"].items():
         sources = [k for k in ("url", "local", "synthetic") if entry.get(k)]
         if len(sources) != 1:
-            raise EvcfError(f"data.{name} must have exactly one of url, local: true, synthetic",
-                            path=source, fix=f"give data.{name} one source")
+            raise fail(("data", name), "must have exactly one of url, local: true, synthetic",
+                       f"give data.{name} one source")
+        if entry.get("url") and not (entry.get("md5") or entry.get("sha256")):
+            raise fail(("data", name), "a downloaded dataset needs a pinned checksum (md5 or sha256)",
+                       f"add data.{name}.md5 (the value its publisher gives) so the download is verified")
         if entry.get("synthetic") is not None and entry["format"] != "csv":
-            raise EvcfError(f"data.{name}: synthetic data is written as format csv", path=source,
-                            fix=f"set data.{name}.format: csv")
-        for model in entry.get("model_params", {}):
-            if model not in MODEL_NAMES:
-                raise EvcfError(f"data.{name}.model_params: unknown model {model!r}", path=source,
-                                fix=f"use one of {list(MODEL_NAMES)}")
-    for name in config["models"]:
-        if name not in MODEL_NAMES:
-            raise EvcfError(f"unknown model {name!r} in `models`", path=source, fix=f"use one of {list(MODEL_NAMES)}")
-    for name, section in config["model_params"].items():
-        if name not in MODEL_NAMES:
-            raise EvcfError(f"model_params: unknown model {name!r}", path=source, fix=f"use one of {list(MODEL_NAMES)}")
-        unknown = set(section.get("model", {})) - model_config_fields(name)
-        if unknown:
-            raise EvcfError(f"model_params.{name}.model: unknown setting(s) {sorted(unknown)}", path=source,
-                            fix=f"use only {sorted(model_config_fields(name))}")
+            raise fail(("data", name, "format"), "synthetic data is written as format csv",
+                       f"set data.{name}.format: csv")
     for dataset, grids in config.get("tune", {}).items():
         if dataset not in config["data"]:
-            raise EvcfError(f"tune: unknown dataset {dataset!r}", path=source, fix=f"use one of {known_data}")
-        for model in grids:
-            if model not in MODEL_NAMES:
-                raise EvcfError(f"tune.{dataset}: unknown model {model!r}", path=source,
-                                fix=f"use one of {list(MODEL_NAMES)}")
-    # every run must resolve to valid settings (types are checked by the config dataclasses)
-    from .training import train_config
+            raise fail(("tune", dataset), f"unknown dataset {dataset!r}", f"use one of {known_data}")
 
+    def check(where: tuple, model: str, hparams: dict, train: dict) -> None:
+        try:
+            train_config(train)
+            build_model(model, 2, **hparams)  # validates names, types and values of the Config
+        except EvcfError as exc:
+            raise fail(where, exc.problem, exc.fix or "correct that value") from None
+
+    # each layer alone first, so that the error names the layer that holds the bad value
+    for name, section in config["model_params"].items():
+        check(("model_params", name), name, section.get("model", {}),
+              _merge(config["train"], section.get("train")))
     for dataset in config["datasets"]:
         for model in config["models"]:
             hparams, train = run_settings(config, dataset, model)
-            train_config(train)
+            check(("data", dataset, "model_params", model), model, hparams, train)
         for model in config.get("tune", {}).get(dataset, {}):
             for point in tune_points(config, dataset, model):
-                train_config(point["train"])
+                check(("tune", dataset, model), model, point["hparams"], point["train"])
 
 
 def _merge(base: dict, override: dict | None) -> dict:

@@ -3,15 +3,16 @@
 Both functions take the full score matrix of a batch of users and their held-out items, and return one
 value per user (NaN where a user has no held-out item, so that callers decide how to average).
 
-Definitions (``../shared/reference/PROTOCOL.md``, from the ``vae_cf`` notebook):
+Definitions (``docs/protocol.md``, from the ``vae_cf`` notebook):
 
 * Recall@K = |top-K ∩ held-out| / min(K, |held-out|)
 * NDCG@K = DCG@K / IDCG@K with DCG@K = Σ_{r=1..K} rel_r / log2(r + 1) and
   IDCG@K = Σ_{r=1..min(K, |held-out|)} 1 / log2(r + 1)
 
-The caller has already set the scores of fold-in items to −inf.  Ties among equal scores are broken
-by ``torch.topk`` (the reference uses ``np.argpartition``; ties have probability zero for real-valued
-model scores).
+The caller has already set the scores of fold-in items to −inf.  Ties are broken deterministically,
+on every device: among equal scores the lower item index ranks first (a stable descending sort).
+The reference's ``np.argpartition`` leaves tie order unspecified; it matters for integer scores
+such as popularity's counts, and for the −inf of masked items when a user has fewer than K others.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def topk_hits(scores, heldout, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     if truth.shape != scores.shape:
         raise ValueError(f"heldout shape {tuple(truth.shape)} != scores shape {tuple(scores.shape)}")
     k = min(k, scores.shape[1])
-    top = torch.topk(scores, k, dim=1, sorted=True).indices  # (users, k)
+    # stable: equal scores keep index order (torch.topk's tie order differs between backends)
+    top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]  # (users, k)
     hits = torch.gather(truth, 1, top)  # (users, k)
     return hits, truth.sum(dim=1)
 

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -32,6 +31,7 @@ from .data.batches import DeviceCSR
 from .data.sparse import SplitData
 from .errors import EvcfError
 from .evaluate import evaluate, summarize
+from .identity import environment, identity_diff, matrices_fingerprint, run_identity
 from .models import build_model
 from .models.base import ClosedFormModel, VAEModel
 from .optim import make_optimizer
@@ -146,7 +146,7 @@ def _warmed_up(cfg: TrainConfig, epoch: int, update_count: int) -> bool:
     return True
 
 
-def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: str, hparams: dict,
+def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: str, identity: dict,
              seed: int, device: torch.device, out_dir: Path) -> tuple[dict, list[dict], int, int]:
     """Train with per-epoch validation; return (best state, history, best epoch, epochs run)."""
     ckpt_path = out_dir / CHECKPOINT
@@ -158,17 +158,20 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
         model.init_pseudo_from(train.dense(pick))
     model.to(device)
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-    identity = {"model": model_name, "hparams": hparams, "train": asdict(cfg), "seed": seed}
 
     epoch, update_count, bad_epochs = 0, 0, 0
     best = {"score": -math.inf, "epoch": 0, "state": None}
     history: list[dict] = []
-    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
+    # on the CPU whatever the run's device: RNG states must stay CPU tensors, and load_state_dict
+    # places parameters and optimizer buffers on the device of the model
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
     if ckpt is not None and ckpt.get("identity") != identity:
-        # the settings changed since it was written (e.g. params.yaml edited): start afresh, keep it aside
+        # another run wrote it (settings, split, code, torch or device differ): never reuse its
+        # weights; keep it aside and train from scratch
         stale = ckpt_path.with_name("checkpoint.stale.pt")
         os.replace(ckpt_path, stale)
-        log.warning("%s was written with other settings; moved to %s, starting from scratch", ckpt_path, stale.name)
+        log.warning("%s belongs to another run (differs in %s); moved to %s, training from scratch",
+                    ckpt_path, "; ".join(identity_diff(ckpt.get("identity"), identity)), stale.name)
         ckpt = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -229,7 +232,7 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
     return best["state"], history, best["epoch"], epoch
 
 
-def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str, seed: int,
+def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str, identity: dict, seed: int,
                      device: torch.device, eval_batch_size: int, out_dir: Path) -> tuple[list[dict], int]:
     """Try every candidate setting; keep the best by validation NDCG@100."""
     best_score, best_state, best_setting = -math.inf, None, None
@@ -250,7 +253,7 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
     # what was tried and what won, so the selection can be audited from the run folder
     pd.DataFrame(tried).assign(selected=lambda f: f[f"val_{SELECT_BY}"] == best_score).to_csv(
         out_dir / "tuning.csv", index=False, float_format="%.6f")
-    _atomic_torch_save({"model": model_name, "state": best_state, "setting": best_setting,
+    _atomic_torch_save({"identity": identity, "model": model_name, "state": best_state, "setting": best_setting,
                         "evcf_version": __version__}, out_dir / CHECKPOINT)
     history = [{"epoch": 0, "train_loss": None, "beta": None, f"val_{SELECT_BY}": best_score,
                 "seconds": time.perf_counter() - started}]
@@ -277,15 +280,18 @@ def run(
     torch.manual_seed(seed)
     np.random.seed(seed)  # nothing in evcf uses the global numpy stream; this guards third-party code
     model = build_model(model_name, data.n_items, **hparams)
+    identity = run_identity(model=model_name, hparams=hparams, train=asdict(cfg),
+                            seed=seed if model.seeded else None,
+                            data=data.fingerprint or matrices_fingerprint(data), device=dev.type)
 
     if isinstance(model, ClosedFormModel):
-        history, best_epoch = _fit_closed_form(model, data, model_name=model_name, seed=seed, device=dev,
-                                               eval_batch_size=cfg.eval_batch_size, out_dir=out_dir)
+        history, best_epoch = _fit_closed_form(model, data, model_name=model_name, identity=identity, seed=seed,
+                                               device=dev, eval_batch_size=cfg.eval_batch_size, out_dir=out_dir)
         epochs_run = 0
         scorer = model.score
     else:
         best_state, history, best_epoch, epochs_run = _fit_vae(
-            model, data, cfg, model_name=model_name, hparams=hparams, seed=seed, device=dev, out_dir=out_dir)
+            model, data, cfg, model_name=model_name, identity=identity, seed=seed, device=dev, out_dir=out_dir)
         model.load_state_dict(best_state)
         model.eval()
         scorer = model.score
@@ -305,9 +311,9 @@ def run(
         "wall_seconds": round(time.perf_counter() - started, 3),
         "device": dev.type if dev.type == "cpu" else f"{dev.type} ({torch.cuda.get_device_name(dev)})",
         "threads": torch.get_num_threads(),
-        "evcf_version": __version__,
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
+        "seeded": bool(model.seeded),
+        "versions": environment(),
+        "identity": identity,
     }
     per_user.to_csv(out_dir / "per_user.csv.tmp", index=False, float_format="%.6f")
     os.replace(out_dir / "per_user.csv.tmp", out_dir / "per_user.csv")

@@ -1,4 +1,4 @@
-"""An independent re-implementation of PROTOCOL.md, written the way the reference notebook is.
+"""An independent re-implementation of docs/protocol.md, written the way the reference notebook is.
 
 It uses the legacy global ``np.random`` stream, pandas ``groupby`` over users, and per-user loops,
 i.e. a different code path from ``evcf.data.split`` (vectorised, RandomState instance, sorted

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from grouplens_fixtures import make_ml20m_zip, random_ratings, serve_directory, serve_handler, write_md5
 
+MD5 = "0" * 32  # a well-formed checksum, for tests that fail before any byte is checked
+
 import evcf.data.download as download
 from evcf.data.download import fetch_archive, file_md5, file_sha256
 from evcf.errors import EvcfError
@@ -43,15 +45,29 @@ def test_file_checksums(site):
     assert file_sha256(site / "ml-20m.zip") == hashlib.sha256(data).hexdigest()
 
 
-def test_download_verified_with_md5_url(site, tmp_path):
+def test_download_verified_with_pinned_md5(site, tmp_path):
     dest = tmp_path / "data" / "raw" / "ml-20m.zip"  # parent folders do not exist yet
     requests: list[str] = []
     with serve_directory(site, requests=requests) as base:
-        got = fetch_archive(f"{base}/ml-20m.zip", dest, md5_url=f"{base}/ml-20m.zip.md5")
+        got = fetch_archive(f"{base}/ml-20m.zip", dest, md5=file_md5(site / "ml-20m.zip"))
     assert got == dest
     assert dest.read_bytes() == (site / "ml-20m.zip").read_bytes()
     assert listing(dest.parent) == ["ml-20m.zip"]
-    assert requests == ["/ml-20m.zip.md5", "/ml-20m.zip"]
+    assert requests == ["/ml-20m.zip"]
+
+
+def test_no_checksum_is_an_error_and_nothing_is_fetched_or_used(site, tmp_path):
+    """An unverified archive is never used: not downloaded, and an existing file is not trusted."""
+    requests: list[str] = []
+    with serve_directory(site, requests=requests) as base, pytest.raises(EvcfError) as info:
+        fetch_archive(f"{base}/ml-20m.zip", tmp_path / "raw" / "ml-20m.zip")
+    assert "no checksum given" in str(info.value) and "pin the archive's md5" in str(info.value)
+    assert requests == [] and not (tmp_path / "raw").exists()
+    dest = tmp_path / "ml-20m.zip"
+    dest.write_bytes(b"the user's own copy")
+    with pytest.raises(EvcfError, match="no checksum given"):
+        fetch_archive(f"{closed_port_url()}/ml-20m.zip", dest)
+    assert dest.read_bytes() == b"the user's own copy"
 
 
 def test_download_with_given_sha256(site, tmp_path):
@@ -62,10 +78,9 @@ def test_download_with_given_sha256(site, tmp_path):
 
 
 def test_md5_mismatch_leaves_nothing(site, tmp_path):
-    (site / "ml-20m.zip.md5").write_text("0123456789abcdef0123456789abcdef  ml-20m.zip\n")
     dest_dir = tmp_path / "raw"
     with serve_directory(site) as base, pytest.raises(EvcfError) as info:
-        fetch_archive(f"{base}/ml-20m.zip", dest_dir / "ml-20m.zip", md5_url=f"{base}/ml-20m.zip.md5")
+        fetch_archive(f"{base}/ml-20m.zip", dest_dir / "ml-20m.zip", md5="0123456789abcdef0123456789abcdef")
     message = str(info.value)
     assert message.startswith(f"{dest_dir / 'ml-20m.zip'}: download of {base}/ml-20m.zip failed: ")
     assert "md5" in message and "differs from the expected 0123456789abcdef0123456789abcdef" in message
@@ -75,14 +90,14 @@ def test_md5_mismatch_leaves_nothing(site, tmp_path):
 
 def test_http_404_leaves_nothing(site, tmp_path):
     with serve_directory(site) as base, pytest.raises(EvcfError, match=r"failed: HTTP 404") as info:
-        fetch_archive(f"{base}/ml-25m.zip", tmp_path / "raw" / "ml-25m.zip")
+        fetch_archive(f"{base}/ml-25m.zip", tmp_path / "raw" / "ml-25m.zip", md5=MD5)
     assert "place it at" in str(info.value)
     assert listing(tmp_path / "raw") == []
 
 
 def test_connection_refused_leaves_nothing(tmp_path):
     with pytest.raises(EvcfError, match=r"ml-20m\.zip failed: .*fix: check the network"):
-        fetch_archive(f"{closed_port_url()}/ml-20m.zip", tmp_path / "raw" / "ml-20m.zip", timeout=5)
+        fetch_archive(f"{closed_port_url()}/ml-20m.zip", tmp_path / "raw" / "ml-20m.zip", timeout=5, md5=MD5)
     assert listing(tmp_path / "raw") == []
 
 
@@ -104,7 +119,7 @@ class ShortBody(http.server.BaseHTTPRequestHandler):
 
 def test_truncated_transfer_leaves_nothing(tmp_path):
     with serve_handler(ShortBody) as base, pytest.raises(EvcfError, match="cut short"):
-        fetch_archive(f"{base}/ml-20m.zip", tmp_path / "raw" / "ml-20m.zip")
+        fetch_archive(f"{base}/ml-20m.zip", tmp_path / "raw" / "ml-20m.zip", md5=MD5)
     assert listing(tmp_path / "raw") == []
 
 
@@ -124,7 +139,7 @@ def test_keyboard_interrupt_cleans_up_and_propagates(site, tmp_path, monkeypatch
 
     monkeypatch.setattr(download, "tqdm", Interrupting)
     with serve_directory(site) as base, pytest.raises(KeyboardInterrupt):
-        fetch_archive(f"{base}/ml-20m.zip", tmp_path / "raw" / "ml-20m.zip")
+        fetch_archive(f"{base}/ml-20m.zip", tmp_path / "raw" / "ml-20m.zip", md5=MD5)
     assert listing(tmp_path / "raw") == []
 
 
@@ -134,24 +149,9 @@ def test_existing_good_file_is_reused_without_requests(site, tmp_path):
     md5 = file_md5(dest)
     # no server at all: a given checksum needs no network
     assert fetch_archive(f"{closed_port_url()}/ml-20m.zip", dest, md5=md5) == dest
-    requests: list[str] = []
-    with serve_directory(site, requests=requests) as base:
-        fetch_archive(f"{base}/ml-20m.zip", dest, md5_url=f"{base}/ml-20m.zip.md5")
-    assert requests == ["/ml-20m.zip.md5"]  # the checksum only, not the archive
 
 
-def test_existing_file_unverifiable_is_used_with_warning(tmp_path, caplog):
-    dest = tmp_path / "ml-20m.zip"
-    dest.write_bytes(b"the user's own copy")
-    with caplog.at_level(logging.WARNING, logger="evcf.data.download"):
-        got = fetch_archive(f"{closed_port_url()}/ml-20m.zip", dest, md5_url=f"{closed_port_url()}/ml-20m.zip.md5",
-                            timeout=5)
-    assert got == dest and dest.read_bytes() == b"the user's own copy"
-    assert any("could not fetch the checksum" in r.getMessage() for r in caplog.records)
-    assert any("unverified" in r.getMessage() for r in caplog.records)
-
-
-@pytest.mark.parametrize("how", ["md5_url", "md5", "sha256"])
+@pytest.mark.parametrize("how", ["md5", "sha256"])
 def test_existing_file_with_wrong_checksum_is_kept_untouched(site, tmp_path, how):
     dest = tmp_path / "ml-20m.zip"
     original = b"PK\x03\x04 half a download"
@@ -159,13 +159,12 @@ def test_existing_file_with_wrong_checksum_is_kept_untouched(site, tmp_path, how
     os.utime(dest, (1_000_000_000, 1_000_000_000))
     before = dest.stat()
     with serve_directory(site) as base:
-        kwargs = {"md5_url": dict(md5_url=f"{base}/ml-20m.zip.md5"),
-                  "md5": dict(md5=file_md5(site / "ml-20m.zip")),
+        kwargs = {"md5": dict(md5=file_md5(site / "ml-20m.zip")),
                   "sha256": dict(sha256=file_sha256(site / "ml-20m.zip"))}[how]
         with pytest.raises(EvcfError) as info:
             fetch_archive(f"{base}/ml-20m.zip", dest, **kwargs)
     message = str(info.value)
-    assert message.startswith(f"{dest}: the existing file's {how[:-4] if how == 'md5_url' else how} ")
+    assert message.startswith(f"{dest}: the existing file's {how} ")
     assert "differs from the expected" in message and f"delete {dest}" in message
     assert dest.read_bytes() == original
     assert dest.stat().st_mtime == before.st_mtime and dest.stat().st_ino == before.st_ino
@@ -177,17 +176,9 @@ def test_bad_checksum_argument(tmp_path):
         fetch_archive("http://127.0.0.1:9/x.zip", tmp_path / "x.zip", md5="not-a-checksum")
 
 
-def test_bsd_style_md5_file(site, tmp_path):
-    digest = file_md5(site / "ml-20m.zip")
-    (site / "ml-20m.zip.md5").write_text(f"MD5 (ml-20m.zip) = {digest}\n")
-    with serve_directory(site) as base:
-        fetch_archive(f"{base}/ml-20m.zip", tmp_path / "ml-20m.zip", md5_url=f"{base}/ml-20m.zip.md5")
-    assert file_md5(tmp_path / "ml-20m.zip") == digest
-
-
 def test_no_progress_bar_when_stderr_is_not_a_terminal(site, tmp_path, capsys):
     with serve_directory(site) as base:
-        fetch_archive(f"{base}/ml-20m.zip", tmp_path / "a.zip", md5_url=f"{base}/ml-20m.zip.md5")
+        fetch_archive(f"{base}/ml-20m.zip", tmp_path / "a.zip", md5=file_md5(site / "ml-20m.zip"))
         assert capsys.readouterr().err == ""
-        fetch_archive(f"{base}/ml-20m.zip", tmp_path / "b.zip", progress=True)
+        fetch_archive(f"{base}/ml-20m.zip", tmp_path / "b.zip", md5=file_md5(site / "ml-20m.zip"), progress=True)
     assert "b.zip" in capsys.readouterr().err  # the bar, when asked for

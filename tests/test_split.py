@@ -1,4 +1,4 @@
-"""The split equals an independent re-implementation of PROTOCOL.md, row for row, in order."""
+"""The split equals an independent re-implementation of docs/protocol.md, row for row, in order."""
 
 import json
 

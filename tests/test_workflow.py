@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pandas as pd
@@ -48,11 +49,11 @@ def test_snakemake_all_produces_every_output(snakemake_run):
     vae = json.loads((root / RUN.format(model="mult-vae") / "metrics.json").read_text())
     assert vae["epochs_run"] == 3 and 1 <= vae["best_epoch"] <= 3
     assert len(pd.read_csv(root / RUN.format(model="mult-vae") / "history.csv")) == 3
-    table = (root / "results/table1.md").read_text()
+    table = (root / "reports/synthetic-tiny/table1.md").read_text()
     assert "Mult-VAE" in table and "Popularity" in table
     # the self-contained HTML report holds the table and the plots
-    run([tool("snakemake"), "--cores", "1", "--report", "results/report.html", "all"], cwd=root)
-    html = (root / "results/report.html").read_bytes()
+    run([tool("snakemake"), "--cores", "1", "--report", "reports/report.html", "all"], cwd=root)
+    html = (root / "reports/report.html").read_bytes()
     assert len(html) > 50_000 and b"metrics_synthetic-tiny.png" in html
     # a second invocation has nothing to do
     again = run([tool("snakemake"), "--cores", "2", "all", "--dry-run"], cwd=root)
@@ -69,11 +70,11 @@ def test_dvc_repro_gives_the_same_metrics(snakemake_run, tmp_path):
         ours = pd.read_csv(root / RUN.format(model=model) / "per_user.csv")
         theirs = pd.read_csv(snakemake_run / RUN.format(model=model) / "per_user.csv")
         pd.testing.assert_frame_equal(ours, theirs)
-    assert (root / "results/table1.md").exists()
+    assert (root / "reports/synthetic-tiny/table1.md").exists()
     shown = run([tool("dvc"), "metrics", "show", "--json"], cwd=root)
     assert "ndcg@100" in shown.stdout
     plots = json.loads(run([tool("dvc"), "plots", "show", "--json"], cwd=root).stdout)
-    assert "results/plots/metrics_synthetic-tiny.png" in plots["data"]
+    assert "reports/synthetic-tiny/plots/metrics_synthetic-tiny.png" in plots["data"]
     status = run([tool("dvc"), "status"], cwd=root)
     assert "up to date" in status.stdout.lower()
 
@@ -89,12 +90,13 @@ def test_config_overrides_on_the_command_line(snakemake_run):
 
 def test_dvc_exp_run_downloads_a_grouplens_archive(tmp_path):
     """`dvc exp run -S 'datasets=[ml-100k]'` through the real download rule, served from 127.0.0.1."""
-    from grouplens_fixtures import make_ml100k_zip, random_ratings, serve_directory, write_md5
+    from grouplens_fixtures import make_ml100k_zip, random_ratings, serve_directory
 
     served = tmp_path / "server"
     served.mkdir()
-    write_md5(make_ml100k_zip(served / "ml-100k.zip",
-                              random_ratings(4, n_users=400, n_items=150, n_rows=16000, half_stars=False)))
+    archive = make_ml100k_zip(served / "ml-100k.zip",
+                              random_ratings(4, n_users=400, n_items=150, n_rows=16000, half_stars=False))
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     root = make_workflow_copy(tmp_path / "dvc")
     run(["git", "init", "-q"], cwd=root)
     run([tool("dvc"), "init", "-q"], cwd=root)
@@ -102,7 +104,7 @@ def test_dvc_exp_run_downloads_a_grouplens_archive(tmp_path):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=root)
     with serve_directory(served) as url:
         run([tool("dvc"), "exp", "run", "-S", "datasets=[ml-100k]", "-S", "models=[popularity]",
-             "-S", f"data.ml-100k.url={url}/ml-100k.zip", "-S", f"data.ml-100k.md5_url={url}/ml-100k.zip.md5"],
+             "-S", f"data.ml-100k.url={url}/ml-100k.zip", "-S", f"data.ml-100k.md5={md5}"],
             cwd=root)
     metrics = json.loads((root / "results/ml-100k/popularity/seed-1/metrics.json").read_text())
     assert metrics["dataset"] == "ml-100k" and 0 < metrics["ndcg@100"] < 1

@@ -3,8 +3,8 @@
 ``fetch_archive`` reuses a file that is already at ``dest`` when its checksum matches (it never deletes
 or changes a file the user already had).  A new download streams into ``<dest>.part-<random>`` in the same
 directory and is renamed onto ``dest`` only after the byte count and the checksum check out; on any
-failure the temporary file is removed.  GroupLens publishes ``<zip>.md5`` beside each archive, so
-``md5_url`` gives verification without hard-coding checksums.
+failure the temporary file is removed.  A checksum is required: params.yaml pins each archive's MD5 (as
+its publisher gives it), and nothing unverified is ever used.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ __all__ = ["fetch_archive", "file_md5", "file_sha256"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-_MD5_TOKEN = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{32}(?![0-9a-fA-F])")
-_MAX_MD5_FILE = 64 << 10  # a .md5 file is one line; read no more than this
 
 
 def _md5() -> hashlib._Hash:
@@ -64,21 +62,6 @@ def _check_hex(value: str | None, name: str, digits: int) -> str | None:
     return value
 
 
-def _fetch_md5(md5_url: str, timeout: float) -> str | None:
-    """The first 32-hex-digit token of a published ``.md5`` file, or None (with a warning) if unavailable."""
-    try:
-        with urllib.request.urlopen(_request(md5_url), timeout=timeout) as response:
-            text = response.read(_MAX_MD5_FILE).decode("ascii", errors="replace")
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        log.warning("could not fetch the checksum %s (%s)", md5_url, _reason(exc))
-        return None
-    match = _MD5_TOKEN.search(text)
-    if match is None:
-        log.warning("no md5 checksum found in %s", md5_url)
-        return None
-    return match.group(0).lower()
-
-
 def _request(url: str) -> urllib.request.Request:
     return urllib.request.Request(url, headers={"User-Agent": f"evcf/{__version__} (python urllib)"})
 
@@ -96,10 +79,9 @@ def _reason(exc: BaseException) -> str:
 class _Expected:
     """The checksums a file must have, and where they came from (for messages)."""
 
-    def __init__(self, md5: str | None, sha256: str | None, md5_source: str):
+    def __init__(self, md5: str | None, sha256: str | None):
         self.md5 = md5
         self.sha256 = sha256
-        self.md5_source = md5_source
 
     def __bool__(self) -> bool:
         return self.md5 is not None or self.sha256 is not None
@@ -109,27 +91,25 @@ class _Expected:
         if self.sha256 is not None and sha256 != self.sha256:
             return f"sha256 {sha256} differs from the expected {self.sha256}"
         if self.md5 is not None and md5 != self.md5:
-            return f"md5 {md5} differs from the expected {self.md5} ({self.md5_source})"
+            return f"md5 {md5} differs from the expected {self.md5}"
         return None
 
 
-def fetch_archive(url: str, dest: Path, *, md5: str | None = None, md5_url: str | None = None,
-                  sha256: str | None = None, progress: bool | None = None, timeout: float = 60) -> Path:
+def fetch_archive(url: str, dest: Path, *, md5: str | None = None, sha256: str | None = None,
+                  progress: bool | None = None, timeout: float = 60) -> Path:
     """Download ``url`` to ``dest`` unless a verified copy is already there; return ``dest``.
 
-    Checksums: ``md5`` and ``sha256`` when given; otherwise the md5 published at ``md5_url`` (the first
-    32-hex-digit token of that file).  With no checksum known the file is used unverified (a warning
-    when ``md5_url`` could not be read).  ``progress`` shows a tqdm bar; by default only when stderr is a
-    terminal.  Raises ``EvcfError`` for a failed download or a checksum mismatch, leaving nothing behind.
+    At least one of ``md5`` and ``sha256`` is required, and every one given must match.
+    ``progress`` shows a tqdm bar; by default only when stderr is a terminal.  Raises ``EvcfError``
+    for a missing checksum, a failed download or a checksum mismatch, leaving nothing behind.
     """
     dest = Path(dest)
     md5 = _check_hex(md5, "md5", 32)
     sha256 = _check_hex(sha256, "sha256", 64)
-    md5_source = "given"
-    if md5 is None and sha256 is None and md5_url:
-        md5 = _fetch_md5(md5_url, timeout)
-        md5_source = f"from {md5_url}"
-    expected = _Expected(md5, sha256, md5_source)
+    expected = _Expected(md5, sha256)
+    if not expected:
+        raise EvcfError(f"no checksum given for {url}: an unverified download is never used", path=dest,
+                        fix="pin the archive's md5 (or sha256) in params.yaml under data.<dataset>")
 
     if dest.exists():
         return _reuse_existing(dest, expected)
@@ -139,8 +119,6 @@ def fetch_archive(url: str, dest: Path, *, md5: str | None = None, md5_url: str 
     except OSError as exc:
         raise EvcfError(f"cannot create the directory ({exc.strerror or exc})", path=dest.parent,
                         fix="check the path and its permissions") from None
-    if not expected:
-        log.warning("no checksum known for %s; the download will not be verified", url)
     try:
         _download(url, dest, expected, progress=sys.stderr.isatty() if progress is None else progress,
                   timeout=timeout)
@@ -157,9 +135,6 @@ def fetch_archive(url: str, dest: Path, *, md5: str | None = None, md5_url: str 
 def _reuse_existing(dest: Path, expected: _Expected) -> Path:
     if not dest.is_file():
         raise EvcfError("exists but is not a file", path=dest, fix="move it away, or choose another destination")
-    if not expected:
-        log.warning("%s exists and no checksum is known; using it unverified", dest)
-        return dest
     try:
         md5 = file_md5(dest) if expected.md5 else None
         sha256 = file_sha256(dest) if expected.sha256 else None

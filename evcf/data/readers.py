@@ -1,7 +1,7 @@
 """Readers for the raw rating files: one function, one frame ``user, item, rating`` in file order.
 
 Row order matters: the split protocol numbers items in order of first appearance in the file
-(``shared/reference/PROTOCOL.md``, step 5), so every reader keeps the rows exactly as the file has them.
+(``docs/protocol.md``), so every reader keeps the rows exactly as the file has them.
 
 Supported raw formats (``RAW_FORMATS``):
 

@@ -27,6 +27,7 @@ class SplitData:
     test_tr: sp.csr_matrix
     test_te: sp.csr_matrix
     test_uids: np.ndarray  # global uid of each test row
+    fingerprint: str = ""  # sha256 of the processed files (evcf.identity.split_fingerprint); "" if built in memory
 
     @property
     def n_items(self) -> int:
@@ -66,4 +67,7 @@ def load_split(processed: Path) -> SplitData:
     for name, frame in frames.items():
         first = vd_first if name.startswith("validation") else te_first
         out[name] = _csr(frame, first, n_heldout, n_items)
-    return SplitData(**out, test_uids=np.arange(te_first, te_first + n_heldout))
+    from ..identity import split_fingerprint
+
+    return SplitData(**out, test_uids=np.arange(te_first, te_first + n_heldout),
+                     fingerprint=split_fingerprint(processed))

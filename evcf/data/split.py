@@ -1,4 +1,4 @@
-"""Binarise, filter and split users exactly as Liang et al. (2018) do (``PROTOCOL.md``).
+"""Binarise, filter and split users exactly as Liang et al. (2018) do (``docs/protocol.md``).
 
 The steps, in order:
 
@@ -159,7 +159,7 @@ def split_users(filtered: pd.DataFrame, n_heldout: int, *, source: str = "the da
 
 
 def rows_sha256(frame: pd.DataFrame) -> str:
-    """sha256 of ``uid,sid\\n`` lines sorted numerically by uid then sid (PROTOCOL.md fingerprints)."""
+    """sha256 of ``uid,sid\\n`` lines sorted numerically by uid then sid (docs/protocol.md fingerprints)."""
     arr = frame[["uid", "sid"]].to_numpy(dtype=np.int64)
     arr = arr[np.lexsort((arr[:, 1], arr[:, 0]))]
     text = "".join(f"{u},{s}\n" for u, s in arr)
@@ -189,11 +189,14 @@ def stats(split: Split) -> dict:
 def check_fingerprint(split: Split, expected: dict, *, source: str) -> None:
     """Raise if the split differs from the known fingerprint of the reference split.
 
-    ``expected`` may hold: ``users`` (after filtering), ``items``, ``validation_te_rows``,
-    ``test_te_rows``, ``unique_sid_sha256``, ``validation_te_sha256``, ``test_te_sha256``.
+    ``expected`` may hold: ``ratings``, ``users`` and ``filtered_items`` (after binarising and
+    filtering), ``items`` (kept from the training users), ``validation_te_rows``, ``test_te_rows``,
+    ``unique_sid_sha256``, ``validation_te_sha256``, ``test_te_sha256``.
     """
     actual = {
+        "ratings": lambda: split.filtered["ratings"],
         "users": lambda: split.filtered["users"],
+        "filtered_items": lambda: split.filtered["items"],
         "items": lambda: int(split.unique_sid.size),
         "validation_te_rows": lambda: len(split.validation_te),
         "test_te_rows": lambda: len(split.test_te),

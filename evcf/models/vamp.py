@@ -200,7 +200,7 @@ class HVamp(VAEModel):
 
     "⊕" is concatenation (``torch.cat``) in EVCF.  ``num_layers`` (L) is placed as in ``HVamp.py``:
     the single-input paths get L−1 extra H→H layers, the joint paths L−2 (none for L ≤ 2).  With
-    L = 1 (EVCF's default) this is exactly the network of MODELS.md; the README's hierarchical
+    L = 1 (EVCF's default) this is the network described in docs/models.md; the README's hierarchical
     example uses L = 2.  The x branch of q(z1|·) has its own dropout, drawn independently of
     q(z2|·)'s, as in EVCF.  EVCF also ships ``HVamp_1layer.py`` (``--model_name hvamp1``), which
     concatenates the raw dropout(x) with z2 instead of using branch layers; it is not reproduced

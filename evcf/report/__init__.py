@@ -5,7 +5,9 @@
 written, builds every output in memory, then writes each file to a temporary name and renames it into
 place.  Outputs, relative to ``out_dir``:
 
-* ``table1.md`` / ``table1.csv`` / ``table1.tex`` — :mod:`evcf.report.table`
+* ``table1.md`` / ``table1.csv`` / ``table1.tex`` / ``table1.html`` — :mod:`evcf.report.table`
+  (the HTML page is what Snakemake's report shows; published values come from
+  :mod:`evcf.report.published`)
 * ``significance.csv`` — :mod:`evcf.report.stats`
 * ``plots/{metrics,learning_curves,per_user_ndcg,train_time}_<dataset>.{png,csv}`` —
   :mod:`evcf.report.plots`
@@ -26,9 +28,10 @@ import pandas as pd
 
 from evcf.errors import EvcfError
 from evcf.report import plots
+from evcf.report.published import load_published
 from evcf.report.stats import METRICS, SIGNIFICANCE_COLUMNS, average_over_seeds, significance_table
 from evcf.report.table import build_table, canonical_model, order_datasets, order_models, \
-    render_latex, render_markdown
+    render_html, render_latex, render_markdown
 
 __all__ = ["make_report", "load_runs", "RunData"]
 
@@ -231,6 +234,7 @@ def make_report(runs: list[Path], out_dir: Path, *, benchmarks_dir: Path | None 
     """
     out_dir = Path(out_dir)
     data = load_runs(runs, None if benchmarks_dir is None else Path(benchmarks_dir))
+    published = load_published()
     reference = canonical_model(reference)
 
     averaged = average_over_seeds(data.per_user)
@@ -238,12 +242,13 @@ def make_report(runs: list[Path], out_dir: Path, *, benchmarks_dir: Path | None 
     if significance.empty:
         log.warning("reference model %r has no runs next to another model; significance.csv has a "
                     "header only and the table has no significance marks", reference)
-    table = build_table(data.runs, significance)
+    table = build_table(data.runs, significance, published)
 
     outputs: dict[str, bytes] = {
         "table1.md": render_markdown(table, reference).encode("utf-8"),
         "table1.csv": _csv(table),
         "table1.tex": render_latex(table, reference).encode("utf-8"),
+        "table1.html": render_html(table, reference).encode("utf-8"),
         "significance.csv": _csv(significance if not significance.empty
                                  else pd.DataFrame(columns=SIGNIFICANCE_COLUMNS)),
         "summary.json": (json.dumps(_summary(data.runs), indent=2) + "\n").encode("utf-8"),

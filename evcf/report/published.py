@@ -1,20 +1,31 @@
-"""Published numbers that the report compares against, transcribed from ``shared/reference/TABLE1.md``.
+"""Published numbers that the report compares against, read from ``published.yaml`` next to this file.
 
-Only the values that file holds in text form are here: Mult-DAE and Mult-VAE from Liang et al. (2018),
-Table 2, and H+Vamp (Gated) from Kim & Suh (2019), Table 1, each on ML-20M and Netflix test users.
-Every other (dataset, model, metric) has no published value here and the report shows "n/a" for it —
-never a number from memory.  (TABLE1.md also quotes EASE/RecVAE/RaCT NDCG@100 "for context" and the
-reference notebook's own printed run; those are not Table 1 values and are deliberately left out.)
+The data file is the only place a published number lives (see its header for what it holds and
+where each value comes from).  Each of its ``values`` lines is one (model, dataset) with Recall@20,
+Recall@50 and NDCG@100 and the id of its source; ``sources`` maps each id to the citation the report
+prints ("Liang et al. 2018, Table 2").  A (dataset, model, metric) that the file lacks has no
+published value, and the report says so rather than guessing one.
+
+The file ships as package data: pyproject.toml needs
+``[tool.setuptools.package-data] evcf = ["report/*.yaml"]``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["PublishedValue", "PUBLISHED", "LIANG_2018", "EVCF_2019", "published_value"]
+import yaml
 
-LIANG_2018 = "Liang et al. 2018, Table 2"
-EVCF_2019 = "EVCF (Kim & Suh 2019), Table 1"
+from evcf.errors import EvcfError
+from evcf.report.stats import METRICS
+
+__all__ = ["PUBLISHED_FILE", "PublishedValue", "Published", "load_published", "published_value"]
+
+PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
+
+_ENTRY_KEYS = {"model", "dataset", "source", *METRICS}
 
 
 @dataclass(frozen=True)
@@ -22,32 +33,72 @@ class PublishedValue:
     """One published number and where it was printed."""
 
     value: float
-    source: str
+    source: str  # the citation, e.g. "Liang et al. 2018, Table 2"
 
 
-def _row(source: str, r20: float, r50: float, n100: float) -> dict[str, PublishedValue]:
-    return {
-        "recall@20": PublishedValue(r20, source),
-        "recall@50": PublishedValue(r50, source),
-        "ndcg@100": PublishedValue(n100, source),
-    }
+# (dataset, model, metric) -> value; dataset and model are the pipeline's registry names
+Published = dict[tuple[str, str, str], PublishedValue]
 
 
-# PUBLISHED[dataset][model][metric]; dataset and model keys are the pipeline's registry names.
-PUBLISHED: dict[str, dict[str, dict[str, PublishedValue]]] = {
-    "ml-20m": {
-        "mult-dae": _row(LIANG_2018, 0.387, 0.524, 0.419),
-        "mult-vae": _row(LIANG_2018, 0.395, 0.537, 0.426),
-        "hvamp-gated": _row(EVCF_2019, 0.41308, 0.55109, 0.44522),
-    },
-    "netflix": {
-        "mult-dae": _row(LIANG_2018, 0.344, 0.438, 0.380),
-        "mult-vae": _row(LIANG_2018, 0.351, 0.444, 0.386),
-        "hvamp-gated": _row(EVCF_2019, 0.37678, 0.46252, 0.40861),
-    },
-}
+def _error(path: Path, problem: str) -> EvcfError:
+    return EvcfError(problem, path=path,
+                     fix="correct that entry (see the comments at the top of the file for its format)")
 
 
-def published_value(dataset: str, model: str, metric: str) -> PublishedValue | None:
-    """The published value for ``(dataset, model, metric)``, or None where TABLE1.md has none."""
-    return PUBLISHED.get(dataset, {}).get(model, {}).get(metric)
+def load_published(path: str | Path | None = None) -> Published:
+    """Read and check the published values; ``path`` defaults to :data:`PUBLISHED_FILE`.
+
+    Raises :class:`~evcf.errors.EvcfError` naming the file and the entry when the file is not valid
+    YAML, an entry lacks a key or has an unknown one, cites an unknown source, repeats a
+    (model, dataset), or holds a value that is not a number in [0, 1].
+    """
+    path = Path(PUBLISHED_FILE if path is None else path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvcfError("file of published values is missing", path=path,
+                        fix="reinstall evcf (the file is package data) or restore it from git") from None
+    except yaml.YAMLError as exc:
+        raise _error(path, f"not valid YAML ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("sources"), dict) \
+            or not isinstance(data.get("values"), list):
+        raise _error(path, "expected a mapping with 'sources' (id: citation) and 'values' (a list)")
+    sources = {str(k): str(v) for k, v in data["sources"].items()}
+
+    published: Published = {}
+    seen: set[tuple[str, str]] = set()
+    for i, entry in enumerate(data["values"], start=1):
+        where = f"values entry {i}"
+        if not isinstance(entry, dict):
+            raise _error(path, f"{where}: expected a mapping, got {entry!r}")
+        missing = sorted(_ENTRY_KEYS - set(entry))
+        unknown = sorted(set(map(str, entry)) - _ENTRY_KEYS)
+        if missing or unknown:
+            problem = "; ".join(p for p in (missing and f"missing {', '.join(missing)}",
+                                            unknown and f"unknown key(s) {', '.join(unknown)}") if p)
+            raise _error(path, f"{where}: {problem} (keys are {', '.join(sorted(_ENTRY_KEYS))})")
+        model, dataset, source = str(entry["model"]), str(entry["dataset"]), str(entry["source"])
+        where = f"{where} ({model} on {dataset})"
+        if source not in sources:
+            raise _error(path, f"{where}: source {source!r} is not listed under 'sources'")
+        if (model, dataset) in seen:
+            raise _error(path, f"{where}: this model and dataset already have an entry")
+        seen.add((model, dataset))
+        for metric in METRICS:
+            value = entry[metric]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+                raise _error(path, f"{where}: {metric} must be a number in [0, 1], got {value!r}")
+            published[(dataset, model, metric)] = PublishedValue(float(value), sources[source])
+    return published
+
+
+def published_value(dataset: str, model: str, metric: str,
+                    published: Published | None = None) -> PublishedValue | None:
+    """The published value of ``(dataset, model, metric)``, or None where the file has none.
+
+    ``published`` is a :func:`load_published` result; when None the default file is read.
+    """
+    if published is None:
+        published = load_published()
+    return published.get((dataset, model, metric))

@@ -1,33 +1,60 @@
-"""Table 1 of Kim & Suh (2019), regenerated from our runs: layout, then Markdown, CSV and LaTeX.
+"""Table 1 of Kim & Suh (2019), regenerated from our runs: layout, then Markdown, LaTeX and HTML.
 
-:func:`build_table` turns the per-run metrics into a tidy frame with one row per
-(table row, dataset, metric) — ours (mean, sample std over seeds, n), the published value where
-``published.py`` has one, the difference, the best-in-column flag and the significance against the
-reference model.  That frame is ``table1.csv``; :func:`render_markdown` and :func:`render_latex` only
-format it.
+:func:`build_table` turns the per-run metrics into a tidy frame; the renderers only format it.
 
-Row order follows the paper: WMF, SLIM, CDAE (numbers the paper copied from Liang et al. 2018; we
-don't run them), Mult-DAE, Mult-VAE, Mult-VAE (Gated), Vamp, H+Vamp, H+Vamp (Gated); then, after a
-separator, our additional baselines (Popularity, EASE, then any other model names, sorted).
+**Rows.**  The paper's order: WMF, SLIM, CDAE, Mult-DAE, Mult-VAE, Mult-VAE (Gated), Vamp, H+Vamp,
+H+Vamp (Gated); then, below a rule, the additional baselines Popularity and EASE; then any other
+model that ran (an ablation, say), labelled with its registry name, in name order.  A model has
+cells on a dataset only where it ran there: a dataset's table has no row for a model that did not
+run on it.
+
+**Cells.**  Ours is the mean over seeds ± the sample standard deviation (ddof = 1), with n the
+number of seeds; a model fitted once (n = 1: the deterministic models) shows its value and "(n=1)"
+without ±.  Bold marks the best of our rows in each dataset × metric column, † a significant
+difference from the reference model (Holm-corrected Wilcoxon, see :mod:`evcf.report.stats`).
+
+**Published values** come from :mod:`evcf.report.published` (``published.yaml``).  They are printed
+in a separate comparison table per dataset — ours, published, Δ = ours − published — only for
+datasets where at least one model that ran has a published value, and only for those models.
+
+**table1.csv** (:func:`build_table`'s frame) is long: one row per (dataset, model, metric) that ran,
+columns :data:`TABLE_COLUMNS`:
+
+* ``row_order`` — the row's position in the table (0 = first); ``section`` — ``paper`` (a Table 1
+  row), ``extra`` (Popularity, EASE) or ``other`` (any other model); ``model`` (registry name),
+  ``label`` (as printed), ``dataset``, ``metric`` (``recall@20``, ``recall@50``, ``ndcg@100``);
+* ``mean``, ``std`` (ddof = 1, empty for n = 1), ``n`` (seeds);
+* ``published``, ``published_source`` (empty where none), ``diff`` = mean − published;
+* ``best`` (True for the best mean of the dataset × metric), ``wilcoxon_p_holm``, ``ttest_p_holm``
+  (empty for the reference model and where no test was possible), ``significant`` (Wilcoxon
+  p < :data:`SIGNIFICANCE_LEVEL`).
+
+Markdown has no column groups, so :func:`render_markdown` writes one table per dataset (each a few
+columns wide); :func:`render_latex` and :func:`render_html` group the columns per dataset as the
+paper does.
 """
 
 from __future__ import annotations
 
+import html
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from evcf.report.published import published_value
+from evcf.report.published import Published, load_published
 from evcf.report.stats import METRICS
 
 __all__ = [
     "METRIC_LABELS",
     "TABLE_COLUMNS",
     "SIGNIFICANCE_LEVEL",
+    "MARK",
     "canonical_model",
     "model_label",
+    "model_section",
     "dataset_label",
     "order_datasets",
     "order_models",
@@ -35,6 +62,7 @@ __all__ = [
     "build_table",
     "render_markdown",
     "render_latex",
+    "render_html",
 ]
 
 SIGNIFICANCE_LEVEL = 0.05  # Holm-corrected Wilcoxon p below this gets the mark
@@ -51,12 +79,11 @@ _DATASET_LABELS = {
 }
 _DATASET_FIRST = ("ml-20m", "netflix")  # the paper's column order; other datasets follow, sorted
 
-# Rows the paper shows with numbers copied from Liang et al. (2018); we do not implement these models.
-_CITED = {"wmf": "WMF", "slim": "SLIM", "cdae": "CDAE"}
-_CITED_DATASETS = ("ml-20m", "netflix")
-CITED_TEXT = "cited, Liang et al. 2018"
-
+# The rows of the paper's Table 1, in its order (docs/models.md).
 _PAPER = {
+    "wmf": "WMF",
+    "slim": "SLIM",
+    "cdae": "CDAE",
     "mult-dae": "Mult-DAE",
     "mult-vae": "Mult-VAE",
     "mult-vae-gated": "Mult-VAE (Gated)",
@@ -64,19 +91,18 @@ _PAPER = {
     "hvamp": "H+Vamp",
     "hvamp-gated": "H+Vamp (Gated)",
 }
-_EXTRA = {"popularity": "Popularity", "ease": "EASE"}
+_EXTRA = {"popularity": "Popularity", "ease": "EASE"}  # our additional baselines
 _ALIASES = {"h-vamp": "hvamp", "h-vamp-gated": "hvamp-gated"}  # spellings used in some configs
 
-SEPARATOR_TEXT = "additional baselines (not in the paper)"
+SEPARATOR_TEXT = "not in the paper's Table 1"
 
 TABLE_COLUMNS = [
     "row_order",
-    "section",  # cited | paper | extra
+    "section",  # paper | extra | other
     "model",
     "label",
     "dataset",
     "metric",
-    "status",  # ours | cited | no runs
     "mean",
     "std",
     "n",
@@ -98,7 +124,13 @@ def canonical_model(name: str) -> str:
 def model_label(name: str) -> str:
     """Display name of a model: ``mult-vae`` → ``Mult-VAE``; unknown names are shown as they are."""
     name = canonical_model(name)
-    return _CITED.get(name) or _PAPER.get(name) or _EXTRA.get(name) or name
+    return _PAPER.get(name) or _EXTRA.get(name) or name
+
+
+def model_section(name: str) -> str:
+    """``paper`` for a Table 1 row, ``extra`` for Popularity and EASE, ``other`` for anything else."""
+    name = canonical_model(name)
+    return "paper" if name in _PAPER else "extra" if name in _EXTRA else "other"
 
 
 def dataset_label(name: str) -> str:
@@ -115,7 +147,7 @@ def order_datasets(names) -> list[str]:
 def order_models(names) -> list[str]:
     """Paper models in the paper's order, then Popularity, EASE, then unknown names sorted."""
     names = set(names)
-    known = [*_CITED, *_PAPER, *_EXTRA]
+    known = [*_PAPER, *_EXTRA]
     return [m for m in known if m in names] + sorted(names - set(known))
 
 
@@ -131,18 +163,18 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def build_table(runs: pd.DataFrame, significance: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The tidy Table 1: one row per (table row, dataset, metric), columns TABLE_COLUMNS.
+def build_table(runs: pd.DataFrame, significance: pd.DataFrame | None = None,
+                published: Published | None = None) -> pd.DataFrame:
+    """The tidy Table 1: one row per (dataset, model, metric) that ran, columns TABLE_COLUMNS.
 
-    Paper and cited rows are always present; extra rows only for models with at least one run.
-    ``significance`` is :func:`evcf.report.stats.significance_table`'s output (may be None/empty).
+    ``significance`` is :func:`evcf.report.stats.significance_table`'s output (may be None/empty);
+    ``published`` is :func:`evcf.report.published.load_published`'s (None: the package's file).
     """
-    stats = aggregate(runs).set_index(["dataset", "model", "metric"])
+    if published is None:
+        published = load_published()
+    stats = aggregate(runs)
+    models = order_models(runs["model"].unique())
     datasets = order_datasets(runs["dataset"].unique())
-    run_models = set(runs["model"].unique())
-    extra = [m for m in order_models(run_models) if m not in _CITED and m not in _PAPER]
-    rows_spec = ([(m, "cited") for m in _CITED] + [(m, "paper") for m in _PAPER]
-                 + [(m, "extra") for m in extra])
 
     sig: dict[tuple[str, str, str], tuple[float, float]] = {}
     if significance is not None and not significance.empty:
@@ -150,39 +182,82 @@ def build_table(runs: pd.DataFrame, significance: pd.DataFrame | None = None) ->
             sig[(rec.dataset, rec.model, rec.metric)] = (rec.wilcoxon_p_holm, rec.ttest_p_holm)
 
     records = []
-    for order, (model, section) in enumerate(rows_spec):
-        for dataset in datasets:
-            for metric in METRICS:
-                pub = published_value(dataset, model, metric)
-                rec = {
-                    "row_order": order, "section": section, "model": model,
-                    "label": model_label(model), "dataset": dataset, "metric": metric,
-                    "status": "no runs", "mean": np.nan, "std": np.nan, "n": 0,
-                    "published": pub.value if pub else np.nan,
-                    "published_source": pub.source if pub else "",
-                    "diff": np.nan, "best": False,
-                    "wilcoxon_p_holm": np.nan, "ttest_p_holm": np.nan, "significant": False,
-                }
-                if section == "cited" and dataset in _CITED_DATASETS:
-                    rec["status"] = "cited"
-                elif (dataset, model, metric) in stats.index:
-                    s = stats.loc[(dataset, model, metric)]
-                    rec.update(status="ours", mean=float(s["mean"]), std=float(s["std"]), n=int(s["n"]))
-                    if pub:
-                        rec["diff"] = rec["mean"] - pub.value
-                    p_w, p_t = sig.get((dataset, model, metric), (np.nan, np.nan))
-                    rec.update(wilcoxon_p_holm=p_w, ttest_p_holm=p_t,
-                               significant=bool(p_w < SIGNIFICANCE_LEVEL))
-                records.append(rec)
+    for s in stats.itertuples(index=False):
+        pub = published.get((s.dataset, s.model, s.metric))
+        p_w, p_t = sig.get((s.dataset, s.model, s.metric), (np.nan, np.nan))
+        records.append({
+            "row_order": models.index(s.model), "section": model_section(s.model),
+            "model": s.model, "label": model_label(s.model), "dataset": s.dataset,
+            "metric": s.metric, "mean": float(s.mean), "std": float(s.std), "n": int(s.n),
+            "published": pub.value if pub else np.nan,
+            "published_source": pub.source if pub else "",
+            "diff": float(s.mean) - pub.value if pub else np.nan,
+            "best": False, "wilcoxon_p_holm": p_w, "ttest_p_holm": p_t,
+            "significant": bool(p_w < SIGNIFICANCE_LEVEL),
+        })
     table = pd.DataFrame(records, columns=TABLE_COLUMNS)
-    ours = table["status"] == "ours"
-    best = table[ours].groupby(["dataset", "metric"])["mean"].transform("max")
-    table.loc[ours, "best"] = table.loc[ours, "mean"] >= best - 1e-12
-    table["best"] = table["best"].astype(bool)
-    return table
+    if table.empty:
+        return table
+    best = table.groupby(["dataset", "metric"])["mean"].transform("max")
+    table["best"] = (table["mean"] >= best - 1e-12).astype(bool)
+    table["_d"] = table["dataset"].map(datasets.index)
+    table["_m"] = table["metric"].map(list(METRICS).index)
+    table = table.sort_values(["_d", "row_order", "_m"]).drop(columns=["_d", "_m"])
+    return table.reset_index(drop=True)
 
 
-# --- formatting ----------------------------------------------------------------------------------
+# --- the layout shared by the renderers -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Row:
+    model: str
+    label: str
+    section: str
+    cells: dict  # (dataset, metric) -> table record (namedtuple); absent where the model did not run
+
+
+def _datasets(table: pd.DataFrame) -> list[str]:
+    return order_datasets(table["dataset"].unique())
+
+
+def _rows(table: pd.DataFrame, datasets: list[str] | None = None) -> list[_Row]:
+    """The table's rows in order, restricted to models that ran on one of ``datasets``."""
+    part = table if datasets is None else table[table["dataset"].isin(datasets)]
+    rows = []
+    for _, group in part.groupby("row_order", sort=True):
+        first = group.iloc[0]
+        rows.append(_Row(first["model"], first["label"], first["section"],
+                         {(r.dataset, r.metric): r for r in group.itertuples(index=False)}))
+    return rows
+
+
+def _needs_separator(rows: list[_Row], i: int) -> bool:
+    """True before the first row outside the paper's Table 1 (when the table has paper rows)."""
+    return rows[i].section != "paper" and (i == 0 or rows[i - 1].section == "paper") \
+        and any(r.section == "paper" for r in rows)
+
+
+def _comparison_datasets(table: pd.DataFrame) -> list[str]:
+    """Datasets where at least one model that ran has a published value, in table order."""
+    with_pub = set(table.loc[table["published"].notna(), "dataset"])
+    return [d for d in _datasets(table) if d in with_pub]
+
+
+def _comparison_rows(table: pd.DataFrame, dataset: str) -> list[_Row]:
+    models = set(table.loc[(table["dataset"] == dataset) & table["published"].notna(), "model"])
+    return [r for r in _rows(table, [dataset]) if r.model in models]
+
+
+def _without_published(table: pd.DataFrame, dataset: str) -> list[str]:
+    ds = table[table["dataset"] == dataset]
+    have = set(ds.loc[ds["published"].notna(), "model"])
+    return [r.label for r in _rows(table, [dataset]) if r.model not in have]
+
+
+def _sources(table: pd.DataFrame, datasets: list[str]) -> list[str]:
+    part = table[table["dataset"].isin(datasets)]
+    return list(dict.fromkeys(s for s in part.sort_values("row_order")["published_source"] if s))
+
 
 def _fmt_published(value: float) -> str:
     """As printed in the source: at least three decimals, more only where the source has them."""
@@ -191,82 +266,105 @@ def _fmt_published(value: float) -> str:
     return f"{value:.{max(3, decimals)}f}"
 
 
-def _cells(rec, *, latex: bool) -> tuple[str, str, str]:
-    """The (ours, published, difference) cells of one table record."""
-    dash = "---" if latex else "—"
-    if rec.status == "cited":
-        return CITED_TEXT, "n/a", "n/a"
-    if rec.status != "ours":
-        return dash, dash, dash
-    pm = r"$\pm$" if latex else "±"
-    std = dash if math.isnan(rec.std) else f"{rec.std:.4f}"
-    text = f"{rec.mean:.4f}"
-    if rec.best:
-        text = rf"\textbf{{{text}}}" if latex else f"**{text}**"
-    ours = f"{text} {pm} {std} (n={rec.n})"
-    if rec.significant:
-        ours += r"$^{\dagger}$" if latex else MARK
-    if math.isnan(rec.published):
-        return ours, "n/a", "n/a"
-    diff = f"{rec.diff:+.4f}"
-    if latex and diff.startswith("-"):
-        diff = "$-$" + diff[1:]
-    return ours, _fmt_published(rec.published), diff
+def _fmt_diff(value: float) -> str:
+    return f"{value:+.4f}"
 
 
-def _footnotes(table: pd.DataFrame, reference: str, *, latex: bool) -> list[str]:
-    sources = sorted({s for s in table["published_source"] if s})
+def _notes(table: pd.DataFrame, reference: str, *, grouped: bool = False) -> list[str]:
+    """Plain-text notes under the table (each renderer escapes them for its format).
+
+    ``grouped``: the renderer puts every dataset in one table (LaTeX, HTML), where a model that ran
+    on some datasets only has "—" cells on the others.
+    """
     ref = model_label(reference)
-    if table["wilcoxon_p_holm"].notna().any():
-        marks = (f"{MARK} significantly different from {ref} (two-sided Wilcoxon signed-rank test over "
-                 "test users, per-user values averaged over seeds, Holm-corrected within each "
-                 f"dataset × metric, p < {SIGNIFICANCE_LEVEL}).")
-    else:
-        marks = f"No significance marks: {ref} has no runs on a dataset alongside another model."
-    lines = [
-        "ours: mean ± sample std (ddof=1) over seeds, n = number of seeds; best ours per column in bold.",
-        "published: " + ("; ".join(sources) if sources else "none for these datasets")
-        + "; n/a where no published value is available here. Δ = ours − published.",
-        marks,
-        f"WMF, SLIM, CDAE: not run here; the paper copies their numbers from Liang et al. (2018). "
-        f"—: no runs of that model on that dataset.",
+    notes = [
+        "Ours: mean ± sample standard deviation (ddof = 1) over n seeds. A model fitted once "
+        "(n = 1, the models whose fit does not depend on the seed) shows its value without ±. "
+        "Bold: the best of our rows in the column. A dataset has rows only for the models that ran "
+        "on it.",
     ]
-    if latex:
-        lines = [_latex_escape(line) for line in lines]
-    return lines
+    if table["wilcoxon_p_holm"].notna().any():
+        notes.append(f"{MARK} significantly different from {ref} on the same dataset and metric: "
+                     "two-sided Wilcoxon signed-rank test over the test users (per-user values "
+                     "averaged over seeds), Holm-corrected within each dataset and metric, "
+                     f"p < {SIGNIFICANCE_LEVEL}. Unmarked: no significant difference, or {ref} itself.")
+    else:
+        notes.append(f"No significance marks: {ref} has no runs on a dataset alongside another model.")
+    if grouped and table.groupby("model")["dataset"].nunique().lt(table["dataset"].nunique()).any():
+        notes.append("—: the model did not run on that dataset.")
+    compared = _comparison_datasets(table)
+    if compared:
+        notes.append("Published: the values in evcf/report/published.yaml, each from the paper and "
+                     "table named in the Source column. Δ = ours − published.")
+    else:
+        notes.append("evcf/report/published.yaml has no published values for these datasets, "
+                     "so there is no comparison with published results.")
+    return notes
 
 
-def _row_groups(table: pd.DataFrame):
-    """(section, label, records by (dataset, metric)) for each table row, in order."""
-    for _, group in table.groupby("row_order", sort=True):
-        first = group.iloc[0]
-        yield first["section"], first["label"], {
-            (r.dataset, r.metric): r for r in group.itertuples(index=False)}
+def _ours_parts(rec) -> tuple[str, str, str]:
+    """(mean, spread, suffix) of one cell: ``"0.3185"``, ``"0.0036"`` or ``""`` for n = 1, ``"(n=3)"``."""
+    spread = "" if rec.n < 2 or math.isnan(rec.std) else f"{rec.std:.4f}"
+    return f"{rec.mean:.4f}", spread, f"(n={rec.n})"
+
+
+# --- Markdown -------------------------------------------------------------------------------------
+
+def _md_cell(rec) -> str:
+    if rec is None:
+        return "—"
+    mean, spread, n = _ours_parts(rec)
+    if rec.best:
+        mean = f"**{mean}**"
+    text = f"{mean} ± {spread} {n}" if spread else f"{mean} {n}"
+    return text + (MARK if rec.significant else "")
 
 
 def render_markdown(table: pd.DataFrame, reference: str = "mult-vae") -> str:
-    """Table 1 as a GitHub-flavoured Markdown table (via tabulate) plus footnote lines."""
-    datasets = list(dict.fromkeys(table["dataset"]))
-    headers = ["Model"]
-    for dataset in datasets:
-        for metric in METRICS:
-            name = f"{dataset_label(dataset)} {METRIC_LABELS[metric]}"
-            headers += [name, f"{name} published", f"{name} Δ"]
-    rows: list[list[str]] = []
-    previous = None
-    for section, label, cells in _row_groups(table):
-        if section == "extra" and previous != "extra":
-            rows.append([f"*{SEPARATOR_TEXT}*"] + [""] * (len(headers) - 1))
-        previous = section
-        row = [label]
-        for dataset in datasets:
-            for metric in METRICS:
-                row += list(_cells(cells[(dataset, metric)], latex=False))
-        rows.append(row)
-    body = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-    notes = _footnotes(table, reference, latex=False)
-    return "# Table 1 (regenerated)\n\n" + body + "\n\n" + "\n".join(f"{n}  " for n in notes) + "\n"
+    """Table 1 as GitHub-flavoured Markdown: per dataset our table, then the published comparison."""
+    lines = ["# Table 1 (regenerated)", ""]
+    for dataset in _datasets(table):
+        rows = _rows(table, [dataset])
+        headers = ["Model", *(METRIC_LABELS[m] for m in METRICS)]
+        body = []
+        for i, row in enumerate(rows):
+            if _needs_separator(rows, i):
+                body.append([f"*{SEPARATOR_TEXT}:*", "", "", ""])
+            body.append([row.label, *(_md_cell(row.cells.get((dataset, m))) for m in METRICS)])
+        lines += [f"## {dataset_label(dataset)}", "",
+                  tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
+        if dataset in _comparison_datasets(table):
+            lines += [f"### {dataset_label(dataset)}: ours and published", "",
+                      _md_comparison(table, dataset), ""]
+            missing = _without_published(table, dataset)
+            if missing:
+                lines += [f"No published value for {', '.join(missing)} on {dataset_label(dataset)}.",
+                          ""]
+    lines += [f"{note}  " for note in _notes(table, reference)]
+    return "\n".join(lines).rstrip(" ") + "\n"
 
+
+def _md_comparison(table: pd.DataFrame, dataset: str) -> str:
+    """Ours (mean), published and Δ per metric; the source as a number listed under the table."""
+    sources = _sources(table, [dataset])
+    headers = ["Model"]
+    for metric in METRICS:
+        headers += [METRIC_LABELS[metric], "publ.", "Δ"]
+    headers.append("Source")
+    body = []
+    for row in _comparison_rows(table, dataset):
+        line = [row.label]
+        for metric in METRICS:
+            rec = row.cells[(dataset, metric)]
+            line += [f"{rec.mean:.4f}", _fmt_published(rec.published), _fmt_diff(rec.diff)]
+        line.append(f"[{sources.index(row.cells[(dataset, METRICS[0])].published_source) + 1}]")
+        body.append(line)
+    text = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+    refs = [f"[{i}] {source}" for i, source in enumerate(sources, start=1)]
+    return text + "\n\n" + "  \n".join(refs)
+
+
+# --- LaTeX ----------------------------------------------------------------------------------------
 
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -280,43 +378,153 @@ def _latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
+def _latex_cell(rec) -> str:
+    if rec is None:
+        return "---"
+    mean, spread, n = _ours_parts(rec)
+    if rec.best:
+        mean = rf"\textbf{{{mean}}}"
+    text = rf"{mean} $\pm$ {spread} {n}" if spread else f"{mean} {n}"
+    return text + (r"$^{\dagger}$" if rec.significant else "")
+
+
+def _latex_diff(value: float) -> str:
+    text = _fmt_diff(value)
+    return "$-$" + text[1:] if text.startswith("-") else text
+
+
 def render_latex(table: pd.DataFrame, reference: str = "mult-vae") -> str:
-    """Table 1 as a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``) with footnotes below."""
-    datasets = list(dict.fromkeys(table["dataset"]))
-    n_cols = 1 + 9 * len(datasets)
+    """Table 1 as booktabs ``tabular``s (needs ``\\usepackage{booktabs}``) with notes below.
+
+    One table with a column group per dataset, then one comparison table per dataset that has
+    published values.
+    """
+    datasets = _datasets(table)
+    rows = _rows(table)
+    n_cols = 1 + 3 * len(datasets)
     lines = [
         "% Table 1 (regenerated) -- written by evcf.report; needs \\usepackage{booktabs}",
-        r"\begin{tabular}{l" + "rrr" * 3 * len(datasets) + "}",
+        r"\begin{tabular}{l" + "r" * 3 * len(datasets) + "}",
         r"\toprule",
+        " & ".join(["Model", *(rf"\multicolumn{{3}}{{c}}{{{_latex_escape(dataset_label(d))}}}"
+                               for d in datasets)]) + r" \\",
+        " ".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(datasets))),
+        " & ".join(["", *(METRIC_LABELS[m] for _ in datasets for m in METRICS)]) + r" \\",
+        r"\midrule",
     ]
-    top, top_rules, mid, mid_rules = ["Model"], [], [""], []
-    for i, dataset in enumerate(datasets):
-        start = 2 + 9 * i
-        top.append(rf"\multicolumn{{9}}{{c}}{{{_latex_escape(dataset_label(dataset))}}}")
-        top_rules.append(rf"\cmidrule(lr){{{start}-{start + 8}}}")
-        for j, metric in enumerate(METRICS):
-            s = start + 3 * j
-            mid.append(rf"\multicolumn{{3}}{{c}}{{{METRIC_LABELS[metric]}}}")
-            mid_rules.append(rf"\cmidrule(lr){{{s}-{s + 2}}}")
-    lines += [" & ".join(top) + r" \\", " ".join(top_rules),
-              " & ".join(mid) + r" \\", " ".join(mid_rules),
-              " & ".join([""] + ["ours", "published", r"$\Delta$"] * 3 * len(datasets)) + r" \\",
-              r"\midrule"]
-    previous = None
-    for section, label, cells in _row_groups(table):
-        if section == "extra" and previous != "extra":
+    for i, row in enumerate(rows):
+        if _needs_separator(rows, i):
             lines += [r"\midrule",
                       rf"\multicolumn{{{n_cols}}}{{l}}{{\emph{{{_latex_escape(SEPARATOR_TEXT)}}}}} \\"]
-        previous = section
-        row = [_latex_escape(label)]
-        for dataset in datasets:
+        cells = [_latex_cell(row.cells.get((d, m))) for d in datasets for m in METRICS]
+        lines.append(" & ".join([_latex_escape(row.label), *cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+
+    for dataset in _comparison_datasets(table):
+        lines += [
+            "",
+            f"% {dataset_label(dataset)}: ours and published",
+            r"\begin{tabular}{l" + "rrr" * len(METRICS) + "l}",
+            r"\toprule",
+            " & ".join([_latex_escape(dataset_label(dataset)),
+                        *(rf"\multicolumn{{3}}{{c}}{{{METRIC_LABELS[m]}}}" for m in METRICS),
+                        ""]) + r" \\",
+            " ".join(rf"\cmidrule(lr){{{2 + 3 * j}-{4 + 3 * j}}}" for j in range(len(METRICS))),
+            " & ".join(["Model", *(["ours", "published", r"$\Delta$"] * len(METRICS)), "Source"])
+            + r" \\",
+            r"\midrule",
+        ]
+        for row in _comparison_rows(table, dataset):
+            cells = []
             for metric in METRICS:
-                ours, pub, diff = _cells(cells[(dataset, metric)], latex=True)
-                if cells[(dataset, metric)].status == "cited":
-                    ours = _latex_escape(ours)
-                row += [ours, pub, diff]
-        lines.append(" & ".join(row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", r"{\footnotesize"]
-    lines += [line + r"\\" for line in _footnotes(table, reference, latex=True)]
+                rec = row.cells[(dataset, metric)]
+                cells += [f"{rec.mean:.4f}", _fmt_published(rec.published), _latex_diff(rec.diff)]
+            source = _latex_escape(row.cells[(dataset, METRICS[0])].published_source)
+            lines.append(" & ".join([_latex_escape(row.label), *cells, source]) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", ""]
+
+    lines += [r"\smallskip", r"{\footnotesize"]
+    lines += [_latex_escape(note) + r"\\" for note in _notes(table, reference, grouped=True)]
     lines += ["}", ""]
     return "\n".join(lines)
+
+
+# --- HTML -----------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em;
+       color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.95em; }
+th, td { padding: 0.3em 0.8em; }
+thead th { border-bottom: 1px solid #444; }
+thead tr:first-child th { border-top: 2px solid #444; }
+tbody tr:last-child td { border-bottom: 2px solid #444; }
+th.group { border-bottom: 1px solid #999; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.label { white-space: nowrap; }
+tr.separator td { font-style: italic; color: #555; border-top: 1px solid #999; padding-top: 0.5em; }
+.n { color: #666; font-size: 0.9em; }
+p.note { max-width: 60em; font-size: 0.9em; margin: 0.3em 0; }
+""".strip()
+
+
+def _html_cell(rec) -> str:
+    if rec is None:
+        return '<td class="num">—</td>'
+    mean, spread, n = _ours_parts(rec)
+    if rec.best:
+        mean = f"<strong>{mean}</strong>"
+    text = f"{mean} ± {spread}" if spread else mean
+    mark = MARK if rec.significant else ""
+    return f'<td class="num">{text} <span class="n">{n}</span>{mark}</td>'
+
+
+def render_html(table: pd.DataFrame, reference: str = "mult-vae") -> str:
+    """Table 1 as a standalone HTML page (for Snakemake's report): the same content as the Markdown,
+    with the columns grouped per dataset as in the paper."""
+    esc = html.escape
+    datasets = _datasets(table)
+    rows = _rows(table)
+    n_cols = 1 + 3 * len(datasets)
+    out = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        "<title>Table 1 (regenerated)</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
+        "<h1>Table 1 (regenerated)</h1>",
+        "<table>", "<thead>",
+        '<tr><th rowspan="2">Model</th>'
+        + "".join(f'<th class="group" colspan="3">{esc(dataset_label(d))}</th>' for d in datasets)
+        + "</tr>",
+        "<tr>" + "".join(f"<th>{METRIC_LABELS[m]}</th>" for _ in datasets for m in METRICS) + "</tr>",
+        "</thead>", "<tbody>",
+    ]
+    for i, row in enumerate(rows):
+        if _needs_separator(rows, i):
+            out.append(f'<tr class="separator"><td colspan="{n_cols}">{esc(SEPARATOR_TEXT)}</td></tr>')
+        cells = "".join(_html_cell(row.cells.get((d, m))) for d in datasets for m in METRICS)
+        out.append(f'<tr><td class="label">{esc(row.label)}</td>{cells}</tr>')
+    out += ["</tbody>", "</table>"]
+
+    for dataset in _comparison_datasets(table):
+        out += [f"<h2>{esc(dataset_label(dataset))}: ours and published</h2>", "<table>", "<thead>",
+                '<tr><th rowspan="2">Model</th>'
+                + "".join(f'<th class="group" colspan="3">{METRIC_LABELS[m]}</th>' for m in METRICS)
+                + '<th rowspan="2">Source</th></tr>',
+                "<tr>" + "<th>ours</th><th>published</th><th>Δ</th>" * len(METRICS) + "</tr>",
+                "</thead>", "<tbody>"]
+        for row in _comparison_rows(table, dataset):
+            cells = ""
+            for metric in METRICS:
+                rec = row.cells[(dataset, metric)]
+                cells += (f'<td class="num">{rec.mean:.4f}</td>'
+                          f'<td class="num">{_fmt_published(rec.published)}</td>'
+                          f'<td class="num">{_fmt_diff(rec.diff)}</td>')
+            source = esc(row.cells[(dataset, METRICS[0])].published_source)
+            out.append(f'<tr><td class="label">{esc(row.label)}</td>{cells}<td>{source}</td></tr>')
+        out += ["</tbody>", "</table>"]
+        missing = _without_published(table, dataset)
+        if missing:
+            out.append(f'<p class="note">No published value for {esc(", ".join(missing))} on '
+                       f"{esc(dataset_label(dataset))}.</p>")
+    out += [f'<p class="note">{esc(note)}</p>' for note in _notes(table, reference, grouped=True)]
+    out += ["</body>", "</html>", ""]
+    return "\n".join(out)

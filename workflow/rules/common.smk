@@ -5,12 +5,19 @@ import sys
 
 from pathlib import Path
 
-from evcf.config import raw_path, run_settings, synthetic_spec, tune_points, validate
+from evcf.config import check_plain_yaml, raw_path, run_settings, synthetic_spec, tune_points, validate
 from evcf.errors import EvcfError
+from evcf.identity import code_hash
+from evcf.models import model_class
 from snakemake.io import report as in_report  # `report` alone is a keyword of the Snakefile grammar
 
+# Everything is checked before any job starts: no anchors in the config file, every key known,
+# every value typed and valid, every run and grid point buildable.  Values typed with --config are
+# read as YAML (numbers arrive as numbers) and errors in them name the command line.
 try:
-    validate(config)
+    for _configfile in workflow.configfiles:
+        check_plain_yaml(_configfile)
+    validate(config, overrides=workflow.config_settings.config)
 except EvcfError as exc:
     sys.stderr.write(f"error: {exc}\n")
     sys.exit(2)
@@ -18,6 +25,8 @@ except EvcfError as exc:
 DATASETS = config["datasets"]
 MODELS = config["models"]
 SEEDS = config["seeds"]
+# the package's source hash is a param of every training rule: changing the code reruns the runs
+CODE = code_hash()
 
 
 wildcard_constraints:
@@ -36,14 +45,27 @@ def run_dir(dataset, model, seed):
     return f"results/{dataset}/{model}/seed-{seed}"
 
 
+def model_seeds(model):
+    """The seeds a model runs with: all of them, or only the first for a seedless model."""
+    return SEEDS if model_class(model).seeded else SEEDS[:1]
+
+
+RUN_FILES = ("metrics.json", "history.csv", "per_user.csv")
+
+
+def get_collect_input(wildcards):
+    """Every run of one (dataset, model) row."""
+    return [f"{run_dir(wildcards.dataset, wildcards.model, s)}/{name}"
+            for s in model_seeds(wildcards.model) for name in RUN_FILES]
+
+
+def get_collect_runs(wildcards):
+    return " ".join(run_dir(wildcards.dataset, wildcards.model, s) for s in model_seeds(wildcards.model))
+
+
 def all_run_outputs():
-    return [
-        f"{run_dir(d, m, s)}/{name}"
-        for d in DATASETS
-        for m in MODELS
-        for s in SEEDS
-        for name in ("metrics.json", "history.csv", "per_user.csv")
-    ]
+    """The row files of the selection (each depends on its runs)."""
+    return [f"results/{d}/{m}.json" for d in DATASETS for m in MODELS]
 
 
 SPLIT_OUTPUTS = [
@@ -67,7 +89,7 @@ def get_raw_input(wildcards):
 def get_download_args(wildcards):
     entry = config["data"][wildcards.dataset]
     args = [f"--url {q(entry['url'])}"]
-    for key in ("md5", "md5_url", "sha256"):
+    for key in ("md5", "sha256"):
         if entry.get(key):
             args.append(f"--{key.replace('_', '-')} {q(entry[key])}")
     return " ".join(args)
@@ -101,23 +123,42 @@ def get_train_args(wildcards):
 
 
 PLOTS = ("metrics", "learning_curves", "per_user_ndcg", "train_time")  # see evcf/report/plots.py
+REPORT_FILES = ("table1.md", "table1.csv", "table1.tex", "significance.csv", "summary.json")
+
+
+def report_dir(dataset):
+    return f"reports/{dataset}"
+
+
+def get_report_input(wildcards):
+    return [f"results/{wildcards.dataset}/{m}.json" for m in MODELS]
+
+
+def get_report_out(wildcards):
+    return report_dir(wildcards.dataset)
+
+
+def get_report_runs(wildcards):
+    return " ".join(run_dir(wildcards.dataset, m, s) for m in MODELS for s in model_seeds(m))
+
+
+def report_files(dataset):
+    """One dataset's report (its own folder: a run of another selection never overwrites it)."""
+    out = report_dir(dataset)
+    outs = [
+        in_report(f"{out}/table1.md", category="Table 1", subcategory=dataset,
+                  caption="workflow/report/table1.rst"),
+        *(f"{out}/{name}" for name in REPORT_FILES[1:]),
+    ]
+    for plot in PLOTS:
+        outs.append(in_report(f"{out}/plots/{plot}_{dataset}.png", category="Plots", subcategory=dataset,
+                              labels={"dataset": dataset, "plot": plot}))
+        outs.append(f"{out}/plots/{plot}_{dataset}.csv")
+    return outs
 
 
 def report_outputs():
-    """The make_report rule's outputs; the table and the PNGs go into `snakemake --report`."""
-    outs = [
-        in_report("results/table1.md", category="Table 1", caption="workflow/report/table1.rst"),
-        "results/table1.csv",
-        "results/table1.tex",
-        "results/significance.csv",
-        "results/summary.json",
-    ]
-    for d in DATASETS:
-        for plot in PLOTS:
-            outs.append(in_report(f"results/plots/{plot}_{d}.png", category="Plots", subcategory=d,
-                               labels={"dataset": d, "plot": plot}))
-            outs.append(f"results/plots/{plot}_{d}.csv")
-    return outs
+    return [path for d in DATASETS for path in report_files(d)]
 
 
 def tune_outputs():

@@ -1,14 +1,16 @@
-# Everything under results/ that summarises runs: table, significance, plots, DVC summary metrics.
+# One report per dataset, in reports/<dataset>/: table, significance, plots, DVC summary metrics.
+# Each dataset has its own folder, so running another selection never overwrites or orphans it.
 
 
 rule make_report:
     input:
-        all_run_outputs(),
+        get_report_input,
     output:
-        report_outputs(),
+        report_files("{dataset}"),
     log:
-        "logs/make_report.log",
+        "logs/make_report/{dataset}.log",
     params:
-        runs=" ".join(run_dir(d, m, s) for d in DATASETS for m in MODELS for s in SEEDS),
+        runs=get_report_runs,
+        out=get_report_out,
     shell:
-        "evcf report --runs {params.runs} --benchmarks benchmarks --out results 2> {log}"
+        "evcf report --runs {params.runs} --benchmarks benchmarks --out {params.out} 2> {log}"

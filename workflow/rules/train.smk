@@ -1,5 +1,8 @@
-# One model, one dataset, one seed.  The checkpoint beside the results is not a declared output:
-# Snakemake deletes the outputs of a failed job, and the checkpoint is what a rerun resumes from.
+# One model, one dataset, one seed; then the row file that gathers a (dataset, model)'s seeds.
+# The checkpoint beside the results is not a declared output: Snakemake deletes the outputs of a
+# failed job, and the checkpoint is what a rerun resumes from.  `evcf train` reuses it only when it
+# was written by the same run (settings, split, code, torch, device: evcf/identity.py); `code` below
+# makes Snakemake itself rerun every run when the package's source changes.
 
 
 rule train_model:
@@ -16,6 +19,7 @@ rule train_model:
     params:
         args=get_train_args,
         device=config.get("device", "auto"),
+        code=CODE,
     threads: config.get("threads", 2)
     resources:
         mem_mb=4000,
@@ -25,3 +29,16 @@ rule train_model:
         "--model {wildcards.model} --seed {wildcards.seed} {params.args} "
         "--device {params.device} --threads {threads} "
         "--out results/{wildcards.dataset}/{wildcards.model}/seed-{wildcards.seed} 2> {log}"
+
+
+rule collect_runs:
+    input:
+        get_collect_input,
+    output:
+        "results/{dataset}/{model}.json",
+    log:
+        "logs/collect_runs/{dataset}/{model}.log",
+    params:
+        runs=get_collect_runs,
+    shell:
+        "evcf collect --runs {params.runs} --out {output} 2> {log}"

@@ -18,6 +18,7 @@ rule tune_point:
         args=get_tune_args,
         seed=SEEDS[0],
         device=config.get("device", "auto"),
+        code=CODE,
     threads: config.get("threads", 2)
     shell:
         "evcf train --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
