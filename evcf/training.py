@@ -72,6 +72,12 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise EvcfError(f"train.{key} must be >= 1", path="params.yaml", fix=f"set a positive train.{key}")
+        if not self.lr > 0:
+            raise EvcfError(f"train.lr must be > 0, got {self.lr}", path="params.yaml", fix="set a positive train.lr")
+        for key in ("total_anneal_steps", "anneal_cap", "warmup_epochs", "max_beta", "patience"):
+            if getattr(self, key) < 0:
+                raise EvcfError(f"train.{key} must be >= 0, got {getattr(self, key)}", path="params.yaml",
+                                fix=f"set train.{key} to 0 or more")
 
 
 def train_config(values: dict[str, Any]) -> TrainConfig:

@@ -32,6 +32,17 @@ TINY_DATA = {
 }
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes shared objects out in full: params.yaml may hold no anchors or aliases."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def dump_params(path: Path, params: dict) -> None:
+    path.write_text(yaml.dump(params, Dumper=_PlainDumper, sort_keys=False, allow_unicode=True))
+
+
 def tool(name: str) -> str:
     return str(BIN / name)
 
@@ -48,7 +59,7 @@ def make_workflow_copy(dest: Path, **overrides) -> Path:
     params.update(TINY)
     params["data"]["synthetic-tiny"] = TINY_DATA
     params.update(overrides)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dump_params(dest / "params.yaml", params)
     return dest
 
 

@@ -137,12 +137,24 @@ def test_netflix_many_movies_across_parser_chunks(tmp_path, monkeypatch):
                              "netflix"), want)
 
 
+FILLER = "9:\n99,4,2005-01-01\n"  # one valid rating: the other files of a complete Kaggle set
+
+
+def complete_kaggle(raw: Path) -> None:
+    """Add the combined_data_*.txt files a test does not write itself (a partial set is an error)."""
+    for k in range(1, 5):
+        if not (raw / f"combined_data_{k}.txt").exists():
+            (raw / f"combined_data_{k}.txt").write_text(FILLER)
+
+
 def test_netflix_crlf_and_blank_lines(tmp_path):
     raw = tmp_path / "netflix"
     raw.mkdir()
     (raw / "combined_data_1.txt").write_bytes(b"3:\r\n10,4,2005-01-01\r\n\r\n11,5,2005-01-02\r\n1:\r\n12,1,2004-01-01\r\n")
+    complete_kaggle(raw)
     got = read_ratings(raw, "netflix")
-    want = pd.DataFrame({"user": [10, 11, 12], "item": [3, 3, 1], "rating": np.array([4, 5, 1], np.float32)})
+    want = pd.DataFrame({"user": [10, 11, 12, 99, 99, 99], "item": [3, 3, 1, 9, 9, 9],
+                         "rating": np.array([4, 5, 1, 4, 4, 4], np.float32)})
     assert_same(got, want)
 
 
@@ -324,6 +336,7 @@ def test_netflix_malformed_kaggle_line(tmp_path, bad, line, reason):
     raw = tmp_path / "netflix"
     raw.mkdir()
     (raw / "combined_data_1.txt").write_text("1:\n10,4,2005-01-01\n11,3,2005-01-01\n" + bad + "\n2:\n13,1,2005\n")
+    complete_kaggle(raw)
     with pytest.raises(EvcfError) as info:
         read_ratings(raw, "netflix")
     message = str(info.value)
@@ -335,6 +348,7 @@ def test_netflix_rating_before_first_movie(tmp_path):
     raw = tmp_path / "netflix"
     raw.mkdir()
     (raw / "combined_data_1.txt").write_text("10,4,2005-01-01\n1:\n11,3,2005-01-01\n")
+    complete_kaggle(raw)
     with pytest.raises(EvcfError, match=r"line 1: malformed line \(rating line before the first 'MovieID:' line"):
         read_ratings(raw, "netflix")
 
@@ -345,6 +359,8 @@ def test_netflix_malformed_line_in_zip_and_tar_members(tmp_path):
     with zipfile.ZipFile(raw / "archive.zip", "w") as zf:
         zf.writestr("combined_data_1.txt", "1:\n10,4,2005\n")
         zf.writestr("combined_data_2.txt", "2:\n10,4,2005\n10;4;2005\n")
+        zf.writestr("combined_data_3.txt", FILLER)
+        zf.writestr("combined_data_4.txt", FILLER)
     with pytest.raises(EvcfError, match=r"archive\.zip: member combined_data_2\.txt, line 3: malformed line"):
         read_ratings(raw, "netflix")
     raw = tmp_path / "b"
@@ -368,11 +384,24 @@ def test_netflix_loose_movie_file_with_two_movies(tmp_path):
         read_ratings(tmp_path / "netflix", "netflix")
 
 
+def test_partial_kaggle_set_is_an_error_naming_the_missing_files(tmp_path):
+    raw = tmp_path / "netflix"
+    raw.mkdir()
+    for k in (1, 2, 3):
+        (raw / f"combined_data_{k}.txt").write_text(FILLER)
+    with pytest.raises(EvcfError) as info:
+        read_ratings(raw, "netflix")
+    message = str(info.value)
+    assert message.startswith(f"{raw}: incomplete Netflix Prize data: combined_data_4.txt missing")
+    assert "combined_data_1.txt" not in message.split("missing")[0]
+
+
 @pytest.mark.parametrize("content", ["", "\n\n", "1:\n"])
 def test_netflix_file_without_ratings(tmp_path, content):
     raw = tmp_path / "netflix"
     raw.mkdir()
     (raw / "combined_data_1.txt").write_text("1:\n10,4,2005\n")
     (raw / "combined_data_2.txt").write_text(content)
+    complete_kaggle(raw)
     with pytest.raises(EvcfError, match=r"combined_data_2\.txt: .*(no ratings|cannot parse)"):
         read_ratings(raw, "netflix")

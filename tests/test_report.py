@@ -4,28 +4,40 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 import statistics
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats
 
 from evcf.errors import EvcfError
 from evcf.report import make_report
+from evcf.report import published as published_module
+from evcf.report.published import load_published
 from evcf.report.stats import holm, paired_tests
-from evcf.report.table import canonical_model, model_label, order_datasets, order_models
+from evcf.report.table import (build_table, canonical_model, model_label, order_datasets,
+                               order_models, render_html, render_latex, render_markdown)
 
+REPO = Path(__file__).resolve().parents[1]
 METRICS = ("recall@20", "recall@50", "ndcg@100")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PAPER_ORDER = ["WMF", "SLIM", "CDAE", "Mult-DAE", "Mult-VAE", "Mult-VAE (Gated)", "Vamp", "H+Vamp",
+               "H+Vamp (Gated)"]
+SEPARATOR = "*not in the paper's Table 1:*"
 
-# Transcribed from shared/reference/TABLE1.md (ML-20M: R@20, R@50, N@100).
-TABLE1_ML20M = {
-    "mult-dae": (0.387, 0.524, 0.419),
-    "mult-vae": (0.395, 0.537, 0.426),
-    "hvamp-gated": (0.41308, 0.55109, 0.44522),
-}
+
+def published_in_file(path: Path = REPO / "evcf/report/published.yaml") -> dict:
+    """(dataset, model) -> ((r20, r50, n100), citation), read from the data file without evcf."""
+    data = yaml.safe_load(path.read_text())
+    return {(e["dataset"], e["model"]): (tuple(e[m] for m in METRICS), data["sources"][e["source"]])
+            for e in data["values"]}
+
 
 UIDS = np.array([100 + 3 * i for i in range(30)])
 BASE = np.random.default_rng(7).uniform(0.1, 0.6, size=(30, 3))  # (users, metrics)
@@ -79,13 +91,15 @@ def write_run(root: Path, dataset: str, model: str, seed: int, *, iterative: boo
     return folder
 
 
-# ml-20m: three paper models × 3 seeds, popularity with one seed; synthetic: mult-vae, ease, unknown.
+# ml-20m: three paper models × 3 seeds, popularity fitted once (n = 1); synthetic: mult-vae,
+# EASE fitted once, and two models the table does not know (an ablation and a made-up name).
 RUNS = (
     [("ml-20m", m, s, True) for m in ("mult-vae", "mult-dae", "hvamp-gated") for s in (1, 2, 3)]
     + [("ml-20m", "popularity", 1, False)]
     + [("synthetic", "mult-vae", s, True) for s in (1, 2)]
-    + [("synthetic", "ease", s, False) for s in (1, 2)]
+    + [("synthetic", "ease", 1, False)]
     + [("synthetic", "zz_model", 1, True)]
+    + [("synthetic", "mult-vae-evcf", s, True) for s in (1, 2)]
 )
 
 
@@ -124,16 +138,37 @@ def seed_averaged(dataset: str, model: str) -> pd.DataFrame:
     return pd.DataFrame(mean, index=UIDS, columns=list(METRICS))
 
 
-def markdown_rows(text: str) -> list[list[str]]:
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]  # skip header+rule
+def md_tables(text: str) -> dict[str, list[list[str]]]:
+    """Every Markdown table under its heading ("ML-20M", "ML-20M: ours and published"): body rows."""
+    tables: dict[str, list[list[str]]] = {}
+    heading = None
+    for line in text.splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        elif line.startswith("|"):
+            tables.setdefault(heading, []).append([c.strip() for c in line.strip().strip("|").split("|")])
+    return {h: rows[2:] for h, rows in tables.items()}  # skip header and rule
+
+
+def md_header(text: str, heading: str) -> list[str]:
+    lines = text.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.lstrip("#").strip() == heading)
+    first = next(line for line in lines[i:] if line.startswith("|"))
+    return [c.strip() for c in first.strip().strip("|").split("|")]
+
+
+def fake_runs(entries) -> pd.DataFrame:
+    """A runs frame as load_runs makes it, for (dataset, model, seed, r20, r50, n100) tuples."""
+    return pd.DataFrame([{"dataset": d, "model": m, "seed": s, "recall@20": a, "recall@50": b,
+                          "ndcg@100": c} for d, m, s, a, b, c in entries])
 
 
 # --- Table ----------------------------------------------------------------------------------------
 
 def test_returns_every_written_file(report):
     written = report["written"]
-    for name in ("table1.md", "table1.csv", "table1.tex", "significance.csv", "summary.json"):
+    for name in ("table1.md", "table1.csv", "table1.tex", "table1.html", "significance.csv",
+                 "summary.json"):
         assert written[name] == report["out"] / name
     for dataset in ("ml-20m", "synthetic"):
         for stem in ("metrics", "learning_curves", "per_user_ndcg", "train_time"):
@@ -146,9 +181,9 @@ def test_returns_every_written_file(report):
 def test_table_csv_ours_matches_metrics_json(report):
     table = pd.read_csv(report["out"] / "table1.csv")
     expected = expected_stats(report["root"])
-    ours = table[table["status"] == "ours"]
-    assert len(ours) == len(expected)
-    for rec in ours.itertuples(index=False):
+    assert len(table) == len(expected)  # one row per (dataset, model, metric) that ran, no others
+    assert table["mean"].notna().all()
+    for rec in table.itertuples(index=False):
         mean, std, n = expected[(rec.dataset, rec.model, rec.metric)]
         assert rec.mean == pytest.approx(mean, abs=1e-12)
         assert rec.n == n
@@ -159,64 +194,217 @@ def test_table_csv_ours_matches_metrics_json(report):
 
 
 def test_table_published_and_difference(report):
+    expected = published_in_file()
     table = pd.read_csv(report["out"] / "table1.csv")
     for rec in table.itertuples(index=False):
-        if rec.dataset == "ml-20m" and rec.model in TABLE1_ML20M:
-            published = TABLE1_ML20M[rec.model][METRICS.index(rec.metric)]
-            assert rec.published == published
-            assert rec.diff == pytest.approx(rec.mean - published)
+        if (rec.dataset, rec.model) in expected:
+            values, source = expected[(rec.dataset, rec.model)]
+            assert rec.published == values[METRICS.index(rec.metric)]
+            assert rec.published_source == source
+            assert rec.diff == pytest.approx(rec.mean - rec.published)
         else:
             assert math.isnan(rec.published), rec
             assert math.isnan(rec.diff), rec
     md = (report["out"] / "table1.md").read_text()
-    row = next(r for r in markdown_rows(md) if r[0] == "H+Vamp (Gated)")
-    assert row[1:4][1] == "0.41308"  # ML-20M Recall@20 published, as printed in the paper
+    rows = {r[0]: r for r in md_tables(md)["ML-20M: ours and published"]}
+    gated = rows["H+Vamp (Gated)"]
+    published = expected[("ml-20m", "hvamp-gated")][0][0]
+    assert gated[2] == f"{published:.5f}"  # ML-20M Recall@20, as many decimals as the paper printed
     mean = table.query("model == 'hvamp-gated' and dataset == 'ml-20m' and metric == 'recall@20'")["mean"]
-    assert row[3] == f"{float(mean.iloc[0]) - 0.41308:+.4f}"
-    synthetic_vae = next(r for r in markdown_rows(md) if r[0] == "Mult-VAE")
-    assert synthetic_vae[10:13][1:] == ["n/a", "n/a"]  # Synthetic Recall@20: no published value
+    assert gated[1] == f"{float(mean.iloc[0]):.4f}"
+    assert gated[3] == f"{float(mean.iloc[0]) - published:+.4f}"
+    assert rows["Mult-VAE"][2] == "0.395"  # three decimals even where YAML drops a trailing zero
 
 
-def test_table_row_order_separator_and_cells(report):
+def test_published_file_holds_every_cited_row():
+    """The values that the EVCF Table 1 copies (WMF, SLIM, CDAE, Mult-DAE, Mult-VAE) and its own
+    H+Vamp (Gated), on both datasets, each with the paper and table it comes from."""
+    published = load_published()
+    for dataset in ("ml-20m", "netflix"):
+        for model in ("wmf", "slim", "cdae", "mult-dae", "mult-vae"):
+            for metric in METRICS:
+                assert published[(dataset, model, metric)].source == "Liang et al. 2018, Table 2"
+        assert published[(dataset, "hvamp-gated", "ndcg@100")].source.startswith("Kim & Suh 2019")
+    assert published[("ml-20m", "wmf", "recall@20")].value == 0.360
+    assert published[("netflix", "cdae", "ndcg@100")].value == 0.376
+    assert {d for d, _, _ in published} == {"ml-20m", "netflix"}
+
+
+def test_table_rows_per_dataset_in_paper_order(report):
     md = (report["out"] / "table1.md").read_text()
-    rows = markdown_rows(md)
-    labels = [r[0] for r in rows]
-    assert labels == ["WMF", "SLIM", "CDAE", "Mult-DAE", "Mult-VAE", "Mult-VAE (Gated)", "Vamp",
-                      "H+Vamp", "H+Vamp (Gated)", "*additional baselines (not in the paper)*",
-                      "Popularity", "EASE", "zz_model"]
-    header = [c.strip() for c in md.splitlines()[2].strip("|").split("|")]
-    assert header[1] == "ML-20M Recall@20" and header[10] == "Synthetic Recall@20"  # ML-20M first
-    by_label = dict(zip(labels, rows))
-    assert by_label["WMF"][1] == "cited, Liang et al. 2018" and by_label["WMF"][2] == "n/a"
-    assert by_label["WMF"][10] == "—"  # not cited for other datasets
-    assert by_label["Vamp"][1] == "—"  # no runs
-    assert by_label["Popularity"][10] == "—"  # runs only on ml-20m
-    assert "± — (n=1)" in by_label["Popularity"][1]
-    assert "(n=3)" in by_label["Mult-VAE"][1]
+    tables = md_tables(md)
+    assert [h for h in tables if ":" not in h] == ["ML-20M", "Synthetic"]  # ML-20M first
+    assert [r[0] for r in tables["ML-20M"]] == [
+        "Mult-DAE", "Mult-VAE", "H+Vamp (Gated)", SEPARATOR, "Popularity"]
+    # models that did not run on a dataset have no row there; unknown models come last, by name
+    assert [r[0] for r in tables["Synthetic"]] == [
+        "Mult-VAE", SEPARATOR, "EASE", "mult-vae-evcf", "zz_model"]
+    assert md_header(md, "ML-20M") == ["Model", "Recall@20", "Recall@50", "NDCG@100"]
+    for heading, rows in tables.items():
+        for row in rows:
+            if row[0] != SEPARATOR:
+                assert all(cell not in ("", "—", "-", "n/a") for cell in row), (heading, row)
+    assert "n/a" not in md and "cited" not in md
+    assert max(map(len, (line for line in md.splitlines() if line.startswith("|")))) < 150
+
+
+def test_rows_follow_the_paper_with_unknown_models_after():
+    models = ["zz-last", "ease", "hvamp-gated", "popularity", "mult-vae-evcf", "wmf", "hvamp",
+              "vamp", "cdae", "mult-vae-gated", "slim", "mult-vae", "mult-dae"]
+    runs = fake_runs([("synthetic", m, 1, 0.1 + 0.01 * i, 0.2, 0.3) for i, m in enumerate(models)])
+    table = build_table(runs, None, {})
+    rows = md_tables(render_markdown(table))["Synthetic"]
+    assert [r[0] for r in rows] == [*PAPER_ORDER, SEPARATOR, "Popularity", "EASE", "mult-vae-evcf",
+                                    "zz-last"]
+    assert list(dict.fromkeys(table["section"])) == ["paper", "extra", "other"]
+    tex = render_latex(table)
+    assert tex.index("H+Vamp (Gated)") < tex.index(r"\emph{not in the paper's Table 1}") \
+        < tex.index("Popularity") < tex.index("mult-vae-evcf") < tex.index("zz-last")
+
+
+def test_n1_shows_the_value_without_plus_minus(report):
+    md = (report["out"] / "table1.md").read_text()
+    tables = md_tables(md)
+    popularity = next(r for r in tables["ML-20M"] if r[0] == "Popularity")
+    ease = next(r for r in tables["Synthetic"] if r[0] == "EASE")
+    for cell in popularity[1:] + ease[1:]:
+        assert re.fullmatch(r"(\*\*)?0\.\d{4}(\*\*)? \(n=1\)†?", cell), cell
+    vae = next(r for r in tables["ML-20M"] if r[0] == "Mult-VAE")
+    assert all(re.fullmatch(r"0\.\d{4} ± 0\.\d{4} \(n=3\)", c) for c in vae[1:]), vae
+    tex = (report["out"] / "table1.tex").read_text()
+    tex_row = next(line for line in tex.splitlines() if line.startswith("EASE &"))
+    assert r"\pm" not in tex_row and "(n=1)" in tex_row
+    html = (report["out"] / "table1.html").read_text()
+    html_row = next(line for line in html.splitlines() if '<td class="label">EASE</td>' in line)
+    assert "±" not in html_row and "(n=1)" in html_row
+
+
+def test_published_comparison_only_where_published_exists(report):
+    md = (report["out"] / "table1.md").read_text()
+    tables = md_tables(md)
+    assert "ML-20M: ours and published" in tables and "Synthetic: ours and published" not in tables
+    compared = tables["ML-20M: ours and published"]
+    assert [r[0] for r in compared] == ["Mult-DAE", "Mult-VAE", "H+Vamp (Gated)"]  # not Popularity
+    assert md_header(md, "ML-20M: ours and published")[:4] == ["Model", "Recall@20", "publ.", "Δ"]
+    assert "[1] Liang et al. 2018, Table 2" in md
+    assert "No published value for Popularity on ML-20M." in md
+    html = (report["out"] / "table1.html").read_text()
+    assert "ML-20M: ours and published" in html and "Synthetic: ours and published" not in html
+
+
+def test_single_dataset_without_published_values(tmp_path):
+    """What `--out results/<dataset>/report` gives for a dataset the papers did not use."""
+    runs = [write_run(tmp_path, "synthetic", m, s) for m in ("mult-vae", "vamp") for s in (1, 2)]
+    make_report(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert list(md_tables(md)) == ["Synthetic"] and "published" not in md_header(md, "Synthetic")
+    assert "n/a" not in md and "publ." not in md
+    tex = (tmp_path / "out" / "table1.tex").read_text()
+    assert "published" not in tex.split(r"\end{tabular}")[0] and tex.count(r"\begin{tabular}") == 1
+    assert (tmp_path / "out" / "plots" / "metrics_synthetic.png").is_file()
+
+
+def test_published_values_come_from_the_data_file(report, tmp_path, monkeypatch):
+    data = yaml.safe_load(published_module.PUBLISHED_FILE.read_text())
+    for entry in data["values"]:
+        if (entry["model"], entry["dataset"]) == ("mult-vae", "ml-20m"):
+            entry["recall@20"] = 0.123
+    data["sources"]["ours-test"] = "A Test 2099, Table 9"
+    data["values"].append({"model": "zz_model", "dataset": "synthetic", "source": "ours-test",
+                           "recall@20": 0.5, "recall@50": 0.6, "ndcg@100": 0.7})
+    edited = tmp_path / "published.yaml"
+    edited.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(published_module, "PUBLISHED_FILE", edited)
+
+    make_report(report["runs"], tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "table1.csv")
+    vae = table.query("dataset == 'ml-20m' and model == 'mult-vae' and metric == 'recall@20'")
+    assert vae["published"].item() == 0.123
+    zz = table.query("dataset == 'synthetic' and model == 'zz_model' and metric == 'ndcg@100'")
+    assert zz["published"].item() == 0.7 and zz["published_source"].item() == "A Test 2099, Table 9"
+    tables = md_tables((tmp_path / "out" / "table1.md").read_text())
+    assert next(r for r in tables["ML-20M: ours and published"] if r[0] == "Mult-VAE")[2] == "0.123"
+    assert [r[0] for r in tables["Synthetic: ours and published"]] == ["zz_model"]
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda d: d["values"][0].pop("ndcg@100"), "missing ndcg@100"),
+    (lambda d: d["values"][0].update({"recall@25": 0.1}), "unknown key(s) recall@25"),
+    (lambda d: d["values"][0].update({"source": "nobody"}), "source 'nobody'"),
+    (lambda d: d["values"][0].update({"recall@20": 41.3}), "recall@20 must be a number in [0, 1]"),
+    (lambda d: d["values"].append(dict(d["values"][0])), "already have an entry"),
+])
+def test_bad_published_file_names_file_and_entry(tmp_path, edit, problem):
+    data = yaml.safe_load(published_module.PUBLISHED_FILE.read_text())
+    edit(data)
+    path = tmp_path / "published.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(EvcfError) as err:
+        load_published(path)
+    assert problem in str(err.value) and str(path) in str(err.value)
 
 
 def test_table_bold_on_best_and_significance_mark(report):
     table = pd.read_csv(report["out"] / "table1.csv")
     md = (report["out"] / "table1.md").read_text()
-    rows = {r[0]: r for r in markdown_rows(md)}
-    for (dataset, metric), group in table[table["status"] == "ours"].groupby(["dataset", "metric"]):
-        col = 1 + 9 * order_datasets(table["dataset"].unique()).index(dataset) + 3 * METRICS.index(metric)
+    tables = md_tables(md)
+    for (dataset, metric), group in table.groupby(["dataset", "metric"]):
+        rows = {r[0]: r for r in tables[{"ml-20m": "ML-20M", "synthetic": "Synthetic"}[dataset]]}
+        col = 1 + METRICS.index(metric)
         best = group.loc[group["mean"].idxmax(), "label"]
         for label in group["label"]:
             assert rows[label][col].startswith("**") == (label == best), (dataset, metric, label)
+    rows = {r[0]: r for r in tables["ML-20M"]}
     # hvamp-gated beats mult-vae on every user; mult-dae equals it (p = 1): mark only on the former.
     assert rows["H+Vamp (Gated)"][1].endswith("†")
     assert "†" not in rows["Mult-DAE"][1] and "†" not in rows["Mult-VAE"][1]
-    assert any(line.startswith("† ") for line in md.splitlines())
+    assert any(line.startswith("- † significantly different from Mult-VAE") for line in md.splitlines())
 
 
-def test_latex_booktabs_and_escaping(report):
+def test_latex_booktabs_column_groups_and_escaping(report):
     tex = (report["out"] / "table1.tex").read_text()
     for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\textbf{", r"\begin{tabular}"):
         assert command in tex
     assert r"zz\_model" in tex and "zz_model" not in tex
     assert "±" not in tex and "†" not in tex and r"$\pm$" in tex
-    assert r"\emph{additional baselines (not in the paper)}" in tex
+    assert r"\multicolumn{3}{c}{ML-20M} & \multicolumn{3}{c}{Synthetic}" in tex
+    assert r"\emph{not in the paper's Table 1}" in tex
+    assert tex.count(r"\begin{tabular}") == 2  # Table 1, then the ML-20M comparison
+
+
+class _Cells(HTMLParser):
+    """Rows of <td>/<th> text of an HTML page, with each cell's colspan."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self._cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = [dict(attrs).get("colspan", "1"), ""]
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append((self._cell[1].strip(), int(self._cell[0])))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[1] += data
+
+
+def test_html_table_groups_columns_per_dataset(report):
+    page = (report["out"] / "table1.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
+    parser = _Cells()
+    parser.feed(page)
+    assert parser.rows[0] == [("Model", 1), ("ML-20M", 3), ("Synthetic", 3)]
+    assert [c for c, _ in parser.rows[1]] == ["Recall@20", "Recall@50", "NDCG@100"] * 2
+    labels = [row[0][0] for row in parser.rows[2:] if row and row[0][1] == 1]
+    assert labels[:4] == ["Mult-DAE", "Mult-VAE", "H+Vamp (Gated)", "Popularity"]
+    assert "<strong>" in page and "mailto" not in page
 
 
 def test_summary_json(report):
@@ -231,13 +419,42 @@ def test_summary_json(report):
                 assert values[metric] == pytest.approx(expected[(dataset, model, metric)][0])
 
 
+# --- Report captions ---------------------------------------------------------------------------------
+
+def render_caption(path: Path) -> str:
+    """A caption as Snakemake's report renders it: Jinja with the config, then docutils to HTML."""
+    from docutils.core import publish_parts
+    from jinja2 import Environment
+
+    class Snakemake:
+        config = {"datasets": ["ml-20m", "netflix"], "models": ["mult-vae"], "seeds": [1, 2, 3]}
+
+    text = Environment().from_string(path.read_text()).render(snakemake=Snakemake)
+    # report_level 2: docutils warnings (bad markup) show up in the body as system messages
+    return publish_parts(text, writer_name="html",  # as Snakemake calls it
+                         settings_overrides={"report_level": 2, "halt_level": 5})["body"]
+
+
+@pytest.mark.filterwarnings("ignore:Argument \"writer_name\":PendingDeprecationWarning")
+def test_report_captions_render_without_mailto_links():
+    captions = sorted((REPO / "workflow" / "report").glob("*.rst"))
+    names = {p.stem for p in captions}
+    assert {"workflow", "table1", "metrics", "learning_curves", "per_user_ndcg", "train_time"} <= names
+    for path in captions:
+        body = render_caption(path)
+        assert "mailto" not in body, path.name
+        assert "system-message" not in body and "problematic" not in body, path.name
+        assert "TABLE1.md" not in path.read_text() and "shared/reference" not in path.read_text()
+    assert "Recall&#64;20" in render_caption(REPO / "workflow" / "report" / "workflow.rst")
+
+
 # --- Significance -----------------------------------------------------------------------------------
 
 def test_significance_matches_scipy(report):
     sig = pd.read_csv(report["out"] / "significance.csv")
     assert set(zip(sig["dataset"], sig["model"])) == {
         ("ml-20m", "mult-dae"), ("ml-20m", "hvamp-gated"), ("ml-20m", "popularity"),
-        ("synthetic", "ease"), ("synthetic", "zz_model")}
+        ("synthetic", "ease"), ("synthetic", "zz_model"), ("synthetic", "mult-vae-evcf")}
     assert (sig["reference"] == "mult-vae").all() and (sig["n_users"] == len(UIDS)).all()
     for rec in sig.itertuples(index=False):
         x = seed_averaged(rec.dataset, rec.model)[rec.metric].to_numpy()
@@ -300,7 +517,8 @@ def test_plots_are_png_with_data(report):
     metrics = pd.read_csv(plots / "metrics_ml-20m.csv")
     assert list(metrics.columns[:7]) == ["model", "label", "metric", "mean", "std", "n", "published"]
     assert len(metrics) == 4 * 3
-    assert metrics.query("model == 'mult-vae' and metric == 'ndcg@100'")["published"].item() == 0.426
+    published = published_in_file()[("ml-20m", "mult-vae")][0][METRICS.index("ndcg@100")]
+    assert metrics.query("model == 'mult-vae' and metric == 'ndcg@100'")["published"].item() == published
     assert metrics.query("model == 'popularity'")["published"].isna().all()
 
     curves = pd.read_csv(plots / "learning_curves_ml-20m.csv")
@@ -310,10 +528,13 @@ def test_plots_are_png_with_data(report):
     vae = curves[curves["model"] == "mult-vae"].set_index("epoch")
     assert vae.loc[1, "n_seeds"] == 3 and vae.loc[8, "n_seeds"] == 1
     assert vae.loc[1, "val_ndcg@100"] == pytest.approx(0.1 + 0.02)  # mean of 0.11, 0.12, 0.13
+    assert vae.loc[1, "val_ndcg@100_min"] == pytest.approx(0.11)
+    assert vae.loc[1, "val_ndcg@100_max"] == pytest.approx(0.13)
     assert curves[curves["model"] == "mult-dae"]["beta"].isna().all()
 
     per_user = pd.read_csv(plots / "per_user_ndcg_synthetic.csv")
-    assert list(per_user["model"]) == ["mult-vae", "ease", "zz_model"]
+    assert list(per_user["model"]) == ["mult-vae", "ease", "mult-vae-evcf", "zz_model"]
+    assert list(per_user["n_seeds"]) == [2, 1, 2, 1]
     assert (per_user["n_users"] == len(UIDS)).all()
     assert per_user.set_index("model").loc["ease", "median"] == pytest.approx(
         np.median(seed_averaged("synthetic", "ease")["ndcg@100"]))

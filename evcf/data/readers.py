@@ -429,9 +429,13 @@ def _read_netflix(raw: Path) -> pd.DataFrame:
 
 
 def _read_kaggle(texts: list[_Text], numbers: list[int]) -> pd.DataFrame:
-    if numbers != list(range(1, 5)):
-        log.warning("Netflix: found combined_data_%s.txt; the full Kaggle archive has combined_data_1..4.txt",
-                    ",".join(map(str, numbers)))
+    missing = [n for n in range(1, 5) if n not in numbers]
+    if missing:  # a partial set would silently give another dataset than the paper's
+        where = texts[0].path if texts[0].member is not None else texts[0].path.parent
+        names = ", ".join(f"combined_data_{n}.txt" for n in missing)
+        raise EvcfError(f"incomplete Netflix Prize data: {names} missing (the Kaggle archive has "
+                        "combined_data_1.txt ... combined_data_4.txt)", path=where,
+                        fix=f"put every file of the Kaggle archive in {where}, or its complete zip")
     parts = []
     for text in texts:
         fix = _netflix_fix(text.path)

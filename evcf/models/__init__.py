@@ -14,8 +14,11 @@ from typing import Any
 from evcf.errors import EvcfError
 from evcf.models.base import ClosedFormModel, LossParts, VAEModel
 from evcf.models.baselines import EASE, Popularity
+from evcf.models.cdae import CDAE
 from evcf.models.multvae import GatedMultVAE, MultDAE, MultVAE
+from evcf.models.slim import SLIM
 from evcf.models.vamp import GatedHVamp, HVamp, Vamp
+from evcf.models.wmf import WMF
 
 __all__ = [
     "MODEL_NAMES",
@@ -33,6 +36,9 @@ __all__ = [
     "GatedHVamp",
     "Popularity",
     "EASE",
+    "WMF",
+    "SLIM",
+    "CDAE",
 ]
 
 _REGISTRY: dict[str, type] = {
@@ -44,6 +50,9 @@ _REGISTRY: dict[str, type] = {
     "hvamp-gated": GatedHVamp,
     "popularity": Popularity,
     "ease": EASE,
+    "wmf": WMF,
+    "slim": SLIM,
+    "cdae": CDAE,
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -92,7 +101,7 @@ def _coerce(value: Any, hint: Any, key: str, name: str) -> Any:
         if not isinstance(value, str):
             raise wrong("a string")
         return value
-    if typing.get_origin(hint) is tuple:  # tuple[float, ...]
+    if typing.get_origin(hint) is tuple:  # tuple[float, ...] or tuple[int, ...]
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise wrong("a list of numbers")
         (item_hint, _ellipsis) = typing.get_args(hint)

@@ -13,6 +13,7 @@ models share it; legends sit outside the axes, so they never cover data.
 from __future__ import annotations
 
 import io
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,7 @@ _MODEL_COLORS = {
     "hvamp": "#9467bd", "hvamp-gated": "#e377c2", "wmf": "#8c564b", "slim": "#bcbd22",
     "cdae": "#17becf", "popularity": "#7f7f7f", "ease": "#393b79",
 }
-_OTHER_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
+_OTHER_COLORS = ["#1b9e77", "#e6ab02", "#a6761d", "#000000", "#66a61e", "#b15928"]
 _METRIC_COLORS = {"recall@20": "#4c72b0", "recall@50": "#dd8452", "ndcg@100": "#55a868"}
 
 
@@ -78,8 +79,18 @@ def _tick_label(model: str, n: int) -> str:
 def _titles(fig: Figure, ax, main: str, detail: str = "") -> None:
     """The figure's title, with a smaller line of detail (what the marks mean, n) under it."""
     fig.suptitle(main, fontsize="large")
-    if detail:
-        ax.set_title(detail, fontsize="small", color="#444444")
+    if detail:  # wrapped to about the axes' width (the figure less the legend and the y label)
+        chars = max(40, int((fig.get_figwidth() - 3.2) * 15))
+        ax.set_title(textwrap.fill(detail, chars), fontsize="small", color="#444444")
+
+
+def _error_bars(ax, x, means, stds, ns) -> None:
+    """± std bars where there is more than one seed; none at all (not even a cap) for n = 1."""
+    x, means, stds = (np.asarray(v, dtype=float) for v in (x, means, stds))
+    keep = (np.asarray(ns) > 1) & np.isfinite(stds)
+    if keep.any():
+        ax.errorbar(x[keep], means[keep], yerr=stds[keep], fmt="none", ecolor="#333333",
+                    elinewidth=1, capsize=3, zorder=3)
 
 
 def _seeds_phrase(counts) -> str:
@@ -88,7 +99,7 @@ def _seeds_phrase(counts) -> str:
     if len(counts) == 1:
         n = counts.pop()
         return f"{n} seed{'s' if n != 1 else ''} each"
-    return "n seeds per model, under each name"
+    return "n under each name"
 
 
 def metrics_plot(dataset: str, table: pd.DataFrame) -> tuple[bytes, pd.DataFrame]:
@@ -117,10 +128,8 @@ def metrics_plot(dataset: str, table: pd.DataFrame) -> tuple[bytes, pd.DataFrame
         for j, metric in enumerate(METRICS):
             part = frame[frame["metric"] == metric].set_index("model").reindex(models)
             pos = x + (j - 1) * width
-            spread = part["std"].where(part["n"] > 1)  # no error bar for a single seed
-            ax.bar(pos, part["mean"], width * 0.95, color=_METRIC_COLORS[metric],
-                   yerr=spread.fillna(0.0).to_numpy(), capsize=3,
-                   error_kw={"elinewidth": 1, "ecolor": "#333333"})
+            ax.bar(pos, part["mean"], width * 0.95, color=_METRIC_COLORS[metric])
+            _error_bars(ax, pos, part["mean"], part["std"], part["n"])
             handles.append(Patch(color=_METRIC_COLORS[metric], label=METRIC_LABELS[metric]))
             known = part["published"].notna().to_numpy()
             if known.any():
@@ -136,9 +145,8 @@ def metrics_plot(dataset: str, table: pd.DataFrame) -> tuple[bytes, pd.DataFrame
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
         fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
-        detail = f"bars: mean ± std over seeds ({_seeds_phrase(n_per_model)})"
-        if (n_per_model == 1).any():
-            detail += "; n=1: a single fit, no error bar"
+        detail = f"bars: mean ± std over seeds ({_seeds_phrase(n_per_model)}"
+        detail += "; n=1: a single fit, no error bar)" if (n_per_model == 1).any() else ")"
         detail += ("; black line: published value" if frame["published"].notna().any()
                    else "; no published values for this dataset")
     _titles(fig, ax, title, detail)
@@ -208,8 +216,8 @@ def learning_curves_plot(dataset: str, history: pd.DataFrame) -> tuple[bytes, pd
     if (seeds > 1).any():
         handles.append(Patch(color="#999999", alpha=0.3, label="range over seeds"))
     fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False)
-    _titles(fig, ax, title, "validation NDCG@100 after each epoch: line = mean over seeds, "
-            "band = range over seeds" + ("; below: the KL weight β" if beta_ax is not None else ""))
+    _titles(fig, ax, title, "line: mean over seeds; band: range over seeds"
+            + ("; lower panel: KL weight β" if beta_ax is not None else ""))
     return _png(fig), frame
 
 
@@ -322,9 +330,8 @@ def train_time_plot(dataset: str, runs: pd.DataFrame) -> tuple[bytes, pd.DataFra
     else:
         x = np.arange(len(models))
         means = frame["mean_seconds"].to_numpy(dtype=float)
-        ax.bar(x, np.nan_to_num(means), yerr=frame["std_seconds"].fillna(0.0).to_numpy(), capsize=3,
-               color=[model_color(m) for m in models], alpha=0.8,
-               error_kw={"elinewidth": 1, "ecolor": "#333333"})
+        ax.bar(x, np.nan_to_num(means), color=[model_color(m) for m in models], alpha=0.8)
+        _error_bars(ax, x, means, frame["std_seconds"], frame["n"])
         ax.set_xticks(x, [_tick_label(m, n) for m, n in zip(models, frame["n"])])
         positive = frame["mean_seconds"][frame["mean_seconds"] > 0]
         log_scale = len(positive) > 1 and positive.max() / positive.min() > 100

@@ -280,8 +280,9 @@ def _notes(table: pd.DataFrame, reference: str, *, grouped: bool = False) -> lis
     notes = [
         "Ours: mean ± sample standard deviation (ddof = 1) over n seeds. A model fitted once "
         "(n = 1, the models whose fit does not depend on the seed) shows its value without ±. "
-        "Bold: the best of our rows in the column. A dataset has rows only for the models that ran "
-        "on it.",
+        "Bold: the best of our rows in the column. "
+        + ("Only models that ran are listed." if grouped
+           else "A dataset's table lists only the models that ran on it."),
     ]
     if table["wilcoxon_p_holm"].notna().any():
         notes.append(f"{MARK} significantly different from {ref} on the same dataset and metric: "
@@ -340,8 +341,8 @@ def render_markdown(table: pd.DataFrame, reference: str = "mult-vae") -> str:
             if missing:
                 lines += [f"No published value for {', '.join(missing)} on {dataset_label(dataset)}.",
                           ""]
-    lines += [f"{note}  " for note in _notes(table, reference)]
-    return "\n".join(lines).rstrip(" ") + "\n"
+    lines += ["**Notes**", "", *(f"- {note}" for note in _notes(table, reference))]
+    return "\n".join(lines) + "\n"
 
 
 def _md_comparison(table: pd.DataFrame, dataset: str) -> str:
@@ -360,7 +361,8 @@ def _md_comparison(table: pd.DataFrame, dataset: str) -> str:
         line.append(f"[{sources.index(row.cells[(dataset, METRICS[0])].published_source) + 1}]")
         body.append(line)
     text = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
-    refs = [f"[{i}] {source}" for i, source in enumerate(sources, start=1)]
+    refs = ["Per metric: our mean, the published value (publ.), Δ = ours − published. Sources:",
+            *(f"[{i}] {source}" for i, source in enumerate(sources, start=1))]
     return text + "\n\n" + "  \n".join(refs)
 
 
