@@ -10,7 +10,7 @@ Definitions (``docs/protocol.md``, from the ``vae_cf`` notebook):
   IDCG@K = Σ_{r=1..min(K, |held-out|)} 1 / log2(r + 1)
 
 The caller has already set the scores of fold-in items to −inf.  Ties are broken deterministically,
-on every device: among equal scores the lower item index ranks first (a stable descending sort).
+on every device: among equal scores the lower item index ranks first (:func:`ranked_topk`).
 The reference's ``np.argpartition`` leaves tie order unspecified; it matters for integer scores
 such as popularity's counts, and for the −inf of masked items when a user has fewer than K others.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["recall_at_k", "ndcg_at_k", "topk_hits", "recall_from_hits", "ndcg_from_hits"]
+__all__ = ["recall_at_k", "ndcg_at_k", "ranked_topk", "topk_hits", "recall_from_hits", "ndcg_from_hits"]
 
 
 def _as_tensor(scores) -> torch.Tensor:
@@ -42,6 +42,31 @@ def _heldout_dense(heldout, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(heldout) > 0).to(device)
 
 
+def ranked_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The indices of the k best items per row, best first; equal scores: the lower index first.
+
+    ``torch.topk`` finds the k-th best score t of each row; every item above t is in, and of the
+    items equal to t the lowest-indexed ones fill the remaining places.  Those k items, taken in
+    index order, are then sorted by score with a stable sort, so ties keep index order.  Exact, on
+    every device, for about the cost of ``topk`` (a full stable sort of each row is ~20x slower).
+    """
+    n_rows = scores.shape[0]
+    if k == 0 or n_rows == 0:
+        return torch.empty(n_rows, 0, dtype=torch.long, device=scores.device)
+    values, index = torch.topk(scores, k, dim=1, sorted=True)  # (users, k)
+    kth = values[:, k - 1 : k]  # (users, 1)
+    ties = scores == kth
+    if bool(((values == kth).sum(dim=1) == ties.sum(dim=1)).all()):
+        # every item tied with the k-th score is already in: the set is unambiguous
+        index = torch.sort(index, dim=1).values
+    else:
+        room = k - (scores > kth).sum(dim=1, keepdim=True)  # places left for items tied with the k-th
+        chosen = (scores > kth) | (ties & (torch.cumsum(ties, dim=1, dtype=torch.int32) <= room))
+        index = chosen.nonzero()[:, 1].view(n_rows, k)  # exactly k per row, ascending item index
+    order = torch.sort(torch.gather(scores, 1, index), dim=1, descending=True, stable=True).indices
+    return torch.gather(index, 1, order)
+
+
 def topk_hits(scores, heldout, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (hits, n_heldout): ``hits[u, r]`` is True when user u's rank-(r+1) item is held out.
 
@@ -54,8 +79,7 @@ def topk_hits(scores, heldout, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     if truth.shape != scores.shape:
         raise ValueError(f"heldout shape {tuple(truth.shape)} != scores shape {tuple(scores.shape)}")
     k = min(k, scores.shape[1])
-    # stable: equal scores keep index order (torch.topk's tie order differs between backends)
-    top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]  # (users, k)
+    top = ranked_topk(scores, k)  # (users, k)
     hits = torch.gather(truth, 1, top)  # (users, k)
     return hits, truth.sum(dim=1)
 

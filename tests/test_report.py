@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import statistics
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,7 +21,7 @@ from evcf.report import published as published_module
 from evcf.report.published import load_published
 from evcf.report.stats import holm, paired_tests
 from evcf.report.table import (build_table, canonical_model, model_label, order_datasets,
-                               order_models, render_html, render_latex, render_markdown)
+                               order_models, render_latex, render_markdown)
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("recall@20", "recall@50", "ndcg@100")
