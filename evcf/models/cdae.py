@@ -115,15 +115,15 @@ class CDAE(ClosedFormModel):
     @dataclass(frozen=True)
     class Config:
         hidden_size: int = 50  # Wu et al. 2016: K = 50 hidden units in their comparisons
-        corruption: float = 0.2  # ours, within the range Wu et al. studied (drop-out corruption q)
-        negative_ratio: float = 5.0  # ours: negatives per clicked item (Wu et al. sample negatives);
-        #                              0 = full logistic loss over all items
-        weight_decays: tuple[float, ...] = (1e-5, 1e-4, 1e-3)  # ours: grid of λ (Liang et al. 2018
-        #                              tuned CDAE's weight decay on validation NDCG@100)
-        epochs: int = 30  # ours: enough for the synthetic data; no early stopping
-        batch_size: int = 100  # ours (Liang et al. 2018 used 500 users for CDAE)
-        lr: float = 1e-3  # Adam's default step (Liang et al. 2018: Adam; Wu et al.: AdaGrad)
-        user_vector: str = "zero"  # ours: held-out users get V_u = 0 ("zero") or a fitted one ("fit")
+        corruption: float = 0.5  # ours (Wu et al. vary the drop-out corruption level q)
+        negative_ratio: float = 5.0  # ours: negatives per clicked item, in expectation (Wu et al.
+        #                              sample negatives); 0 = full logistic loss over all items
+        weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2)  # ours: grid of λ (Liang et al.
+        #                              2018 also tuned CDAE's weight decay on validation NDCG@100)
+        epochs: int = 20  # ours: the synthetic data overfits after that; no early stopping
+        batch_size: int = 100  # ours (Liang et al. 2018 used batches of 500 users for CDAE)
+        lr: float = 0.01  # ours, Adam (Liang et al. 2018: Adam; Wu et al.: AdaGrad)
+        user_vector: str = "zero"  # ours: V_u of a held-out user, "zero" or "fit" (module docstring)
         fold_in_steps: int = 50  # ours: Adam steps fitting a held-out V_u (user_vector "fit")
         fold_in_lr: float = 0.1  # ours: their step size
 

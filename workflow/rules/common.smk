@@ -122,8 +122,12 @@ def get_train_args(wildcards):
     return f"--hparams {q(hparams)} --train {q(train)}"
 
 
-PLOTS = ("metrics", "learning_curves", "per_user_ndcg", "train_time")  # see evcf/report/plots.py
-REPORT_FILES = ("table1.md", "table1.csv", "table1.tex", "significance.csv", "summary.json")
+PLOTS = {"metrics": "test metrics", "learning_curves": "learning curves",
+         "per_user_ndcg": "per-user NDCG@100", "train_time": "training time"}  # evcf/report/plots.py
+REPORT_FILES = ("table1.md", "table1.csv", "table1.tex", "table1.html", "significance.csv", "summary.json")
+# the files `snakemake --report` shows, with their captions (workflow/report/*.rst)
+SHOWN = {"table1.html": ("table1.rst", "Table 1"),
+         "significance.csv": ("significance.rst", "significance tests vs. Mult-VAE")}
 
 
 def report_dir(dataset):
@@ -146,13 +150,16 @@ def report_files(dataset):
     """One dataset's report (its own folder: a run of another selection never overwrites it)."""
     out = report_dir(dataset)
     outs = [
-        in_report(f"{out}/table1.md", category="Table 1", subcategory=dataset,
-                  caption="workflow/report/table1.rst"),
-        *(f"{out}/{name}" for name in REPORT_FILES[1:]),
+        in_report(f"{out}/{name}", category="Table 1", subcategory=dataset,
+                  caption=f"workflow/report/{SHOWN[name][0]}",
+                  labels={"dataset": dataset, "table": SHOWN[name][1]})
+        if name in SHOWN else f"{out}/{name}"
+        for name in REPORT_FILES
     ]
-    for plot in PLOTS:
+    for plot, figure in PLOTS.items():
         outs.append(in_report(f"{out}/plots/{plot}_{dataset}.png", category="Plots", subcategory=dataset,
-                              labels={"dataset": dataset, "plot": plot}))
+                              caption=f"workflow/report/{plot}.rst",
+                              labels={"dataset": dataset, "figure": figure}))
         outs.append(f"{out}/plots/{plot}_{dataset}.csv")
     return outs
 
