@@ -200,6 +200,11 @@ def _schema_error(err: jsonschema.ValidationError) -> tuple[tuple, str, str]:
             near = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.5)
             hint = f"did you mean {near[0]!r}? " if near else ""
             return (*where, key), f"unknown key {key!r}", f"{hint}valid keys here: {', '.join(allowed)}"
+    if err.validator == "type":
+        wanted = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
+                  "array": "a list", "object": "a mapping"}.get(str(err.validator_value), str(err.validator_value))
+        return where, err.message, f"write {wanted} (YAML reads 2e-5 as a string: write 2.0e-5)" \
+            if wanted == "a number" else f"write {wanted}"
     return where, err.message, "correct that value"
 
 

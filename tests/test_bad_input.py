@@ -106,7 +106,7 @@ def test_unknown_model_name_in_cli(tmp_path):
 @pytest.mark.parametrize(
     "override,needles",
     [
-        ("datasets=[ml-2m]", ["unknown dataset 'ml-2m'", "params.yaml"]),
+        ("datasets=[ml-2m]", ["unknown dataset 'ml-2m'", "--config (command line)"]),
         ("models=[mult-vea]", ["unknown model 'mult-vea'"]),
         ("seeds=[one]", ["seeds.0", "'one' is not of type 'integer'"]),
         ("threads=two", ["threads", "not of type 'integer'"]),
@@ -130,7 +130,8 @@ def test_wrong_training_setting_type(tmp_path):
     (root / "params.yaml").write_text(params)
     proc = run([tool("snakemake"), "--cores", "1", "all", "--dry-run"], cwd=root, check=False)
     assert proc.returncode != 0
-    assert "error: params.yaml: training setting 'lr' must be float" in proc.stderr
+    assert "error: params.yaml: train.lr: 'fast' is not of type 'number'" in proc.stderr
+    assert "fix: write a number" in proc.stderr
 
 
 def test_bad_tune_grid_key(tmp_path):
