@@ -53,6 +53,7 @@ def make_workflow_copy(dest: Path, **overrides) -> Path:
     for name in ("Snakefile", "dvc.yaml"):
         shutil.copy(REPO / name, dest / name)
     shutil.copytree(REPO / "workflow", dest / "workflow")
+    shutil.copytree(REPO / "profiles", dest / "profiles")  # the default profile Snakemake loads itself
     # DVC stages list package folders as deps; link the package so those paths exist
     (dest / "evcf").symlink_to(REPO / "evcf")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
