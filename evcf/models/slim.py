@@ -27,6 +27,7 @@ import itertools
 import logging
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Sequence
@@ -75,6 +76,7 @@ def slim_weights(train: sp.spmatrix, l1: float, l2: float, *, items: Sequence[in
     n_users, n_items = x.shape
     items = np.arange(n_items) if items is None else np.asarray(items, dtype=np.int64)
     local = threading.local()
+    unconverged: list[int] = []  # items whose solve stopped at max_iter (list.append is atomic)
 
     def solve(chunk: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
         if not hasattr(local, "x"):
@@ -93,15 +95,27 @@ def slim_weights(train: sp.spmatrix, l1: float, l2: float, *, items: Sequence[in
             finally:
                 xt.data[lo:hi] = x.data[lo:hi]
             coef = enet.coef_  # (I,)
+            if enet.n_iter_ >= max_iter:
+                unconverged.append(int(j))
             if coef[j] != 0.0:  # cannot happen: column j was zero and the start is zero
                 raise RuntimeError(f"SLIM: item {j} got a self-weight {coef[j]}")
             nz = np.flatnonzero(coef)
             out.append((int(j), nz, coef[nz].copy()))
         return out
 
+    from sklearn.exceptions import ConvergenceWarning
+
     chunks = [items[i:i + _CHUNK] for i in range(0, items.size, _CHUNK)]
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = [r for part in pool.map(solve, chunks) for r in part]
+    # one summary below instead of a warning per item (the filter is process-wide: worker threads
+    # see it; it is restored when the pool is done)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            results = [r for part in pool.map(solve, chunks) for r in part]
+    if unconverged:
+        log.warning("SLIM (l1=%g, l2=%g): %d of %d items stopped at max_iter=%d before the "
+                    "duality gap reached tol=%g (e.g. item %d)", l1, l2, len(unconverged),
+                    items.size, max_iter, tol, unconverged[0])
 
     # assemble W column by column: column j holds item j's coefficients
     lengths = np.zeros(n_items, dtype=np.int64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -17,20 +18,41 @@ from evcf.models import (
 )
 
 
-def test_model_names():
-    assert MODEL_NAMES == ("mult-dae", "mult-vae", "mult-vae-gated", "vamp", "hvamp", "hvamp-gated",
-                           "popularity", "ease")
+def test_model_names_are_unique_lowercase_dash_and_match_their_classes():
+    assert len(set(MODEL_NAMES)) == len(MODEL_NAMES) > 0
+    for name in MODEL_NAMES:
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name), name
+        assert model_class(name).name == name
+    assert {"mult-dae", "mult-vae", "popularity", "ease", "wmf", "slim", "cdae"} <= set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_class_honours_its_contract(name):
+    cls = model_class(name)
+    assert dataclasses.is_dataclass(cls.Config) and cls.Config.__dataclass_params__.frozen
+    assert isinstance(cls.seeded, bool)
+    assert issubclass(cls, ClosedFormModel) != issubclass(cls, VAEModel)  # exactly one kind
+    if issubclass(cls, ClosedFormModel):
+        for method in ("fit", "score", "state", "load_state"):
+            assert getattr(cls, method) is not getattr(ClosedFormModel, method), f"{name}.{method}"
+        assert callable(cls.candidates)
+    else:
+        for method in ("loss", "score"):
+            assert getattr(cls, method) is not getattr(VAEModel, method), f"{name}.{method}"
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_builds_with_defaults_and_exposes_its_config(name):
     model = build_model(name, 11, **({"n_pseudo": 3} if "vamp" in name else {}))
     assert model.name == name
-    assert isinstance(model, ClosedFormModel if name in ("popularity", "ease") else VAEModel)
+    assert isinstance(model, model_class(name))
     assert isinstance(model.config, model_class(name).Config)
     assert {f.name for f in dataclasses.fields(model.config)} == model_config_fields(name)
     with pytest.raises(dataclasses.FrozenInstanceError):
         model.config.__setattr__("dropout", 0.1)
+    if isinstance(model, ClosedFormModel):
+        settings = list(model.candidates())
+        assert settings and all(isinstance(s, dict) for s in settings)
 
 
 def test_config_fields():
@@ -38,6 +60,9 @@ def test_config_fields():
                                                "likelihood", "init"}
     assert model_config_fields("popularity") == set()
     assert model_config_fields("ease") == {"lambdas"}
+    assert {"factors", "regularizations", "alphas"} <= model_config_fields("wmf")
+    assert {"l1_penalties", "l2_penalties"} <= model_config_fields("slim")
+    assert {"hidden_size", "corruption", "weight_decays", "user_vector"} <= model_config_fields("cdae")
     assert {"n_pseudo", "pseudo_init", "z1_size", "z2_size", "num_layers"} <= model_config_fields(
         "hvamp-gated")
 
@@ -49,6 +74,8 @@ def test_hyperparameters_reach_the_config():
     assert model.config.pseudo_mean == 0.0 and isinstance(model.config.pseudo_mean, float)
     assert model.prior.pseudo.shape == (5, 9)
     assert build_model("ease", 3, lambdas=[1, 2.5]).config.lambdas == (1.0, 2.5)
+    factors = build_model("wmf", 3, factors=[10, 20.0]).config.factors  # tuple[int, ...]
+    assert factors == (10, 20) and all(isinstance(f, int) for f in factors)
 
 
 def test_unknown_model_lists_the_valid_names():
@@ -79,6 +106,9 @@ def test_unknown_hyperparameter_names_key_model_and_accepted_keys():
     ("vamp", {"likelihood": 3}),
     ("ease", {"lambdas": 500}),
     ("ease", {"lambdas": [100, "x"]}),
+    ("wmf", {"factors": [10.5]}),
+    ("slim", {"l1_penalties": "1"}),
+    ("cdae", {"user_vector": 0}),
 ])
 def test_wrong_types_are_errors(name, hparams):
     with pytest.raises(EvcfError, match="must be"):
@@ -94,6 +124,9 @@ def test_wrong_types_are_errors(name, hparams):
     ("hvamp", {"num_layers": 0}, "num_layers"),
     ("ease", {"lambdas": [0.0]}, "lambdas"),
     ("mult-dae", {"weight_decay": -1.0}, "weight_decay"),
+    ("wmf", {"regularizations": [0.0]}, "regularization"),
+    ("slim", {"l2_penalties": [-1.0]}, "l2_penalties"),
+    ("cdae", {"user_vector": "mean"}, "zero, fit"),
 ])
 def test_invalid_values_are_errors(name, hparams, word):
     with pytest.raises(EvcfError, match=word):

@@ -1,0 +1,100 @@
+"""SLIM: each column of W against a direct solve of the same constrained elastic net."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy.optimize import minimize
+
+from evcf.errors import EvcfError
+from evcf.models import SLIM, build_model
+from evcf.models.slim import slim_weights
+
+pytest.importorskip("sklearn")
+
+X = np.array([
+    [1, 1, 0, 0, 1],
+    [0, 1, 1, 0, 0],
+    [1, 0, 1, 1, 0],
+    [0, 0, 0, 1, 1],
+    [1, 1, 1, 0, 0],
+    [0, 1, 0, 1, 1],
+    [1, 1, 0, 1, 0],
+    [0, 0, 1, 1, 1],
+], dtype=np.float64)
+
+TIGHT = {"max_iter": 100_000, "tol": 1e-14}  # coordinate descent run to convergence
+
+
+def slim_column_directly(x: np.ndarray, j: int, l1: float, l2: float) -> np.ndarray:
+    """min ½‖x_j − X w‖² + (l2/2)‖w‖² + l1 Σ w  over w ≥ 0 with w_j = 0, by L-BFGS-B.
+
+    With w ≥ 0 the ℓ1 norm is the linear term Σ w, so the problem is a smooth bound-constrained
+    quadratic; w_j = 0 is the bound [0, 0].
+    """
+    y = x[:, j]
+
+    def objective(w):
+        r = y - x @ w
+        value = 0.5 * r @ r + 0.5 * l2 * w @ w + l1 * w.sum()
+        grad = -x.T @ r + l2 * w + l1
+        return value, grad
+
+    bounds = [(0.0, 0.0) if k == j else (0.0, None) for k in range(x.shape[1])]
+    res = minimize(objective, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B", bounds=bounds,
+                   options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000})
+    assert res.success, res.message
+    return res.x
+
+
+@pytest.mark.parametrize("l1, l2", [(0.1, 0.5), (0.5, 1.0), (1.0, 0.1), (0.01, 2.0), (2.0, 0.0)])
+def test_weights_match_a_direct_solve(l1, l2):
+    w = slim_weights(sp.csr_matrix(X), l1, l2, **TIGHT).toarray()  # (I, I)
+    for j in range(X.shape[1]):
+        np.testing.assert_allclose(w[:, j], slim_column_directly(X, j, l1, l2), atol=1e-6,
+                                   err_msg=f"column {j}")
+    assert (w >= 0).all()
+    assert (np.diag(w) == 0).all()  # exactly zero, not just small
+
+
+def test_model_fit_score_state():
+    model = build_model("slim", 5, l1_penalties=[0.5], l2_penalties=[1.0], **TIGHT)
+    assert SLIM.seeded is False
+    assert list(model.candidates()) == [{"l1": 0.5, "l2": 1.0}]
+    model.fit(sp.csr_matrix(X), l1=0.5, l2=1.0)
+    w = model.W.toarray()
+    assert model.W.shape == (5, 5) and model.W.dtype == np.float32
+    assert (w >= 0).all() and (np.diag(w) == 0).all()
+    assert model.W.diagonal().tolist() == [0.0] * 5 and (w > 0).sum() > 0
+    x = torch.tensor(X[:3], dtype=torch.float32)
+    scores = model.score(x)
+    assert scores.shape == (3, 5)
+    np.testing.assert_allclose(scores.numpy(), X[:3] @ w, rtol=1e-6, atol=1e-7)
+    scores[0, 0] = -float("inf")  # the caller masks in place: a fresh tensor every call
+    assert torch.isfinite(model.score(x)).all()
+    restored = SLIM(5)
+    restored.load_state(model.state())
+    assert torch.equal(restored.score(x), model.score(x))
+
+
+def test_threads_and_item_subsets_give_the_same_columns():
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((60, 40)) < 0.15).astype(np.float64))
+    one = slim_weights(x, 0.5, 1.0, threads=1)
+    two = slim_weights(x, 0.5, 1.0, threads=2)
+    assert (one != two).nnz == 0
+    some = slim_weights(x, 0.5, 1.0, items=[3, 17])
+    assert set(np.flatnonzero(np.diff(some.indptr))) <= {3, 17}
+    for j in (3, 17):
+        np.testing.assert_array_equal(some[:, j].toarray(), one[:, j].toarray())
+
+
+def test_bad_settings_are_errors():
+    with pytest.raises(EvcfError, match="l1_penalties"):
+        build_model("slim", 5, l1_penalties=[-1.0])
+    with pytest.raises(EvcfError, match="all 0"):
+        build_model("slim", 5, l1_penalties=[0.0], l2_penalties=[0.0])
+    with pytest.raises(EvcfError, match="4 items"):
+        build_model("slim", 4).fit(sp.csr_matrix(X), l1=1.0, l2=1.0)
