@@ -24,6 +24,7 @@ localrules:
     all_splits,
     all_runs,
     collect_runs,
+    summarize_tuning,
     tune,
 
 

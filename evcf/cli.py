@@ -65,6 +65,20 @@ def cmd_split(args: argparse.Namespace) -> None:
     )
 
 
+def _apply_winner(path: Path, hparams: dict, train: dict) -> tuple[dict, dict, dict]:
+    """Apply a grid's winning setting (``winner.json`` of ``evcf tune-summary``) to the settings."""
+    from .config import apply_setting
+
+    try:
+        winner = json.loads(path.read_text())
+        setting, source = winner["setting"], winner["source"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise EvcfError(f"cannot read the tuning result ({exc})", path=path,
+                        fix="re-run the grid (snakemake tune), or delete the file to run it again") from None
+    hparams, train = apply_setting(hparams, train, setting)
+    return hparams, train, {"source": source, "setting": setting, "summary": str(path)}
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
@@ -73,16 +87,25 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    hparams, train, tuning = args.hparams, args.train, None
+    if args.tuned:
+        hparams, train, tuning = _apply_winner(Path(args.tuned), hparams, train)
     metrics = run(
         load_split(Path(args.data)),
         dataset=args.dataset,
         model_name=args.model,
-        hparams=args.hparams,
-        train=args.train,
+        hparams=hparams,
+        train=train,
         seed=args.seed,
         out_dir=Path(args.out),
         device=args.device,
     )
+    if tuning is not None:  # say in the run's own record where its setting came from
+        path = Path(args.out) / "metrics.json"
+        metrics["tuning"] = tuning
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        tmp.replace(path)
     print(
         f"ok: {args.out}: test Recall@20 {metrics['recall@20']:.4f} Recall@50 {metrics['recall@50']:.4f} "
         f"NDCG@100 {metrics['ndcg@100']:.4f} (best epoch {metrics['best_epoch']}, {metrics['wall_seconds']:.1f} s)"
@@ -90,13 +113,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_tune_summary(args: argparse.Namespace) -> None:
+    """The grid of one (dataset, model): every point's validation NDCG@100, and the winner.
+
+    Writes ``summary.csv`` (one row a point, ``selected`` marks the winner) and ``winner.json``
+    (``{"source": "search" | "params.yaml", "setting": {...}}``), which the Table 1 runs read.  With
+    no points (no grid, or tuning off) the winner is params.yaml's setting, unchanged.
+    """
     import pandas as pd
 
-    if not isinstance(args.settings, list) or len(args.settings) != len(args.points):
-        raise EvcfError(f"--settings must be a JSON list with one setting per point ({len(args.points)})",
+    points = args.points or []
+    if not isinstance(args.settings, list) or len(args.settings) != len(points):
+        raise EvcfError(f"--settings must be a JSON list with one setting per point ({len(points)})",
                         fix="pass the grid points in the order of --points")
     rows = []
-    for point, setting in zip(args.points, args.settings):
+    for point, setting in zip(points, args.settings):
         path = Path(point) / "metrics.json"
         try:
             metrics = json.loads(path.read_text())
@@ -105,16 +135,27 @@ def cmd_tune_summary(args: argparse.Namespace) -> None:
                             fix="re-run that grid point (snakemake tune)") from None
         rows.append({"point": Path(point).name, **setting,
                      "validation_ndcg@100": metrics["validation_ndcg@100"], "best_epoch": metrics["best_epoch"]})
-    table = pd.DataFrame(rows)
-    # selection uses validation users only; test metrics stay in the point folders, unread here
-    best = table["validation_ndcg@100"].idxmax()
-    table["selected"] = table.index == best
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out.with_name(out.name + ".tmp"), index=False, float_format="%.6f")
-    out.with_name(out.name + ".tmp").replace(out)
-    print(f"ok: {out}: best {json.dumps(args.settings[best])} (validation NDCG@100 "
-          f"{table.loc[best, 'validation_ndcg@100']:.4f} of {len(table)} points)")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if rows:
+        table = pd.DataFrame(rows)
+        # selection uses validation users only; test metrics stay in the point folders, unread here
+        best = int(table["validation_ndcg@100"].idxmax())
+        table["selected"] = table.index == best
+        winner = {"source": "search", "setting": args.settings[best],
+                  "validation_ndcg@100": float(table.loc[best, "validation_ndcg@100"]), "points": len(rows)}
+    else:
+        table = pd.DataFrame([{"point": "params.yaml", "selected": True}])
+        winner = {"source": "params.yaml", "setting": {}, "points": 0}
+    table.to_csv(out / "summary.csv.tmp", index=False, float_format="%.6f")
+    (out / "winner.json.tmp").write_text(json.dumps(winner, indent=2) + "\n")
+    (out / "summary.csv.tmp").replace(out / "summary.csv")
+    (out / "winner.json.tmp").replace(out / "winner.json")
+    if rows:
+        print(f"ok: {out}: best {json.dumps(winner['setting'])} (validation NDCG@100 "
+              f"{winner['validation_ndcg@100']:.4f} of {len(rows)} points)")
+    else:
+        print(f"ok: {out}: no grid; the runs use params.yaml")
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -188,13 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=_json_arg, default={}, help="JSON training settings")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--tuned", default=None,
+                   help="winner.json of the (dataset, model) grid: its setting is applied on top")
     p.add_argument("--out", required=True, help="results/<dataset>/<model>/seed-<seed>")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune-summary", help="one table of a hyperparameter grid, the winner marked")
-    p.add_argument("--points", nargs="+", required=True, help="run folders of the grid points")
-    p.add_argument("--settings", type=json.loads, required=True, help="JSON list: each point's setting")
-    p.add_argument("--out", required=True)
+    p.add_argument("--points", nargs="*", default=[], help="run folders of the grid points (none: no grid)")
+    p.add_argument("--settings", type=json.loads, default=[], help="JSON list: each point's setting")
+    p.add_argument("--out-dir", required=True, help="results/tune/<dataset>/<model>: summary.csv, winner.json")
     p.set_defaults(func=cmd_tune_summary)
 
     p = sub.add_parser("collect", help="gather the runs of one (dataset, model) into one row file")

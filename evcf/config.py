@@ -21,7 +21,8 @@ import yaml
 
 from .errors import EvcfError
 
-__all__ = ["build_schema", "check_plain_yaml", "apply_cli_types", "validate", "raw_path", "run_settings", "synthetic_spec", "tune_points"]
+__all__ = ["build_schema", "check_plain_yaml", "apply_cli_types", "validate", "grid_source", "tune_grid",
+           "apply_setting", "raw_path", "run_settings", "synthetic_spec", "tune_points"]
 
 _NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"}
 FINGERPRINT_KEYS = ("ratings", "users", "filtered_items", "items", "validation_te_rows", "test_te_rows",
@@ -62,8 +63,7 @@ def build_schema() -> dict[str, Any]:
     for name in MODEL_NAMES:
         keys = {f"model.{k}": v for k, v in _fields_schema(model_class(name).Config)["properties"].items()}
         keys.update({f"train.{k}": v for k, v in train["properties"].items()})
-        grid[name] = _closed({k: {"type": "array", "minItems": 1, "items": v} for k, v in keys.items()},
-                             minProperties=1)
+        grid[name] = _closed({k: {"type": "array", "minItems": 1, "items": v} for k, v in keys.items()})
     dataset = _closed(
         {
             "url": {"type": "string", "pattern": "^(https?|file)://"},
@@ -90,6 +90,7 @@ def build_schema() -> dict[str, Any]:
                       "uniqueItems": True},
             "device": {"type": "string", "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$"},
             "threads": {"type": "integer", "minimum": 1},
+            "tuning": {"type": "boolean"},
             "data": {"type": "object", "additionalProperties": dataset},
             "train": train,
             "model_params": per_model,
@@ -253,8 +254,9 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml",
             raise fail(("data", name, "format"), "synthetic data is written as format csv",
                        f"set data.{name}.format: csv")
     for dataset, grids in config.get("tune", {}).items():
-        if dataset not in config["data"]:
-            raise fail(("tune", dataset), f"unknown dataset {dataset!r}", f"use one of {known_data}")
+        if dataset != DEFAULT_GRID and dataset not in config["data"]:
+            raise fail(("tune", dataset), f"unknown dataset {dataset!r}",
+                       f"use `{DEFAULT_GRID}` (every dataset) or one of {known_data}")
 
     def check(where: tuple, model: str, hparams: dict, train: dict) -> None:
         try:
@@ -271,9 +273,9 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml",
         for model in config["models"]:
             hparams, train = run_settings(config, dataset, model)
             check(("data", dataset, "model_params", model), model, hparams, train)
-        for model in config.get("tune", {}).get(dataset, {}):
             for point in tune_points(config, dataset, model):
-                check(("tune", dataset, model), model, point["hparams"], point["train"])
+                where = ("tune", grid_source(config, dataset, model) or DEFAULT_GRID, model)
+                check(where, model, point["hparams"], point["train"])
 
 
 def _merge(base: dict, override: dict | None) -> dict:
@@ -298,23 +300,55 @@ def run_settings(config: dict[str, Any], dataset: str, model: str) -> tuple[dict
     return hparams, train
 
 
-def tune_points(config: dict[str, Any], dataset: str, model: str) -> list[dict]:
-    """The grid ``tune.<dataset>.<model>`` as a list of runs, each ``{"setting", "hparams", "train"}``.
+DEFAULT_GRID = "default"  # tune.default.<model>: the grid of every dataset without its own
 
-    A grid maps ``model.<name>`` / ``train.<name>`` to lists of values; every combination (in the
-    order written) becomes one run on top of :func:`run_settings`.
+
+def grid_source(config: dict[str, Any], dataset: str, model: str) -> str | None:
+    """Which block holds the grid of (dataset, model): the dataset's own, ``default``, or None.
+
+    ``tune.<dataset>.<model>`` replaces ``tune.default.<model>`` as a whole (an empty mapping there
+    means: no search for that model on that dataset).  With ``tuning: false`` no model has a grid.
     """
-    grid = config.get("tune", {}).get(dataset, {}).get(model, {})
+    if not config.get("tuning", True):
+        return None
+    tune = config.get("tune", {})
+    for block in (dataset, DEFAULT_GRID):
+        if model in tune.get(block, {}):
+            return block if tune[block][model] else None
+    return None
+
+
+def tune_grid(config: dict[str, Any], dataset: str, model: str) -> dict[str, list]:
+    source = grid_source(config, dataset, model)
+    return dict(config["tune"][source][model]) if source else {}
+
+
+def tune_points(config: dict[str, Any], dataset: str, model: str) -> list[dict]:
+    """The grid of (dataset, model) (see :func:`grid_source`) as a list of runs.
+
+    Each is ``{"setting", "hparams", "train"}``.  A grid maps ``model.<name>`` / ``train.<name>`` to
+    lists of values; every combination (in the order written) becomes one run on top of
+    :func:`run_settings`.  No grid: an empty list, and the Table 1 runs use params.yaml as it is.
+    """
+    grid = tune_grid(config, dataset, model)
     keys = list(grid)
+    if not keys:
+        return []
     points = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        hparams, train = run_settings(config, dataset, model)
         setting = dict(zip(keys, values))
-        for key, value in setting.items():
-            section, name = key.split(".", 1)
-            (hparams if section == "model" else train)[name] = value
+        hparams, train = apply_setting(*run_settings(config, dataset, model), setting)
         points.append({"setting": setting, "hparams": hparams, "train": train})
     return points
+
+
+def apply_setting(hparams: dict, train: dict, setting: dict[str, Any]) -> tuple[dict, dict]:
+    """``hparams`` and ``train`` with a grid setting (``{"model.x": v, "train.y": w}``) applied."""
+    hparams, train = copy.deepcopy(hparams), copy.deepcopy(train)
+    for key, value in setting.items():
+        section, name = key.split(".", 1)
+        (hparams if section == "model" else train)[name] = value
+    return hparams, train
 
 
 def raw_path(config: dict[str, Any], dataset: str) -> str:

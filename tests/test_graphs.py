@@ -101,9 +101,20 @@ def test_dvc_stages_and_snakemake_jobs_are_the_same_runs(workflow):
                 if (j["wildcards"]["dataset"], j["wildcards"]["model"]) == (dataset, model)]
         assert sorted(int(j["wildcards"]["seed"]) for j in runs) == seeds
         assert all(o.startswith(f"results/{dataset}/{model}/seed-") for j in runs for o in j["output"])
-        # same inputs: the dataset's split (and the package, whose hash Snakemake holds as a param)
-        assert {str(Path(i).parent) for j in runs for i in j["input"]} == {f"data/processed/{dataset}"}
-        assert {f"data/processed/{dataset}", "evcf"} <= set(stage["deps"])
+        # same inputs: the dataset's split and the row's tuning result (and the package, whose hash
+        # Snakemake holds as a param)
+        winner = f"results/tune/{dataset}/{model}/winner.json"
+        assert {str(Path(i).parent) for j in runs for i in j["input"] if i != winner} == {f"data/processed/{dataset}"}
+        assert all(winner in j["input"] for j in runs)
+        assert {f"data/processed/{dataset}", f"results/tune/{dataset}/{model}", "evcf"} <= set(stage["deps"])
+        # the row's search: a DVC stage whose target is Snakemake's tuning result
+        tune_stage = stages[f"tune_model@{dataset}-{model}"]
+        assert tune_stage["cmd"].split()[-1] == winner
+        assert tune_stage["outs"] == [f"results/tune/{dataset}/{model}"]
+        assert {"tune", "tuning", f"model_params.{model}", f"data.{dataset}"} <= set(tune_stage["params"])
+        points = [j for j in by_rule.get("tune_point", [])
+                  if (j["wildcards"]["dataset"], j["wildcards"]["model"]) == (dataset, model)]
+        assert all(o.startswith(f"results/tune/{dataset}/{model}/point-") for j in points for o in j["output"])
         # only its own parameters
         assert set(stage["params"]) == {"train", f"model_params.{model}", f"data.{dataset}", "seeds",
                                         "device", "threads"}

@@ -8,7 +8,11 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import make_workflow_copy, run, tool
+import re
+
+import yaml
+
+from conftest import dump_params, make_workflow_copy, run, tool
 
 pytestmark = pytest.mark.slow
 
@@ -113,22 +117,43 @@ def test_dvc_exp_run_downloads_a_grouplens_archive(tmp_path):
     assert "ml-100k" in shown.stdout
 
 
-def test_tune_target_runs_the_grid_and_marks_the_validation_winner(tmp_path):
+def test_grid_winners_train_table1_and_a_grid_change_reruns_only_its_row(tmp_path):
     grid = {"synthetic-tiny": {"mult-vae": {"train.lr": [0.001, 0.01], "model.hidden_size": [32]}}}
     root = make_workflow_copy(tmp_path / "wf", tune=grid)
-    run([tool("snakemake"), "--cores", "2", "tune"], cwd=root)
-    summary = pd.read_csv(root / "results/tune/synthetic-tiny/mult-vae.csv")
+    run([tool("snakemake"), "--cores", "2", "all"], cwd=root)
+    tune_dir = root / "results/tune/synthetic-tiny/mult-vae"
+    summary = pd.read_csv(tune_dir / "summary.csv")
     assert list(summary["point"]) == ["point-0", "point-1"]
     assert list(summary["train.lr"]) == [0.001, 0.01]
     for _, row in summary.iterrows():
-        metrics = json.loads((root / "results/tune/synthetic-tiny/mult-vae" / row["point"] / "metrics.json").read_text())
+        metrics = json.loads((tune_dir / row["point"] / "metrics.json").read_text())
         assert row["validation_ndcg@100"] == pytest.approx(metrics["validation_ndcg@100"], abs=1e-6)
+        # each grid point trained with its own settings, on the first seed
+        assert metrics["identity"]["train"]["lr"] == row["train.lr"] and metrics["seed"] == 1
     assert summary["selected"].sum() == 1
-    assert summary.loc[summary["selected"], "validation_ndcg@100"].item() == summary["validation_ndcg@100"].max()
-    # each grid point trained with its own settings (the checkpoint records them)
-    import torch
-
-    for point, lr in (("point-0", 0.001), ("point-1", 0.01)):
-        ckpt = torch.load(root / "results/tune/synthetic-tiny/mult-vae" / point / "checkpoint.pt", weights_only=False)
-        assert ckpt["identity"]["train"]["lr"] == lr and ckpt["identity"]["hparams"]["hidden_size"] == 32
-    assert not (root / "results/synthetic-tiny").exists()  # tuning never touches the table's runs
+    winner = summary.loc[summary["selected"]].iloc[0]
+    assert winner["validation_ndcg@100"] == summary["validation_ndcg@100"].max()
+    # the Table 1 run trained with the winner, by itself, and says so
+    table_run = json.loads((root / RUN.format(model="mult-vae") / "metrics.json").read_text())
+    assert table_run["identity"]["train"]["lr"] == winner["train.lr"]
+    assert table_run["identity"]["hparams"]["hidden_size"] == 32
+    assert table_run["tuning"]["source"] == "search"
+    assert table_run["tuning"]["setting"] == {"train.lr": winner["train.lr"], "model.hidden_size": 32}
+    popularity = json.loads((root / RUN.format(model="popularity") / "metrics.json").read_text())
+    assert popularity["tuning"]["source"] == "params.yaml"  # no grid: params.yaml as written
+    table = (root / "reports/synthetic-tiny/table1.md").read_text()
+    assert "grid search (validation NDCG@100)" in table and "params.yaml (no grid)" in table
+    # a new grid point: only that point, the summary and mult-vae's runs rerun
+    grid["synthetic-tiny"]["mult-vae"]["train.lr"].append(0.003)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["tune"] = grid
+    dump_params(root / "params.yaml", params)
+    dry = run([tool("snakemake"), "--cores", "2", "all", "--dry-run"], cwd=root)
+    stats = dry.stdout.split("Job stats:")[1].split("\n\n")[0]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", stats, re.M))
+    assert counts.get("tune_point") == "1" and counts.get("summarize_tuning") == "1", stats
+    assert counts.get("train_model") == "1" and counts.get("collect_runs") == "1", stats
+    assert "point-2" in dry.stdout and "popularity/seed-1" not in dry.stdout.split("Job stats:")[2]
+    # tuning off: no search; the runs use params.yaml as written
+    off = run([tool("snakemake"), "--cores", "2", "all", "--dry-run", "--config", "tuning=false"], cwd=root)
+    assert "rule tune_point:" not in off.stdout

@@ -31,7 +31,7 @@ from evcf.report import plots
 from evcf.report.published import load_published
 from evcf.report.stats import METRICS, SIGNIFICANCE_COLUMNS, average_over_seeds, significance_table
 from evcf.report.table import build_table, canonical_model, order_datasets, order_models, \
-    render_html, render_latex, render_markdown
+    render_html, render_latex, render_markdown, render_settings_markdown
 
 __all__ = ["make_report", "load_runs", "RunData"]
 
@@ -184,9 +184,12 @@ def load_runs(runs: list[Path], benchmarks_dir: Path | None = None) -> RunData:
         if seconds is None:
             wall = metrics.get("wall_seconds")
             seconds, source = (float(wall), "wall_seconds") if _is_number(wall) else (float("nan"), "")
+        tuning = metrics.get("tuning") or {}
         run_rows.append({"dataset": dataset, "model": model, "seed": seed,
                          **{m: float(metrics[m]) for m in METRICS},
-                         "train_seconds": seconds, "time_source": source, "path": str(folder)})
+                         "train_seconds": seconds, "time_source": source, "path": str(folder),
+                         "setting_source": tuning.get("source", "as given"),
+                         "setting": json.dumps(tuning.get("setting", {}), sort_keys=True)})
         ids = {"dataset": dataset, "model": model, "seed": seed}
         histories.append(history.assign(**ids))
         per_users.append(per_user.assign(**ids))
@@ -245,7 +248,7 @@ def make_report(runs: list[Path], out_dir: Path, *, benchmarks_dir: Path | None 
     table = build_table(data.runs, significance, published)
 
     outputs: dict[str, bytes] = {
-        "table1.md": render_markdown(table, reference).encode("utf-8"),
+        "table1.md": (render_markdown(table, reference) + render_settings_markdown(data.runs)).encode("utf-8"),
         "table1.csv": _csv(table),
         "table1.tex": render_latex(table, reference).encode("utf-8"),
         "table1.html": render_html(table, reference).encode("utf-8"),

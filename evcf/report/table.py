@@ -37,6 +37,7 @@ paper does.
 from __future__ import annotations
 
 import html
+import json
 import math
 from dataclasses import dataclass
 
@@ -319,6 +320,45 @@ def _md_cell(rec) -> str:
         mean = f"**{mean}**"
     text = f"{mean} ± {spread} {n}" if spread else f"{mean} {n}"
     return text + (MARK if rec.significant else "")
+
+
+def settings_rows(runs: pd.DataFrame) -> list[tuple[str, str, str, str]]:
+    """(dataset, model label, where its setting came from, the setting) per row that ran.
+
+    ``runs`` carries ``setting_source`` ("search": the winner of its grid; "params.yaml": no grid
+    or tuning off) and ``setting`` (the winning grid values as JSON) from each run's metrics.json.
+    Runs of one row that disagree (a rerun mixed with older runs) are listed as such.
+    """
+    if "setting_source" not in runs:
+        return []
+    rows = []
+    for dataset in order_datasets(runs["dataset"].unique()):
+        here = runs[runs["dataset"] == dataset]
+        for model in order_models(here["model"].unique()):
+            found = here[here["model"] == model][["setting_source", "setting"]].drop_duplicates()
+            if len(found) != 1:
+                rows.append((dataset, model_label(model), "mixed", "the runs of this row used different settings"))
+                continue
+            source, setting = found.iloc[0]
+            values = json.loads(setting)
+            shown = ", ".join(f"{k} = {v}" for k, v in values.items()) or "—"
+            label = {"search": "grid search (validation NDCG@100)", "params.yaml": "params.yaml (no grid)",
+                     "as given": "as given (not run through the tuning step)"}.get(source, source)
+            rows.append((dataset, model_label(model), label, shown))
+    return rows
+
+
+def render_settings_markdown(runs: pd.DataFrame) -> str:
+    """What each row ran with: the source of its setting and the searched values it used."""
+    rows = settings_rows(runs)
+    if not rows:
+        return ""
+    body = [[dataset_label(d), m, source, setting] for d, m, source, setting in rows]
+    return "\n".join(["", "## What each row ran with", "",
+                      tabulate(body, headers=["Dataset", "Model", "Setting from", "Searched values used"],
+                               tablefmt="github", disable_numparse=True),
+                      "", "Every other value is the row's entry in params.yaml "
+                      "(results/tune/<dataset>/<model>/summary.csv lists every grid point).", ""])
 
 
 def render_markdown(table: pd.DataFrame, reference: str = "mult-vae") -> str:

@@ -169,10 +169,8 @@ def report_outputs():
 
 
 def tune_outputs():
-    """One summary per (dataset, model) grid in `tune`, for the datasets that run."""
-    return [
-        f"results/tune/{d}/{m}.csv" for d in DATASETS for m in config.get("tune", {}).get(d, {})
-    ]
+    """The tuning result of every (dataset, model) of the selection (a grid or not)."""
+    return [f"results/tune/{d}/{m}/winner.json" for d in DATASETS for m in MODELS]
 
 
 def get_tune_args(wildcards):
@@ -180,13 +178,13 @@ def get_tune_args(wildcards):
     return f"--hparams {q(point['hparams'])} --train {q(point['train'])}"
 
 
-def get_tune_summary_input(wildcards):
-    n = len(tune_points(config, wildcards.dataset, wildcards.model))
-    return [f"results/tune/{wildcards.dataset}/{wildcards.model}/point-{i}/metrics.json" for i in range(n)]
-
-
 def get_tune_point_dirs(wildcards):
-    return " ".join(str(Path(p).parent) for p in get_tune_summary_input(wildcards))
+    n = len(tune_points(config, wildcards.dataset, wildcards.model))
+    return " ".join(f"results/tune/{wildcards.dataset}/{wildcards.model}/point-{i}" for i in range(n))
+
+
+def get_tune_summary_input(wildcards):
+    return [f"{d}/metrics.json" for d in get_tune_point_dirs(wildcards).split()]
 
 
 def get_tune_settings(wildcards):

@@ -1,4 +1,5 @@
-# One model, one dataset, one seed; then the row file that gathers a (dataset, model)'s seeds.
+# One model, one dataset, one seed, with the winner of its grid (tune.smk) applied; then the row
+# file that gathers a (dataset, model)'s seeds.
 # The checkpoint beside the results is not a declared output: Snakemake deletes the outputs of a
 # failed job, and the checkpoint is what a rerun resumes from.  `evcf train` reuses it only when it
 # was written by the same run (settings, split, code, torch, device: evcf/identity.py); `code` below
@@ -7,7 +8,8 @@
 
 rule train_model:
     input:
-        get_train_input,
+        split=get_train_input,
+        tuned="results/tune/{dataset}/{model}/winner.json",
     output:
         metrics="results/{dataset}/{model}/seed-{seed}/metrics.json",
         history="results/{dataset}/{model}/seed-{seed}/history.csv",
@@ -26,7 +28,7 @@ rule train_model:
         runtime=720,
     shell:
         "evcf train --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
-        "--model {wildcards.model} --seed {wildcards.seed} {params.args} "
+        "--model {wildcards.model} --seed {wildcards.seed} {params.args} --tuned {input.tuned} "
         "--device {params.device} --threads {threads} "
         "--out results/{wildcards.dataset}/{wildcards.model}/seed-{wildcards.seed} 2> {log}"
 

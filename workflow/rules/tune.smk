@@ -1,6 +1,8 @@
-# `snakemake tune`: the grids of params.yaml `tune`, each point trained with the first seed and
-# judged on validation NDCG@100 only; the summary marks the winner.  Copy winners into
-# data.<dataset>.model_params by hand (the table runs never read tuning results).
+# The paper's protocol: every (dataset, model) with a grid (params.yaml `tune`, `tune.default` for
+# datasets without their own) is searched first: each point trained with the first seed and judged on
+# validation NDCG@100 only.  `summarize_tuning` writes summary.csv and winner.json, and the Table 1
+# runs (train.smk) apply the winner: nothing is copied by hand.  A model without a grid, or
+# `tuning: false`, gets a winner.json that says "params.yaml" and changes nothing.
 
 
 rule tune_point:
@@ -20,6 +22,9 @@ rule tune_point:
         device=config.get("device", "auto"),
         code=CODE,
     threads: config.get("threads", 2)
+    resources:
+        mem_mb=4000,
+        runtime=720,
     shell:
         "evcf train --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
         "--model {wildcards.model} --seed {params.seed} {params.args} "
@@ -31,14 +36,16 @@ rule summarize_tuning:
     input:
         get_tune_summary_input,
     output:
-        "results/tune/{dataset}/{model}.csv",
+        summary="results/tune/{dataset}/{model}/summary.csv",
+        winner="results/tune/{dataset}/{model}/winner.json",
     log:
         "logs/summarize_tuning/{dataset}/{model}.log",
     params:
         settings=get_tune_settings,
         points=get_tune_point_dirs,
     shell:
-        "evcf tune-summary --points {params.points} --settings {params.settings} --out {output} 2> {log}"
+        "evcf tune-summary --points {params.points} --settings {params.settings} "
+        "--out-dir results/tune/{wildcards.dataset}/{wildcards.model} 2> {log}"
 
 
 rule tune:
