@@ -175,8 +175,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
     (dataset, model), = keys
     row = {"dataset": dataset, "model": model, "n": len(runs), "seeds": [r["seed"] for r in runs],
            "mean": {m: sum(r[m] for r in runs) / len(runs) for m in METRICS},
-           "runs": {str(Path(f)): {m: r[m] for m in (*METRICS, "validation_ndcg@100", "best_epoch")}
-                    for f, r in zip(args.runs, runs)}}
+           "runs": {f"seed-{r['seed']}": {m: r[m] for m in (*METRICS, "validation_ndcg@100", "best_epoch")}
+                    for r in runs}}
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(row, indent=2) + "\n")
