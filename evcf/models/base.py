@@ -27,12 +27,17 @@ __all__ = ["VAEModel", "ClosedFormModel", "LossParts"]
 
 @dataclass
 class LossParts:
-    """What one training step's loss is made of (all scalars, means over the users of the batch)."""
+    """What one training step's loss is made of (0-d tensors, means over the users of the batch).
+
+    Only ``loss`` carries the autograd graph.  The other parts are detached tensors on the model's
+    device, not Python floats: reading a GPU value (``.item()``, ``float()``) waits for the device,
+    so a model's ``loss`` never does it and the caller converts only when it logs.
+    """
 
     loss: torch.Tensor  # the value to back-propagate: nll + beta * kl + penalty
-    nll: float  # reconstruction term, -log p(x|z)
-    kl: float  # KL term before multiplying by beta (0 for a DAE)
-    penalty: float = 0.0  # weight penalty added to the loss (Mult-DAE's lambda * sum ||W||^2)
+    nll: torch.Tensor  # reconstruction term, -log p(x|z); detached
+    kl: torch.Tensor  # KL term before multiplying by beta (0 for a DAE); detached
+    penalty: torch.Tensor  # weight penalty added to the loss (Mult-DAE's lambda * sum ||W||^2), or 0
 
 
 class VAEModel(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +25,11 @@ __all__ = [
     "Dense",
     "GatedDense",
     "hidden_layer",
+    "apply_hidden",
     "mlp",
     "GaussianHead",
     "GaussianEncoder",
+    "JointInput",
     "first_layer_from_rows",
     "l2_normalise",
     "reparameterise",
@@ -90,24 +92,26 @@ def mlp(d_in: int, width: int, depth: int, gated: bool) -> nn.Sequential:
 
 
 class GaussianHead(nn.Module):
-    """Linear map from a hidden layer to the mean and log-variance of a diagonal Gaussian.
+    """Two linear maps from a hidden layer: the mean and the log-variance of a diagonal Gaussian.
 
-    One ``nn.Linear(H, 2Z)`` split in two halves, as in Liang's ``vae_cf`` (the last encoder layer
-    has ``2 * q_dims[-1]`` outputs).  With Liang's Xavier init this keeps his fan-out (2Z); with
-    EVCF's He init (fan-in only) it is the same distribution as EVCF's two separate ``Linear``
-    heads, and the parameter count is the same either way.  ``logvar_clamp`` applies EVCF's
-    hardtanh(−12, 4) to the log-variance half (Liang has no clamp).  Heads are never gated (EVCF).
+    ``mu`` and ``logvar`` are separate ``nn.Linear(H, Z)`` modules, each with its own weight and
+    bias, as in EVCF (``q_z_mean`` and ``q_z_logvar``).  The split matters for AdamNormGrad, which
+    divides each parameter tensor's gradient by that tensor's norm: one fused ``Linear(H, 2Z)``
+    would normalise the two heads' gradients together.  (Plain Adam works per element, so for
+    Liang's models the split changes nothing; :func:`init_weights` draws their Xavier weights as
+    for his single ``Linear(H, 2Z)``.)  ``logvar_clamp`` applies EVCF's hardtanh(−12, 4) to the
+    log-variance (Liang has no clamp).  Heads are never gated (EVCF).
     """
 
     def __init__(self, d_in: int, latent: int, logvar_clamp: bool):
         super().__init__()
         self.latent = latent
         self.logvar_clamp = logvar_clamp
-        self.linear = nn.Linear(d_in, 2 * latent)
+        self.mu = nn.Linear(d_in, latent)
+        self.logvar = nn.Linear(d_in, latent)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.linear(h)  # (n, 2Z)
-        mu, logvar = out[:, : self.latent], out[:, self.latent :]  # (n, Z) each
+        mu, logvar = self.mu(h), self.logvar(h)  # (n, Z) each
         if self.logvar_clamp:
             logvar = F.hardtanh(logvar, -12.0, 4.0)
         return mu, logvar
@@ -141,7 +145,40 @@ class GaussianEncoder(nn.Module):
         return self.head(h)
 
 
-def first_layer_from_rows(dropout: nn.Dropout, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def apply_hidden(layer: nn.Module, pre: Callable[[nn.Linear], torch.Tensor]) -> torch.Tensor:
+    """A hidden layer's output from ``pre(m)``, the pre-activation of each of its ``nn.Linear``.
+
+    ``Dense``: tanh(pre(linear)); ``GatedDense``: pre(linear) ⊗ σ(pre(gate)).  Lets a caller compute
+    the products its own way (sparse rows, split inputs) and keep the activation in one place.
+    """
+    if isinstance(layer, GatedDense):
+        return pre(layer.linear) * torch.sigmoid(pre(layer.gate))
+    if isinstance(layer, Dense):
+        return torch.tanh(pre(layer.linear))
+    raise TypeError(f"unsupported hidden layer {type(layer).__name__}")
+
+
+class JointInput(NamedTuple):
+    """A hidden layer whose input is the user row with more columns after it: ``[x ⊕ extra]``.
+
+    H+Vamp's one-layer q(z1 | x, z2) is such a layer: one weight matrix W = [W_x  W_e] over the
+    I item columns and the E = Z2 columns of z2.  Calling it gives ``layer(cat([x, extra]))``,
+    computed as (x W_xᵀ + b) + extra W_eᵀ.  :func:`first_layer_from_rows` accepts it in place of a
+    layer and forms x W_xᵀ from the non-zeros of the rows instead; the extra term is the same
+    product in both, so the two differ only where the plain layer's sparse and dense paths do.
+    """
+
+    layer: nn.Module  # Dense or GatedDense with d_in = I + E
+    extra: torch.Tensor  # (B, E), the columns after the I item columns
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (B, I) -> (B, H)
+        n_items = x.shape[1]
+        return apply_hidden(self.layer, lambda m: F.linear(x, m.weight[:, :n_items], m.bias)
+                            + F.linear(self.extra, m.weight[:, n_items:]))
+
+
+def first_layer_from_rows(dropout: nn.Dropout, layer: nn.Module | JointInput,
+                          x: torch.Tensor) -> torch.Tensor:
     """``layer(dropout(l2_normalise(x)))`` from the non-zeros of the rows ``x``.  (B, I) -> (B, H)
 
     Exact: L2 normalisation and dropout change only the non-zeros, so the first layer's product is
@@ -150,7 +187,12 @@ def first_layer_from_rows(dropout: nn.Dropout, layer: nn.Module, x: torch.Tensor
     product differs (float rounding).  The dropout mask is drawn for the non-zeros alone: the same
     distribution as the dense mask, a different random stream.  With ~0.3% non-zeros (ML-20M) this
     replaces two dense (B, I) x (I, H) products (forward and weight gradient) — see ``evcf bench``.
+    ``layer`` may be a :class:`JointInput`: then its extra columns join the product undropped.
     """
+    extra = None
+    if isinstance(layer, JointInput):
+        layer, extra = layer.layer, layer.extra
+    n_items = x.shape[1]
     batch_row, cols = torch.nonzero(x, as_tuple=True)  # (nnz,) each, row-major
     norm = x.norm(2.0, dim=1).clamp_min(1e-12)  # (B,) F.normalize's denominator
     values = x[batch_row, cols] / norm[batch_row]  # (nnz,)
@@ -161,15 +203,18 @@ def first_layer_from_rows(dropout: nn.Dropout, layer: nn.Module, x: torch.Tensor
     offsets = torch.cumsum(counts, 0) - counts
 
     def linear(m: nn.Linear) -> torch.Tensor:  # (B, H)
-        # embedding_bag reads rows of an (I, H) table: the transposed weight
-        return F.embedding_bag(cols, m.weight.t().contiguous(), offsets, mode="sum",
-                               per_sample_weights=values.to(m.weight.dtype)) + m.bias
+        n_extra = 0 if extra is None else extra.shape[1]
+        if m.in_features != n_items + n_extra:  # a joint layer passed without its JointInput
+            raise ValueError(f"first_layer_from_rows: layer reads {m.in_features} inputs, "
+                             f"got {n_items} items and {n_extra} extra columns")
+        # embedding_bag reads rows of an (I, H) table: the transposed item columns of the weight
+        out = F.embedding_bag(cols, m.weight[:, :n_items].t().contiguous(), offsets, mode="sum",
+                              per_sample_weights=values.to(m.weight.dtype)) + m.bias
+        if extra is not None:
+            out = out + F.linear(extra, m.weight[:, n_items:])  # (B, E) x (E, H)
+        return out
 
-    if isinstance(layer, GatedDense):
-        return linear(layer.linear) * torch.sigmoid(linear(layer.gate))
-    if isinstance(layer, Dense):
-        return torch.tanh(linear(layer.linear))
-    raise TypeError(f"first_layer_from_rows: unsupported layer {type(layer).__name__}")
+    return apply_hidden(layer, linear)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,19 +260,30 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (-logvar + torch.exp(logvar) + mu**2 - 1.0).sum(-1)
 
 
-def nll(logits: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
+def nll(logits: torch.Tensor, x: torch.Tensor, likelihood: str,
+        bernoulli_clamp: float = 0.0) -> torch.Tensor:
     """Negative log-likelihood of the raw 0/1 rows ``x`` per user.  (B, I) x2 -> (B,)
 
     * multinomial (Liang): −Σ_i x_i · log_softmax(logits)_i;
-    * bernoulli (EVCF's ``binary`` input type):
-      −Σ_i [x_i log σ(l_i) + (1 − x_i) log(1 − σ(l_i))] over all items, computed from the logits.
-      EVCF computes it from clamped probabilities (σ clamped to [1e-5, 1 − 1e-5]); we use the
-      exact, numerically stable form instead.
+    * bernoulli (EVCF's ``binary`` input type): −Σ_i [x_i log p_i + (1 − x_i) log(1 − p_i)] over
+      all items.  With ``bernoulli_clamp`` c = 0, p = σ(l) exactly (BCE with logits, numerically
+      stable).  With c > 0, p = clamp(σ(l), c, 1 − c), as EVCF's ``log_Bernoulli`` does with
+      c = 1e-5: no item costs more than −log c, and a logit beyond the clamp gets no gradient.
+      It is computed as clamp(log σ(±l), log c, log(1 − c)) — the same values, since log is
+      increasing and 1 − clamp(σ(l), c, 1 − c) = clamp(σ(−l), c, 1 − c) — in float32 at least,
+      without forming 1 − p.
+    ``bernoulli_clamp`` is ignored by the multinomial likelihood.
     """
     if likelihood == "multinomial":
         return -(F.log_softmax(logits, dim=1) * x).sum(1)
     if likelihood == "bernoulli":
-        return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+        if bernoulli_clamp == 0:
+            return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+        logits = at_least_float32(logits)
+        lo, hi = math.log(bernoulli_clamp), math.log1p(-bernoulli_clamp)
+        log_p = F.logsigmoid(logits).clamp(lo, hi)  # (B, I)  log p
+        log_not_p = F.logsigmoid(-logits).clamp(lo, hi)  # (B, I)  log(1 - p)
+        return -(x * log_p + (1.0 - x) * log_not_p).sum(1)
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
@@ -251,15 +307,21 @@ def init_weights(module: nn.Module, scheme: str) -> None:
 
     * ``"xavier"`` (Liang's ``vae_cf``): weights Glorot-uniform
       (``tf.contrib.layers.xavier_initializer`` defaults to ``uniform=True``), biases truncated
-      normal with std 0.001 (cut at 2 std, as TF does).
+      normal with std 0.001 (cut at 2 std, as TF does).  The two halves of a :class:`GaussianHead`
+      use Liang's fused shape (fan-out 2Z): bound sqrt(6 / (H + 2Z)).
     * ``"he"`` (EVCF ``utils/nn.py he_init``): weights N(0, sqrt(2 / fan_in)); biases keep PyTorch's
       default init.
     """
+    fan_out = {}  # nn.Linear -> the fan-out Xavier uses, when it is not the layer's own
+    for m in module.modules():
+        if isinstance(m, GaussianHead):
+            fan_out[m.mu] = fan_out[m.logvar] = 2 * m.latent
     for m in module.modules():
         if not isinstance(m, nn.Linear):
             continue
         if scheme == "xavier":
-            nn.init.xavier_uniform_(m.weight)
+            bound = math.sqrt(6.0 / (m.in_features + fan_out.get(m, m.out_features)))
+            nn.init.uniform_(m.weight, -bound, bound)
             if m.bias is not None:
                 nn.init.trunc_normal_(m.bias, mean=0.0, std=0.001, a=-0.002, b=0.002)
         elif scheme == "he":
@@ -304,6 +366,9 @@ def validate_config(config: Any, model_name: str) -> None:
     for key in _NON_NEGATIVE:
         if key in values and values[key] < 0:
             raise bad(key, "must not be negative", f"set {key} to 0 or more")
+    if "bernoulli_clamp" in values and not 0.0 <= values["bernoulli_clamp"] < 0.5:
+        raise bad("bernoulli_clamp", "must be in [0, 0.5)",
+                  "use 0 for the exact Bernoulli likelihood or EVCF's 1e-5 (written 1.0e-5)")
     if "dropout" in values and not 0.0 <= values["dropout"] < 1.0:
         raise bad("dropout", "must be in [0, 1)", "use a drop probability such as 0.5")
     if "lambdas" in values:

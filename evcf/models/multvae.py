@@ -51,6 +51,8 @@ class MultDAE(VAEModel):
         dropout: float = 0.5  # Liang notebook: keep_prob 0.5 on the input
         weight_decay: float = 2e-5  # Liang notebook: lam = 0.01 / batch_size (500); penalty λ Σ‖W‖²
         likelihood: str = "multinomial"  # Liang: multinomial log-likelihood
+        # bernoulli only: 0 = exact σ(logits); Liang's code has no Bernoulli likelihood to copy
+        bernoulli_clamp: float = 0.0
         init: str = "xavier"  # Liang: Xavier weights, truncated-normal(0.001) biases
 
     def __init__(self, n_items: int, config: Config | None = None):
@@ -74,10 +76,12 @@ class MultDAE(VAEModel):
         Liang's TF code adds ``2 * l2_regularizer(lam)`` = lam · Σ w² (TF halves it, he doubles
         it back).
         """
-        rec = nll(self(x), x, self.config.likelihood).mean()
-        penalty = self.config.weight_decay * weight_penalty(self)
+        c = self.config
+        rec = nll(self(x), x, c.likelihood, c.bernoulli_clamp).mean()
+        penalty = c.weight_decay * weight_penalty(self)
         total = rec + penalty
-        return LossParts(loss=total, nll=rec.item(), kl=0.0, penalty=penalty.item())
+        return LossParts(loss=total, nll=rec.detach(), kl=rec.new_zeros(()),
+                         penalty=penalty.detach())
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +120,8 @@ class MultVAE(VAEModel):
         num_layers: int = 1  # Liang: one hidden layer per side; also EVCF's `--num_layers` default
         dropout: float = 0.5  # Liang notebook: keep_prob 0.5 on the normalised input
         likelihood: str = "multinomial"  # Liang: multinomial log-likelihood
+        # bernoulli only: 0 = exact σ(logits); Liang's code has no Bernoulli likelihood to copy
+        bernoulli_clamp: float = 0.0
         init: str = "xavier"  # Liang: Xavier weights, truncated-normal(0.001) biases
         logvar_clamp: bool = False  # Liang: log-variance head is plain linear
         kl_estimator: str = "analytic"  # Liang's q_graph: closed-form Gaussian KL
@@ -163,16 +169,16 @@ class MultVAE(VAEModel):
         Uses the module's current mode: in training mode, dropout and a sampled z; in eval mode (as
         EVCF's validation loss), no dropout and z = posterior mean.
         """
+        c = self.config
         out = self(x)
-        rec = nll(out.logits, x, self.config.likelihood).mean()
+        rec = nll(out.logits, x, c.likelihood, c.bernoulli_clamp).mean()
         kl = self.kl(out).mean()
         total = rec + beta * kl
-        penalty = 0.0
-        if self.config.weight_decay > 0:
-            pen = self.config.weight_decay * weight_penalty(self)
-            total = total + pen
-            penalty = pen.item()
-        return LossParts(loss=total, nll=rec.item(), kl=kl.item(), penalty=penalty)
+        penalty = rec.new_zeros(())
+        if c.weight_decay > 0:
+            penalty = c.weight_decay * weight_penalty(self)
+            total = total + penalty
+        return LossParts(loss=total, nll=rec.detach(), kl=kl.detach(), penalty=penalty.detach())
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,6 +210,8 @@ class GatedMultVAE(MultVAE):
         num_layers: int = 1  # EVCF experiment.py `--num_layers` default
         dropout: float = 0.5  # EVCF Baseline.py: nn.Dropout(p=0.5) first in q_z_layers
         likelihood: str = "multinomial"  # EVCF Baseline.py: always log_Softmax
+        # bernoulli only: EVCF utils/distributions.py log_Bernoulli clamps p to [1e-5, 1 - 1e-5]
+        bernoulli_clamp: float = 1e-5
         init: str = "he"  # EVCF utils/nn.py he_init on every nn.Linear; biases PyTorch default
         logvar_clamp: bool = True  # EVCF: q_z_logvar = Linear then Hardtanh(-12, 4)
         kl_estimator: str = "sample"  # EVCF Baseline.py: log q(z|x) - log p(z) at the sampled z

@@ -4,7 +4,8 @@ Read top to bottom: the mixture log-density, the VampPrior module, Vamp (the Mul
 VampPrior), then H+Vamp (two stochastic layers) and its gated variant.  Shapes: B users, I items, K
 pseudo-inputs, H hidden width, Z / Z1 / Z2 latent sizes.
 
-Settled from EVCF's code (``models/Model.py``, ``Vamp.py``, ``HVamp.py``, ``utils/load_data.py``):
+Settled from EVCF's code (``models/Model.py``, ``Vamp.py``, ``HVamp.py``, ``HVamp_1layer.py``,
+``utils/load_data.py``):
 
 * Pseudo-inputs u_k = hardtanh_{0,1}(P_k) go through the encoder *with its dropout* (EVCF's
   ``q_z_layers`` starts with ``nn.Dropout``, and ``log_p_z`` calls ``q_z(X)`` in whatever mode the
@@ -32,6 +33,7 @@ from evcf.models.layers import (
     LOG_2PI,
     GaussianEncoder,
     GaussianHead,
+    JointInput,
     at_least_float32,
     hidden_layer,
     init_weights,
@@ -147,6 +149,8 @@ class Vamp(MultVAE):
         num_layers: int = 1  # EVCF experiment.py `--num_layers` default
         dropout: float = 0.5  # EVCF Vamp.py: nn.Dropout(p=0.5) first in q_z_layers
         likelihood: str = "bernoulli"  # EVCF `--input_type` default "binary" (see class docstring)
+        # EVCF utils/distributions.py log_Bernoulli: p clamped to [1e-5, 1 - 1e-5]; 0 = exact
+        bernoulli_clamp: float = 1e-5
         init: str = "he"  # EVCF utils/nn.py he_init on every nn.Linear; biases PyTorch default
         logvar_clamp: bool = True  # EVCF: q_z_logvar = Linear then Hardtanh(-12, 4)
         n_pseudo: int = 1000  # EVCF experiment.py `--number_components` default (K)
@@ -190,21 +194,28 @@ class HVampOutput(NamedTuple):
 
 
 class HVamp(VAEModel):
-    """EVCF's ``models/HVamp.py`` (the file ``--model_name hvamp`` selects).
+    """EVCF's H+Vamp: ``models/HVamp_1layer.py`` for one hidden layer, ``models/HVamp.py`` for more.
+
+    "⊕" is concatenation (``torch.cat``), x the user's L2-normalised row, L = ``num_layers``.
+
+    L = 1 (EVCF's default ``--num_layers``; its ``HVamp_1layer.py``, ``--model_name hvamp1``, says a
+    one-layer H+Vamp must use that network), every path has exactly one hidden layer:
+
+    * q(z2 | x): dropout → I→H → heads;
+    * q(z1 | x, z2): [dropout(x) ⊕ z2] → (I+Z2)→H → heads;
+    * p(z1 | z2): Z2→H → heads;
+    * p(x | z1, z2): [z1 ⊕ z2] → (Z1+Z2)→H → Linear(H, I).
+
+    L ≥ 2 (``HVamp.py``, ``--model_name hvamp``; the README's hierarchical example uses L = 2):
 
     * q(z2 | x): dropout → I→H → (L−1)×H→H → heads;
-    * q(z1 | x, z2): concat[dropout → I→H, Z2→H] → 2H→H → max(0, L−2)×H→H → heads;
+    * q(z1 | x, z2): [dropout → I→H ⊕ Z2→H] → 2H→H → (L−2)×H→H → heads;
     * p(z1 | z2): Z2→H → (L−1)×H→H → heads;
-    * p(x | z1, z2): concat[Z1→H, Z2→H] → 2H→H → max(0, L−2)×H→H → Linear(H, I);
-    * p(z2): VampPrior, pseudo-inputs through q(z2 | ·).
+    * p(x | z1, z2): [Z1→H ⊕ Z2→H] → 2H→H → (L−2)×H→H → Linear(H, I).
 
-    "⊕" is concatenation (``torch.cat``) in EVCF.  ``num_layers`` (L) is placed as in ``HVamp.py``:
-    the single-input paths get L−1 extra H→H layers, the joint paths L−2 (none for L ≤ 2).  With
-    L = 1 (EVCF's default) this is the network described in docs/models.md; the README's hierarchical
-    example uses L = 2.  The x branch of q(z1|·) has its own dropout, drawn independently of
-    q(z2|·)'s, as in EVCF.  EVCF also ships ``HVamp_1layer.py`` (``--model_name hvamp1``), which
-    concatenates the raw dropout(x) with z2 instead of using branch layers; it is not reproduced
-    here.
+    In both, p(z2) is the VampPrior with pseudo-inputs through q(z2 | ·), and the x input of
+    q(z1|·) has its own dropout, drawn independently of q(z2|·)'s, as in EVCF.  Heads are a linear
+    mean and a (clamped) linear log-variance (:class:`GaussianHead`).
 
     KL = log q(z1|x,z2) + log q(z2|x) − log p(z1|z2) − log p(z2) at the sampled (z1, z2).  In eval
     mode z2 = mean of q(z2|x) and z1 = mean of q(z1|x, z2).  Likelihood default: Bernoulli (see
@@ -219,9 +230,12 @@ class HVamp(VAEModel):
         hidden_size: int = 600  # EVCF experiment.py `--hidden_size` default
         z1_size: int = 200  # EVCF experiment.py `--z1_size` default
         z2_size: int = 200  # EVCF experiment.py `--z2_size` default
-        num_layers: int = 1  # EVCF experiment.py default; the README's H+Vamp example uses 2
-        dropout: float = 0.5  # EVCF HVamp.py: nn.Dropout(p=0.5) on x in q(z2|x) and q(z1|x,z2)
+        # EVCF experiment.py default 1 (HVamp_1layer.py's network); the README's example uses 2
+        num_layers: int = 1
+        dropout: float = 0.5  # EVCF HVamp*.py: nn.Dropout(p=0.5) on x in q(z2|x) and q(z1|x,z2)
         likelihood: str = "bernoulli"  # EVCF `--input_type` default "binary" (README example too)
+        # EVCF utils/distributions.py log_Bernoulli: p clamped to [1e-5, 1 - 1e-5]; 0 = exact
+        bernoulli_clamp: float = 1e-5
         init: str = "he"  # EVCF utils/nn.py he_init on every nn.Linear; biases PyTorch default
         logvar_clamp: bool = True  # EVCF: every logvar head = Linear then Hardtanh(-12, 4)
         n_pseudo: int = 1000  # EVCF experiment.py `--number_components` default (K)
@@ -236,24 +250,31 @@ class HVamp(VAEModel):
         validate_config(self.config, self.name)
         c, g = self.config, self.gated
         h, n_layers = c.hidden_size, c.num_layers
-        joint_depth = max(1, n_layers - 1)  # 2H->H plus max(0, L-2) H->H
         self.n_items = n_items
+        self.one_layer = n_layers == 1  # HVamp_1layer.py's network; HVamp.py's otherwise
         # q(z2 | x)
         self.q_z2 = GaussianEncoder(n_items, h, n_layers, c.z2_size, gated=g, dropout=c.dropout,
                                     logvar_clamp=c.logvar_clamp)
         # q(z1 | x, z2)
-        self.q_z1_x = nn.Sequential(nn.Dropout(c.dropout), hidden_layer(n_items, h, g))
-        self.q_z1_z2 = hidden_layer(c.z2_size, h, g)
-        self.q_z1_joint = mlp(2 * h, h, joint_depth, g)
+        if self.one_layer:  # one layer over [dropout(x) ⊕ z2]
+            self.q_z1_x = nn.Dropout(c.dropout)
+            self.q_z1_joint = hidden_layer(n_items + c.z2_size, h, g)
+        else:  # a branch for each input, then 2H->H and (L-2) H->H
+            self.q_z1_x = nn.Sequential(nn.Dropout(c.dropout), hidden_layer(n_items, h, g))
+            self.q_z1_z2 = hidden_layer(c.z2_size, h, g)
+            self.q_z1_joint = mlp(2 * h, h, n_layers - 1, g)
         self.q_z1_head = GaussianHead(h, c.z1_size, c.logvar_clamp)
         # p(z1 | z2)
         self.p_z1 = mlp(c.z2_size, h, n_layers, g)
         self.p_z1_head = GaussianHead(h, c.z1_size, c.logvar_clamp)
         # p(x | z1, z2)
-        self.p_x_z1 = hidden_layer(c.z1_size, h, g)
-        self.p_x_z2 = hidden_layer(c.z2_size, h, g)
-        self.p_x_joint = mlp(2 * h, h, joint_depth, g)
-        self.p_x_out = nn.Linear(h, n_items)
+        if self.one_layer:  # one layer over [z1 ⊕ z2]
+            self.p_x_joint = hidden_layer(c.z1_size + c.z2_size, h, g)
+        else:  # a branch for each input, then 2H->H and (L-2) H->H
+            self.p_x_z1 = hidden_layer(c.z1_size, h, g)
+            self.p_x_z2 = hidden_layer(c.z2_size, h, g)
+            self.p_x_joint = mlp(2 * h, h, n_layers - 1, g)
+        self.p_x_out = nn.Linear(h, n_items)  # H -> I logits
         init_weights(self, c.init)
         # p(z2): VampPrior (after init_weights, as EVCF's add_pseudoinputs comes after he_init)
         self.prior = VampPrior(c.n_pseudo, n_items, c.pseudo_mean, c.pseudo_std)
@@ -261,14 +282,22 @@ class HVamp(VAEModel):
     # --- the network ------------------------------------------------------------------------------
 
     def q_z1(self, x: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z1 | x, z2) for raw rows ``x``: the x branch is dropout(l2_normalise(x)) → H."""
-        h_x = first_layer_from_rows(self.q_z1_x[0], self.q_z1_x[1], x)  # (B, H)
-        h = torch.cat([h_x, self.q_z1_z2(z2)], dim=1)  # (B, 2H)
-        return self.q_z1_head(self.q_z1_joint(h))  # (B, Z1), (B, Z1)
+        """q(z1 | x, z2) for raw rows ``x`` (normalised and dropped out here).  -> (B, Z1) x2"""
+        if self.one_layer:
+            # (I+Z2)->H over [dropout(l2_normalise(x)) ⊕ z2], from the non-zeros of x
+            h = first_layer_from_rows(self.q_z1_x, JointInput(self.q_z1_joint, z2), x)  # (B, H)
+        else:
+            h_x = first_layer_from_rows(self.q_z1_x[0], self.q_z1_x[1], x)  # (B, H)
+            h = self.q_z1_joint(torch.cat([h_x, self.q_z1_z2(z2)], dim=1))  # (B, 2H) -> (B, H)
+        return self.q_z1_head(h)
 
     def p_x(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([self.p_x_z1(z1), self.p_x_z2(z2)], dim=1)  # (B, 2H)
-        return self.p_x_out(self.p_x_joint(h))  # (B, I) logits
+        """Logits of p(x | z1, z2).  (B, Z1), (B, Z2) -> (B, I)"""
+        if self.one_layer:
+            h = self.p_x_joint(torch.cat([z1, z2], dim=1))  # (B, Z1+Z2) -> (B, H)
+        else:
+            h = self.p_x_joint(torch.cat([self.p_x_z1(z1), self.p_x_z2(z2)], dim=1))  # (B, H)
+        return self.p_x_out(h)
 
     def forward(self, x: torch.Tensor) -> HVampOutput:
         z2_mu, z2_logvar = self.q_z2.forward_rows(x)  # (B, Z2): q_z2(l2_normalise(x))
@@ -303,8 +332,9 @@ class HVamp(VAEModel):
 
 
 class GatedHVamp(HVamp):
-    """H+Vamp (Gated): every hidden layer a GLU (EVCF ``--model_name hvamp --gated``); heads and the
-    output layer stay linear (EVCF's ``NonLinear`` heads are built without ``gated``)."""
+    """H+Vamp (Gated): every hidden layer a GLU (EVCF ``--gated``, with ``hvamp1`` or ``hvamp`` as
+    for :class:`HVamp`); heads and the output layer stay linear (EVCF's ``NonLinear`` heads are
+    built without ``gated``)."""
 
     name: ClassVar[str] = "hvamp-gated"
     gated: ClassVar[bool] = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -14,6 +15,8 @@ from evcf.models.layers import (
     Dense,
     GatedDense,
     GaussianHead,
+    JointInput,
+    first_layer_from_rows,
     init_weights,
     kl_standard_normal,
     l2_normalise,
@@ -23,6 +26,7 @@ from evcf.models.layers import (
     reparameterise,
     weight_penalty,
 )
+from evcf.optim import AdamNormGrad
 
 
 def test_gated_dense_is_linear_times_sigmoid_gate():
@@ -48,16 +52,107 @@ def test_dense_is_tanh_of_linear():
     assert sum(p.numel() for p in layer.parameters()) == 15
 
 
-def test_gaussian_head_splits_and_clamps():
+def test_gaussian_head_has_two_linear_maps_and_clamps_the_logvar():
     head = GaussianHead(2, 3, logvar_clamp=True)
     with torch.no_grad():
-        head.linear.weight.zero_()
-        head.linear.bias.copy_(torch.tensor([1.0, -2.0, 3.0, 50.0, -50.0, 0.5]))
+        head.mu.weight.zero_()
+        head.logvar.weight.zero_()
+        head.mu.bias.copy_(torch.tensor([1.0, -2.0, 3.0]))
+        head.logvar.bias.copy_(torch.tensor([50.0, -50.0, 0.5]))
     mu, logvar = head(torch.zeros(1, 2))
     assert mu.tolist() == [[1.0, -2.0, 3.0]]
     assert logvar.tolist() == [[4.0, -12.0, 0.5]]  # hardtanh(-12, 4)
     head.logvar_clamp = False
     assert head(torch.zeros(1, 2))[1].tolist() == [[50.0, -50.0, 0.5]]
+
+
+def test_gaussian_head_mean_and_logvar_weights_are_separate_tensors():
+    head = GaussianHead(4, 3, logvar_clamp=False)
+    shapes = {name: tuple(p.shape) for name, p in head.named_parameters()}
+    # EVCF's q_z_mean and q_z_logvar: a (Z, H) weight and a (Z,) bias each, 2 * (12 + 3) = 30
+    assert shapes == {"mu.weight": (3, 4), "mu.bias": (3,), "logvar.weight": (3, 4),
+                      "logvar.bias": (3,)}
+    h = torch.randn(5, 4)
+    mu, logvar = head(h)
+    torch.testing.assert_close(mu, h @ head.mu.weight.T + head.mu.bias)
+    torch.testing.assert_close(logvar, h @ head.logvar.weight.T + head.logvar.bias)
+
+
+def test_adam_normgrad_normalises_the_mean_and_logvar_heads_separately():
+    torch.manual_seed(6)
+    head = GaussianHead(4, 3, logvar_clamp=False)
+    h, target_mu, target_lv = torch.randn(8, 4), torch.randn(8, 3), torch.randn(8, 3)
+
+    def train(mu_scale: float, steps: int) -> tuple[GaussianHead, AdamNormGrad, dict]:
+        """AdamNormGrad steps on mu_scale·‖mu − t‖² + ‖logvar − t'‖² (and last grads)."""
+        model = copy.deepcopy(head)
+        opt = AdamNormGrad(model.parameters(), lr=0.05)
+        for _ in range(steps):
+            mu, logvar = model(h)
+            loss = mu_scale * ((mu - target_mu) ** 2).sum() + ((logvar - target_lv) ** 2).sum()
+            opt.zero_grad()
+            loss.backward()
+            grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+            opt.step()
+        return model, opt, grads
+
+    # after one step Adam's first moment is (1 - β1) ĝ: each tensor's gradient over its own norm
+    model, opt, grads = train(1.0, steps=1)
+    for name, p in model.named_parameters():
+        g = grads[name]
+        torch.testing.assert_close(opt.state[p]["exp_avg"] / 0.1, g / (g.norm() + 1e-7))
+    # scaling the mean's loss 10x changes nothing for the log-variance head: its gradients and
+    # its normalised steps are the same, bit for bit (a fused Linear(H, 2Z) would shrink them)
+    plain, _, _ = train(1.0, steps=5)
+    scaled, _, _ = train(10.0, steps=5)
+    assert torch.equal(scaled(h)[1], plain(h)[1])
+    assert not torch.equal(scaled(h)[0], plain(h)[0])  # the mean head did see the change
+
+
+def test_xavier_init_of_gaussian_head_uses_liangs_fused_fan_out():
+    torch.manual_seed(7)
+    head = GaussianHead(600, 200, logvar_clamp=False)
+    init_weights(head, "xavier")
+    bound = math.sqrt(6 / (600 + 2 * 200))  # vae_cf: one (600, 400) matrix for both halves
+    for lin in (head.mu, head.logvar):
+        assert lin.weight.abs().max().item() <= bound
+        assert abs(lin.weight.std().item() - bound / math.sqrt(3)) < 0.001
+    init_weights(head, "he")  # He is fan-in only: N(0, sqrt(2 / 600)) either way
+    for lin in (head.mu, head.logvar):
+        assert abs(lin.weight.std().item() - math.sqrt(2 / 600)) < 0.001
+
+
+def test_first_layer_from_rows_with_joint_input_equals_the_dense_concatenation():
+    torch.manual_seed(8)
+    x = (torch.rand(6, 9) < 0.4).float()
+    x[:, 0] = 1.0
+    for layer in (Dense(9 + 2, 5), GatedDense(9 + 2, 5)):
+        extra = torch.randn(6, 2, requires_grad=True)
+        dropout = nn.Dropout(0.5).eval()
+        fast = first_layer_from_rows(dropout, JointInput(layer, extra), x)
+        dense = layer(torch.cat([l2_normalise(x), extra], dim=1))
+        torch.testing.assert_close(fast, dense)
+        torch.testing.assert_close(JointInput(layer, extra)(l2_normalise(x)), dense)
+        params = [extra, *layer.parameters()]
+        for a, b in zip(torch.autograd.grad(fast.sum(), params),
+                        torch.autograd.grad(dense.sum(), params)):
+            torch.testing.assert_close(a, b)  # gradients reach the extra input too
+        with pytest.raises(ValueError, match="11 inputs"):  # the z2 columns silently ignored: no
+            first_layer_from_rows(dropout, layer, x)
+
+
+def test_joint_input_extra_columns_are_not_dropped_out():
+    torch.manual_seed(9)
+    x = (torch.rand(50, 6) < 0.5).float()
+    x[:, 0] = 1.0
+    extra = torch.rand(50, 3) * 0.5
+    layer = Dense(9, 9)  # identity weights: atanh of the output is the layer's input
+    with torch.no_grad():
+        layer.linear.weight.copy_(torch.eye(9))
+        layer.linear.bias.zero_()
+    seen = torch.atanh(first_layer_from_rows(nn.Dropout(0.9).train(), JointInput(layer, extra), x))
+    torch.testing.assert_close(seen[:, 6:], extra)  # z2 is never dropped out
+    assert (seen[:, :6][x > 0] == 0).float().mean() > 0.8  # while the items are
 
 
 def test_multinomial_nll_by_hand():
@@ -75,6 +170,42 @@ def test_bernoulli_nll_by_hand_sums_over_all_items():
     # sigma = (1/2, 3/4, 1/4): -[ln 1/2 + ln(1 - 3/4) + ln 1/4] = ln 2 + ln 4 + ln 4
     expected = [math.log(2.0) + 2 * math.log(4.0)]
     np.testing.assert_allclose(nll(logits, x, "bernoulli").numpy(), expected, rtol=1e-6)
+
+
+def test_clamped_bernoulli_nll_by_hand():
+    c = 1e-5
+    x = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0]])
+    logits = torch.tensor([[0.0, math.log(3.0), 20.0, 30.0, -30.0]], requires_grad=True)
+    # sigma = 1/2, 3/4, then three beyond the clamp: 1 - 2e-9 -> 1 - c, ~1 -> 1 - c, 9e-14 -> c
+    # -[ln 1/2 + ln(1 - 3/4) + ln(1 - c) + ln(1 - (1 - c)) + ln c]
+    clamped = math.log(2.0) + math.log(4.0) - math.log(1.0 - c) - 2 * math.log(c)
+    got = nll(logits, x, "bernoulli", bernoulli_clamp=c)
+    np.testing.assert_allclose(got.detach().numpy(), [clamped], rtol=1e-6)
+    # where the clamp binds, the logit gets no gradient (EVCF's torch.clamp); elsewhere σ(l) − x
+    (grad,) = torch.autograd.grad(got.sum(), logits)
+    torch.testing.assert_close(grad, torch.tensor([[-0.5, 0.75, 0.0, 0.0, 0.0]]))
+    # c = 0: the exact likelihood, -ln σ(-30) = 30 + ln(1 + e^-30) and so on
+    exact = (math.log(2.0) + math.log(4.0) + math.log1p(math.exp(-20.0))
+             + 2 * (30.0 + math.log1p(math.exp(-30.0))))
+    np.testing.assert_allclose(nll(logits, x, "bernoulli").detach().numpy(), [exact], rtol=1e-6)
+    # the multinomial likelihood ignores the clamp
+    torch.testing.assert_close(nll(logits, x, "multinomial", bernoulli_clamp=c),
+                               nll(logits, x, "multinomial"))
+
+
+def test_clamped_bernoulli_nll_equals_evcfs_formula_and_is_float32_under_bf16():
+    rng = np.random.default_rng(10)
+    x = (rng.random((4, 30)) < 0.3).astype(np.float64)
+    logits = rng.normal(scale=8.0, size=(4, 30))  # many beyond ±11.5, where the clamp binds
+    p = np.clip(1.0 / (1.0 + np.exp(-logits)), 1e-5, 1 - 1e-5)  # EVCF log_Bernoulli
+    evcf = -(x * np.log(p) + (1 - x) * np.log(1 - p)).sum(1)
+    got = nll(torch.from_numpy(logits), torch.from_numpy(x), "bernoulli", bernoulli_clamp=1e-5)
+    np.testing.assert_allclose(got.numpy(), evcf, rtol=1e-10)
+    half = torch.from_numpy(logits).bfloat16()
+    got16 = nll(half, torch.from_numpy(x).float(), "bernoulli", bernoulli_clamp=1e-5)
+    assert got16.dtype == torch.float32  # 1 - 1e-5 is 1.0 in bf16: computed in float32
+    want16 = nll(half.float(), torch.from_numpy(x).float(), "bernoulli", bernoulli_clamp=1e-5)
+    torch.testing.assert_close(got16, want16)
 
 
 def test_likelihoods_against_numpy_on_random_batch():

@@ -57,7 +57,7 @@ def test_every_model_builds_with_defaults_and_exposes_its_config(name):
 
 def test_config_fields():
     assert model_config_fields("mult-dae") == {"hidden_size", "dropout", "weight_decay",
-                                               "likelihood", "init"}
+                                               "likelihood", "init", "bernoulli_clamp"}
     assert model_config_fields("popularity") == set()
     assert model_config_fields("ease") == {"lambdas"}
     assert {"factors", "regularizations", "alphas"} <= model_config_fields("wmf")

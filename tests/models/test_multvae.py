@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from evcf.errors import EvcfError
 from evcf.models import GatedMultVAE, MultDAE, MultVAE, build_model
 from evcf.models.layers import Dense, GatedDense, first_layer_from_rows
 
@@ -38,9 +39,13 @@ def test_mult_dae_parameter_count():
 
 def test_mult_vae_parameter_count():
     model = build_model("mult-vae", I, hidden_size=5, latent_size=3)
-    # encoder 7->5: 35 + 5 = 40; heads 5->(3 mu + 3 logvar): 30 + 6 = 36
+    # encoder 7->5: 35 + 5 = 40; heads: mu 5->3 (15 + 3 = 18) and logvar 5->3 (18) = 36
     # decoder 3->5: 15 + 5 = 20; output 5->7: 35 + 7 = 42
     assert n_params(model) == 40 + 36 + 20 + 42 == 138
+    # the heads are two separate (weight, bias) pairs, not one Linear(5, 6)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if ".head." in n}
+    assert shapes == {"encoder.head.mu.weight": (3, 5), "encoder.head.mu.bias": (3,),
+                      "encoder.head.logvar.weight": (3, 5), "encoder.head.logvar.bias": (3,)}
 
 
 def test_mult_vae_num_layers_adds_hidden_layers_on_both_sides():
@@ -74,7 +79,8 @@ def test_shapes_and_loss_parts(name):
     x = rows(4)
     parts = model.loss(x, 0.3)
     assert parts.loss.shape == () and parts.loss.requires_grad
-    assert isinstance(parts.nll, float) and isinstance(parts.kl, float)
+    for part in (parts.nll, parts.kl, parts.penalty):  # detached 0-d tensors, not floats
+        assert isinstance(part, torch.Tensor) and part.shape == () and not part.requires_grad
     scores = model.score(x)
     assert scores.shape == (4, I) and not scores.requires_grad
     if name != "mult-dae":
@@ -95,6 +101,50 @@ def test_defaults_follow_the_papers():
     assert gated.decoder[1].bias.abs().max().item() > 0.002
 
 
+def test_bernoulli_clamp_defaults_and_validation():
+    # Liang's rows: exact likelihood; EVCF's row: log_Bernoulli's clamp (used if bernoulli is chosen)
+    assert MultDAE(20).config.bernoulli_clamp == MultVAE(20).config.bernoulli_clamp == 0.0
+    assert GatedMultVAE(20).config.bernoulli_clamp == 1e-5
+    for bad in (-1e-5, 0.5, 2.0):
+        with pytest.raises(EvcfError, match="bernoulli_clamp"):
+            build_model("mult-vae", I, bernoulli_clamp=bad)
+
+
+@pytest.mark.parametrize("clamp", [0.0, 1e-5, 0.3])
+def test_loss_uses_the_configured_bernoulli_clamp(clamp):
+    from evcf.models.layers import nll
+
+    torch.manual_seed(5)
+    model = build_model("mult-vae-gated", I, hidden_size=5, latent_size=3, likelihood="bernoulli",
+                        bernoulli_clamp=clamp)
+    model.eval()
+    x = rows(4)
+    expected = nll(model.score(x), x, "bernoulli", bernoulli_clamp=clamp).mean()
+    assert float(model.loss(x, 0.0).nll) == pytest.approx(expected.item(), rel=1e-6)
+    if clamp == 0.3:  # a clamp this wide binds on most items: the loss differs from the exact one
+        exact = nll(model.score(x), x, "bernoulli").mean().item()
+        assert abs(float(model.loss(x, 0.0).nll) - exact) > 0.01
+
+
+@pytest.mark.parametrize("name", ["mult-dae", "mult-vae", "mult-vae-gated", "vamp", "hvamp", "hvamp-gated"])
+def test_loss_reads_nothing_back_from_the_device(name, monkeypatch):
+    """No .item() / float() / bool() on a tensor inside loss(): each would wait for a GPU."""
+    model = build_model(name, I, hidden_size=5, weight_decay=0.01,
+                        **({"n_pseudo": 3} if "vamp" in name else {}))
+    x = rows(4)
+
+    def host_sync(self, *args):
+        raise AssertionError("loss() read a tensor value back to the host")
+
+    for method in ("item", "tolist", "__float__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, method, host_sync)
+    parts = model.loss(x, 0.3)
+    monkeypatch.undo()
+    assert parts.loss.item() == pytest.approx(float(parts.nll) + 0.3 * float(parts.kl)
+                                              + float(parts.penalty), rel=1e-5)
+    assert float(parts.penalty) > 0
+
+
 # --------------------------------------------------------------------------------------------------
 # Loss terms against hand computations
 
@@ -113,9 +163,9 @@ def test_mult_dae_loss_is_multinomial_nll_plus_weight_penalty():
     penalty = 0.01 * ((w1**2).sum() + (w2**2).sum())  # weights only, not biases
     model.train()
     parts = model.loss(x, beta=0.7)
-    assert parts.nll == pytest.approx(nll, rel=1e-5)
-    assert parts.penalty == pytest.approx(penalty, rel=1e-5)
-    assert parts.kl == 0.0
+    assert float(parts.nll) == pytest.approx(nll, rel=1e-5)
+    assert float(parts.penalty) == pytest.approx(penalty, rel=1e-5)
+    assert float(parts.kl) == 0.0
     assert parts.loss.item() == pytest.approx(nll + penalty, rel=1e-5)
     np.testing.assert_allclose(model.score(x).numpy(), logits, rtol=1e-5, atol=1e-6)
 
@@ -128,18 +178,18 @@ def test_mult_vae_analytic_kl_and_nll_by_hand_in_eval_mode():
     p = {n: t.detach().numpy() for n, t in model.named_parameters()}
     xn = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
     h = np.tanh(xn @ p["encoder.layers.0.linear.weight"].T + p["encoder.layers.0.linear.bias"])
-    out = h @ p["encoder.head.linear.weight"].T + p["encoder.head.linear.bias"]
-    mu, logvar = out[:, :3], out[:, 3:]
+    mu = h @ p["encoder.head.mu.weight"].T + p["encoder.head.mu.bias"]
+    logvar = h @ p["encoder.head.logvar.weight"].T + p["encoder.head.logvar.bias"]
     kl = (0.5 * (-logvar + np.exp(logvar) + mu**2 - 1)).sum(1).mean()
     hd = np.tanh(mu @ p["decoder.0.0.linear.weight"].T + p["decoder.0.0.linear.bias"])
     logits = hd @ p["decoder.1.weight"].T + p["decoder.1.bias"]
     log_sm = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     nll = -(x.numpy() * log_sm).sum(1).mean()
     parts = model.loss(x, beta=0.25)
-    assert parts.kl == pytest.approx(kl, rel=1e-5)
-    assert parts.nll == pytest.approx(nll, rel=1e-5)
+    assert float(parts.kl) == pytest.approx(kl, rel=1e-5)
+    assert float(parts.nll) == pytest.approx(nll, rel=1e-5)
     assert parts.loss.item() == pytest.approx(nll + 0.25 * kl, rel=1e-5)
-    assert parts.penalty == 0.0
+    assert float(parts.penalty) == 0.0
     np.testing.assert_allclose(model.score(x).numpy(), logits, rtol=1e-5, atol=1e-6)
 
 
@@ -158,14 +208,14 @@ def test_one_sample_kl_averages_to_the_analytic_kl():
     assert samples.std().item() > 0  # it really is a sample estimate
     # and the loss reports the batch mean of that estimate
     parts = model.loss(x[:5000], beta=1.0)
-    assert abs(parts.kl - analytic) < 4 * samples.std().item() / math.sqrt(5000)
+    assert abs(float(parts.kl) - analytic) < 4 * samples.std().item() / math.sqrt(5000)
 
 
 def test_logvar_clamp_in_gated_model():
     model = build_model("mult-vae-gated", I, hidden_size=5, latent_size=3)
     with torch.no_grad():
-        model.encoder.head.linear.bias[3:] = 100.0
-        model.encoder.head.linear.weight.zero_()
+        model.encoder.head.logvar.bias.fill_(100.0)
+        model.encoder.head.logvar.weight.zero_()
     assert model(rows(2)).logvar.max().item() == 4.0
 
 

@@ -103,6 +103,7 @@ def test_vamp_parameter_count_and_defaults():
     assert n_params(small_vamp()) == 138 + 28 == 166
     c = Vamp(20).config
     assert (c.n_pseudo, c.likelihood, c.init, c.logvar_clamp) == (1000, "bernoulli", "he", True)
+    assert c.bernoulli_clamp == 1e-5  # EVCF log_Bernoulli
     assert (c.pseudo_mean, c.pseudo_std, c.hidden_size, c.latent_size) == (0.05, 0.01, 600, 200)
 
 
@@ -121,8 +122,8 @@ def test_vamp_prior_with_one_standard_normal_component_is_the_standard_normal():
     torch.manual_seed(4)
     model = build_model("vamp", I, hidden_size=5, latent_size=3, n_pseudo=1)
     with torch.no_grad():  # encoder output (mu, logvar) = (0, 0) for any input
-        model.encoder.head.linear.weight.zero_()
-        model.encoder.head.linear.bias.zero_()
+        for p in model.encoder.head.parameters():
+            p.zero_()
     z = torch.randn(10, 3)
     expected = normal_log_pdf(z, torch.zeros(3), torch.zeros(3))
     for train in (True, False):
@@ -160,16 +161,21 @@ def test_vamp_kl_is_log_q_minus_brute_force_log_prior():
     assert not torch.allclose(out.z, out.mu)  # a one-sample estimate at a sampled z
 
 
-def test_vamp_loss_uses_bernoulli_by_default_and_backpropagates_into_pseudo_inputs():
+def test_vamp_loss_uses_clamped_bernoulli_by_default_and_backpropagates_into_pseudo_inputs():
     torch.manual_seed(7)
     model = small_vamp()
     model.eval()
     x = rows(3)
+    with torch.no_grad():  # one logit far beyond the clamp: p(x_6 = 1 | z) = σ(-40) for everyone
+        model.decoder[1].bias[6] = -40.0
     logits = model.score(x)
     parts = model.loss(x, beta=0.5)
+    p = torch.sigmoid(logits.double()).clamp(1e-5, 1 - 1e-5)  # EVCF log_Bernoulli
+    evcf = -(x * p.log() + (1 - x) * (1 - p).log()).sum(1).mean().item()
+    assert float(parts.nll) == pytest.approx(evcf, rel=1e-5)
     bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1).mean().item()
-    assert parts.nll == pytest.approx(bce, rel=1e-5)
-    assert parts.loss.item() == pytest.approx(parts.nll + 0.5 * parts.kl, rel=1e-5)
+    assert float(parts.nll) < bce - 1.0  # the clamp bound (x_6 = 1 costs -ln 1e-5, not 40)
+    assert parts.loss.item() == pytest.approx(float(parts.nll) + 0.5 * float(parts.kl), rel=1e-5)
     model.train()
     model.loss(x, beta=0.5).loss.backward()
     assert model.prior.pseudo.grad is not None and model.prior.pseudo.grad.abs().sum() > 0
@@ -191,35 +197,41 @@ def test_init_pseudo_from_training_rows():
 # H+Vamp
 
 
-def small_hvamp(name="hvamp", **kw) -> HVamp:
-    return build_model(name, I, hidden_size=5, z1_size=3, z2_size=2, n_pseudo=4, **kw)
+# num_layers >= 2: EVCF's HVamp.py.  The one-layer network (HVamp_1layer.py, the default) is
+# tested in test_hvamp_one_layer.py.
 
 
-def test_hvamp_parameter_count_one_layer():
-    # q(z2|x):     7->5 (35+5=40), heads 5->2+2 (20+4=24)                          = 64
+def small_hvamp(name="hvamp", num_layers=2, **kw) -> HVamp:
+    return build_model(name, I, hidden_size=5, z1_size=3, z2_size=2, n_pseudo=4,
+                       num_layers=num_layers, **kw)
+
+
+def test_hvamp_parameter_count_two_layers():
+    # heads: mu 5->Z and logvar 5->Z, (5Z + Z) each
+    # q(z2|x):     7->5 (35+5=40), 5->5 (25+5=30), heads 2 * (10+2) = 24                = 94
     # q(z1|x,z2):  x 7->5 (40), z2 2->5 (10+5=15), joint 10->5 (50+5=55),
-    #              heads 5->3+3 (30+6=36)                                          = 146
-    # p(z1|z2):    2->5 (15), heads 5->3+3 (36)                                    = 51
+    #              heads 2 * (15+3) = 36                                                = 146
+    # p(z1|z2):    2->5 (15), 5->5 (30), heads 36                                       = 81
     # p(x|z1,z2):  z1 3->5 (15+5=20), z2 2->5 (15), joint 10->5 (55), out 5->7 (35+7=42) = 132
-    # pseudo-inputs 4 x 7                                                          = 28
-    assert n_params(small_hvamp()) == 64 + 146 + 51 + 132 + 28 == 421
+    # pseudo-inputs 4 x 7                                                               = 28
+    assert n_params(small_hvamp()) == 94 + 146 + 81 + 132 + 28 == 481
 
 
 def test_hvamp_num_layers_placement():
-    # L = 2: one 5->5 layer (30) more in q(z2|x) and in p(z1|z2); the joint paths get L - 2 = 0
-    assert n_params(small_hvamp(num_layers=2)) == 421 + 2 * 30 == 481
-    # L = 3: two more in each single-input path, one more in each joint path
-    assert n_params(small_hvamp(num_layers=3)) == 421 + 4 * 30 + 2 * 30 == 601
+    # L = 3: one 5->5 layer (30) more in q(z2|x) and in p(z1|z2), and one in each joint path
+    assert n_params(small_hvamp(num_layers=3)) == 481 + 2 * 30 + 2 * 30 == 601
+    # L = 4: one more again in each of the four paths
+    assert n_params(small_hvamp(num_layers=4)) == 601 + 4 * 30 == 721
 
 
 def test_gated_hvamp_parameter_count():
     # every hidden layer gets a gate of its own size:
-    # 40 (q_z2) + 40 (q_z1 x) + 15 (q_z1 z2) + 55 (q_z1 joint) + 15 (p_z1)
-    # + 20 + 15 + 55 (p_x) = 255
+    # 40 + 30 (q_z2) + 40 (q_z1 x) + 15 (q_z1 z2) + 55 (q_z1 joint) + 15 + 30 (p_z1)
+    # + 20 + 15 + 55 (p_x) = 315
     model = small_hvamp("hvamp-gated")
     assert isinstance(model, GatedHVamp)
-    assert n_params(model) == 421 + 255 == 676
-    assert sum(isinstance(m, GatedDense) for m in model.modules()) == 8
+    assert n_params(model) == 481 + 315 == 796
+    assert sum(isinstance(m, GatedDense) for m in model.modules()) == 10
 
 
 def test_hvamp_joins_branches_by_concatenation():
@@ -230,12 +242,14 @@ def test_hvamp_joins_branches_by_concatenation():
     assert (c.hidden_size, c.z1_size, c.z2_size) == (600, 200, 200)
     assert (c.num_layers, c.n_pseudo) == (1, 1000)
     assert (c.likelihood, c.init, c.logvar_clamp) == ("bernoulli", "he", True)
+    assert c.bernoulli_clamp == 1e-5  # EVCF log_Bernoulli
 
 
+@pytest.mark.parametrize("num_layers", [2, 3])
 @pytest.mark.parametrize("name", ["hvamp", "hvamp-gated"])
-def test_hvamp_shapes_and_loss(name):
+def test_hvamp_shapes_and_loss(name, num_layers):
     torch.manual_seed(9)
-    model = small_hvamp(name)
+    model = small_hvamp(name, num_layers=num_layers)
     x = rows(4)
     out = model(x)
     assert out.logits.shape == (4, I)
@@ -243,13 +257,14 @@ def test_hvamp_shapes_and_loss(name):
     assert out.z2.shape == out.z2_mu.shape == (4, 2)
     parts = model.loss(x, 0.3)
     assert parts.loss.shape == () and parts.loss.requires_grad
-    assert parts.loss.item() == pytest.approx(parts.nll + 0.3 * parts.kl, rel=1e-5)
+    assert parts.loss.item() == pytest.approx(float(parts.nll) + 0.3 * float(parts.kl), rel=1e-5)
     assert model.score(x).shape == (4, I)
 
 
-def test_hvamp_kl_is_the_four_term_one_sample_estimate():
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_hvamp_kl_is_the_four_term_one_sample_estimate(num_layers):
     torch.manual_seed(10)
-    model = small_hvamp(dropout=0.0)
+    model = small_hvamp(dropout=0.0, num_layers=num_layers)
     model.train()
     out = model(rows(6))
     means, logvars = model.q_z2(model.prior.pseudo_inputs())  # VampPrior components via q(z2|.)
@@ -287,7 +302,7 @@ def test_hvamp_input_paths_normalised_and_dropped_out_independently(monkeypatch)
     from evcf.models import layers, vamp
 
     torch.manual_seed(12)
-    model = build_model("hvamp", 300, hidden_size=5, z1_size=3, z2_size=2, n_pseudo=3)
+    model = build_model("hvamp", 300, hidden_size=5, z1_size=3, z2_size=2, n_pseudo=3, num_layers=2)
     calls = []
     real = layers.first_layer_from_rows
 
