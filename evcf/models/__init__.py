@@ -15,7 +15,7 @@ from evcf.errors import EvcfError
 from evcf.models.base import ClosedFormModel, LossParts, VAEModel
 from evcf.models.baselines import EASE, Popularity
 from evcf.models.cdae import CDAE
-from evcf.models.multvae import GatedMultVAE, MultDAE, MultVAE
+from evcf.models.multvae import EvcfMultVAE, GatedMultVAE, MultDAE, MultVAE
 from evcf.models.slim import SLIM
 from evcf.models.vamp import GatedHVamp, HVamp, Vamp
 from evcf.models.wmf import WMF
@@ -31,6 +31,7 @@ __all__ = [
     "MultDAE",
     "MultVAE",
     "GatedMultVAE",
+    "EvcfMultVAE",
     "Vamp",
     "HVamp",
     "GatedHVamp",
@@ -45,6 +46,7 @@ _REGISTRY: dict[str, type] = {
     "mult-dae": MultDAE,
     "mult-vae": MultVAE,
     "mult-vae-gated": GatedMultVAE,
+    "mult-vae-evcf": EvcfMultVAE,
     "vamp": Vamp,
     "hvamp": HVamp,
     "hvamp-gated": GatedHVamp,

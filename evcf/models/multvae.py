@@ -33,7 +33,7 @@ from evcf.models.layers import (
     weight_penalty,
 )
 
-__all__ = ["MultDAE", "MultVAE", "GatedMultVAE"]
+__all__ = ["MultDAE", "MultVAE", "GatedMultVAE", "EvcfMultVAE"]
 
 
 # ==================================================================================================
@@ -216,3 +216,22 @@ class GatedMultVAE(MultVAE):
         logvar_clamp: bool = True  # EVCF: q_z_logvar = Linear then Hardtanh(-12, 4)
         kl_estimator: str = "sample"  # EVCF Baseline.py: log q(z|x) - log p(z) at the sampled z
         weight_decay: float = 0.0  # EVCF: AdamNormGrad(weight_decay=0), no penalty
+
+
+# ==================================================================================================
+# Mult-VAE through the EVCF recipe: the ablation between Mult-VAE and Mult-VAE (Gated).
+
+
+class EvcfMultVAE(GatedMultVAE):
+    """Mult-VAE trained as EVCF trains its rows: ``Baseline.py`` without ``--gated`` (an ablation).
+
+    Liang's Mult-VAE (the row compared with the published number) and Mult-VAE (Gated) differ in
+    about eight things besides the gates: optimiser, learning rate, batch size, β schedule, init,
+    KL estimator, log-variance clamp, early stopping.  This row keeps all of EVCF's choices and only
+    drops the gates (tanh hidden layers), so that Mult-VAE (EVCF recipe) → Mult-VAE (Gated) changes
+    one thing.  Its training recipe is its params.yaml row, the same as the gated row's.
+    """
+
+    name: ClassVar[str] = "mult-vae-evcf"
+    gated: ClassVar[bool] = False
+
