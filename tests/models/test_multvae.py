@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -283,3 +284,19 @@ def test_sampling_in_training_posterior_mean_in_eval():
     s1, s2 = model.score(x), model.score(x)
     assert torch.equal(s1, s2)  # score is deterministic ...
     assert model.training  # ... and restores the caller's mode
+
+
+def test_the_evcf_recipe_ablation_is_the_gated_row_without_gates():
+    """mult-vae-evcf: every default of Mult-VAE (Gated), tanh hidden layers instead of GLUs."""
+    from evcf.models.layers import GatedDense
+    from evcf.models.multvae import EvcfMultVAE
+
+    ablation, gated = build_model("mult-vae-evcf", 40), build_model("mult-vae-gated", 40)
+    assert isinstance(ablation, EvcfMultVAE) and not ablation.gated and gated.gated
+    assert dataclasses.asdict(ablation.config) == dataclasses.asdict(gated.config)
+    assert not any(isinstance(m, GatedDense) for m in ablation.modules())
+    assert any(isinstance(m, GatedDense) for m in gated.modules())
+    # the same network as Liang's Mult-VAE with the same sizes: I-600-200-600-I, by hand
+    i, h, z = 40, 600, 200
+    by_hand = (i * h + h) + 2 * (h * z + z) + (z * h + h) + (h * i + i)
+    assert sum(p.numel() for p in ablation.parameters()) == by_hand
