@@ -8,7 +8,7 @@ from pathlib import Path
 from evcf.config import check_plain_yaml, raw_path, run_settings, synthetic_spec, tune_points, validate
 from evcf.errors import EvcfError
 from evcf.identity import code_hash
-from evcf.models import model_class
+from evcf.models import VAEModel, model_class
 from snakemake.io import report as in_report  # `report` alone is a keyword of the Snakefile grammar
 
 # Everything is checked before any job starts: no anchors in the config file, every key known,
@@ -51,6 +51,23 @@ def model_seeds(model):
 
 
 RUN_FILES = ("metrics.json", "history.csv", "per_user.csv")
+DEVICE = config.get("device", "auto")
+
+
+def uses_gpu(model):
+    """A GPU job: `device: cuda` (or cuda:N) and a gradient-trained model.  The closed-form
+    baselines fit on CPUs: they would hold a GPU they barely use."""
+    return DEVICE.startswith("cuda") and issubclass(model_class(model), VAEModel)
+
+
+def get_gpu(wildcards):
+    """The job's `gpu` resource: 1 for a GPU job (sbatch --gpus=1 on SLURM; locally, run with
+    `--resources gpu=<number of GPUs>` so that jobs never share one), else 0."""
+    return 1 if uses_gpu(wildcards.model) else 0
+
+
+def get_device(wildcards):
+    return "cpu" if DEVICE.startswith("cuda") and not uses_gpu(wildcards.model) else DEVICE
 
 
 def get_collect_input(wildcards):

@@ -20,12 +20,13 @@ rule train_model:
         "benchmarks/train_model/{dataset}/{model}/seed-{seed}.tsv"
     params:
         args=get_train_args,
-        device=config.get("device", "auto"),
+        device=get_device,
         code=CODE,
     threads: config.get("threads", 2)
     resources:
         mem_mb=4000,
         runtime=720,
+        gpu=get_gpu,
     shell:
         "evcf train --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
         "--model {wildcards.model} --seed {wildcards.seed} {params.args} --tuned {input.tuned} "

@@ -19,12 +19,13 @@ rule tune_point:
     params:
         args=get_tune_args,
         seed=SEEDS[0],
-        device=config.get("device", "auto"),
+        device=get_device,
         code=CODE,
     threads: config.get("threads", 2)
     resources:
         mem_mb=4000,
         runtime=720,
+        gpu=get_gpu,
     shell:
         "evcf train --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
         "--model {wildcards.model} --seed {params.seed} {params.args} "
