@@ -216,12 +216,14 @@ class CDAE(ClosedFormModel):
         if c.user_vector == "zero":
             return v
         net = self.network
-        weights = loss_weights(x, c.negative_ratio, None)  # (B, I) expected loss, no sampling
         frozen = [p.requires_grad for p in net.parameters()]
         for p in net.parameters():
             p.requires_grad_(False)
         try:
-            with torch.enable_grad():
+            # gradients for V_u even when the caller scores under no_grad or inference_mode
+            with torch.inference_mode(False), torch.enable_grad():
+                x, v = x.clone(), v.clone()  # ordinary tensors, not inference tensors
+                weights = loss_weights(x, c.negative_ratio, None)  # (B, I) expected loss
                 v.requires_grad_(True)
                 opt = torch.optim.Adam([v], lr=c.fold_in_lr)
                 for _ in range(c.fold_in_steps):

@@ -107,11 +107,12 @@ class WMF(ClosedFormModel):
     class Config:
         # Grid (the training loop keeps the best by validation NDCG@100).  Liang et al. 2018 (§4.3)
         # tuned the latent dimension over {100, 200} and the weight of the 1's over
-        # {2, 5, 10, 30, 50, 100} with the 0's weighted 1, i.e. α = weight − 1; these defaults
-        # are that paper-scale grid (our reading of the paper).  λ is not given there: ours.
+        # {2, 5, 10, 30, 50, 100} with the 0's weighted 1, i.e. α = weight − 1 (Hu et al. 2008
+        # found α = 40 good on their data); these defaults are that paper-scale grid, as we read
+        # the paper.  λ is not given there: ours.
         factors: tuple[int, ...] = (100, 200)  # Liang et al. 2018: K ∈ {100, 200}
         alphas: tuple[float, ...] = (1.0, 4.0, 9.0, 29.0, 49.0, 99.0)  # Liang et al. 2018 (weights − 1)
-        regularizations: tuple[float, ...] = (1.0, 10.0)  # ours: λ, not reported by Liang et al.
+        regularizations: tuple[float, ...] = (1.0, 10.0, 100.0)  # ours: λ, not given by Liang et al.
         iterations: int = 15  # `implicit`'s default number of ALS sweeps
         use_cg: bool = True  # `implicit`'s default: conjugate-gradient user/item steps (Takács et al.
         #                      2011, 3 CG steps, warm-started); False = exact Cholesky steps (Hu et al.)

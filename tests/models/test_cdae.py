@@ -81,6 +81,8 @@ def test_fitted_user_vector_leaves_the_network_alone_and_lowers_the_loss(train):
     assert (fit_loss < zero_loss).all()
     torch.testing.assert_close(scores, model.network(held_out, v).detach())
     assert torch.equal(model.score(held_out), scores)  # deterministic
+    with torch.inference_mode():  # the evaluation loop may score without autograd
+        assert torch.equal(model.score(held_out), scores)
 
 
 def test_seeded_determinism(train):
