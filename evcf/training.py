@@ -4,15 +4,22 @@
 (or, for closed-form models, the setting) with the best validation NDCG@100, scores the test users
 with it and writes ``metrics.json``, ``history.csv`` and ``per_user.csv``.
 
-Every epoch ends with an atomic checkpoint (``checkpoint.pt``) that describes itself: model name
-and config, training config, seed, epoch, β-schedule position, optimizer state, every random
-generator's state, the best state so far, the history and the package version.  A run started again
-with the same arguments resumes from it and, on CPU, ends with the same metrics as an uninterrupted
-run (wall-clock fields excepted).
+Every gradient step is :func:`train_step`, the one step of evcf: this loop and ``evcf bench``
+both call it.  A step never reads a value back from the device (no ``.item()``, no branch on a
+tensor), so on a GPU the host queues steps ahead of the device; the loss is summed on the device
+and checked once per epoch (:class:`TrainingDiverged`).
+
+An atomic checkpoint (``checkpoint.pt``) is written after an epoch when ``checkpoint_minutes``
+have passed since the last one (0: after every epoch) and after the last epoch.  It describes
+itself: the run's identity, model and training config, epoch, β-schedule position, optimizer
+state, every random generator's state, the best state so far, the history and the package version.
+A run started again with the same arguments resumes from it and, on CPU, ends with the same metrics
+as an uninterrupted run (wall-clock fields excepted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,14 +27,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import __version__
-from .data.batches import DeviceCSR
+from .data.batches import Batches, DeviceCSR
 from .data.sparse import SplitData
 from .errors import EvcfError
 from .evaluate import evaluate, summarize
@@ -37,10 +44,12 @@ from .models.base import ClosedFormModel, VAEModel
 from .optim import make_optimizer
 from .schedules import beta_evcf, beta_liang
 
-__all__ = ["TrainConfig", "TrainingDiverged", "run", "resolve_device", "train_config"]
+__all__ = ["TrainConfig", "TrainingDiverged", "run", "resolve_device", "train_config", "train_step",
+           "train_epoch", "numerics"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+_clock = time.monotonic  # minutes between checkpoints are counted on it (tests replace it)
 SELECT_BY = "ndcg@100"
 
 
@@ -58,6 +67,17 @@ class TrainConfig:
     patience: int = 0  # epochs without validation improvement after warm-up; 0 = never stop early
     eval_batch_size: int = 2000  # Liang's evaluation batch
     precision: str = "fp32"  # "fp32" or "bf16" (autocast of the training forward pass)
+    # ours (issue 14): a checkpoint is 0.4-1.3 GB at ML-20M's shape and a GPU epoch takes seconds, so
+    # write one when this many minutes have passed since the last (and after the last epoch); 0 =
+    # after every epoch.  Not part of the run's identity: it does not change the numbers.
+    checkpoint_minutes: float = 10.0
+    # ours: the optimizer step as torch's fused Adam kernel (for Adam and AdamNormGrad), one pass over
+    # each parameter: the same update up to float rounding; off = the elementwise loop of the reference codes
+    fused_optimizer: bool = False
+    tf32: bool = False  # ours: CUDA float32 matmuls in TF32 (faster, ~1e-3 relative error); no effect on CPU
+    # ours: torch.use_deterministic_algorithms(True), and CUBLAS_WORKSPACE_CONFIG=:4096:8 on CUDA
+    # (when not set already): a CUDA run repeats bit for bit, somewhat slower; off = torch's defaults
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         choices = {
@@ -74,7 +94,8 @@ class TrainConfig:
                 raise EvcfError(f"train.{key} must be >= 1", path="params.yaml", fix=f"set a positive train.{key}")
         if not self.lr > 0:
             raise EvcfError(f"train.lr must be > 0, got {self.lr}", path="params.yaml", fix="set a positive train.lr")
-        for key in ("total_anneal_steps", "anneal_cap", "warmup_epochs", "max_beta", "patience"):
+        for key in ("total_anneal_steps", "anneal_cap", "warmup_epochs", "max_beta", "patience",
+                    "checkpoint_minutes"):
             if getattr(self, key) < 0:
                 raise EvcfError(f"train.{key} must be >= 0, got {getattr(self, key)}", path="params.yaml",
                                 fix=f"set train.{key} to 0 or more")
@@ -89,24 +110,95 @@ def train_config(values: dict[str, Any]) -> TrainConfig:
                             fix=f"use one of {sorted(known)}")
         default = getattr(TrainConfig, key)
         ok = isinstance(value, type(default)) and not isinstance(value, bool)
-        if isinstance(default, float):
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok:
+            kind = "true or false" if isinstance(default, bool) else f"a {type(default).__name__}"
             raise EvcfError(f"training setting {key!r} must be {type(default).__name__}, got {value!r}",
-                            path="params.yaml", fix=f"write {key} as a {type(default).__name__}")
+                            path="params.yaml", fix=f"write {key} as {kind}")
     return TrainConfig(**{k: (float(v) if isinstance(getattr(TrainConfig, k), float) else v) for k, v in values.items()})
+
+
+# settings that change how a run is carried out, not its numbers: left out of the run's identity
+NOT_IN_IDENTITY = ("checkpoint_minutes",)
 
 
 class TrainingDiverged(EvcfError):
     """The loss became NaN or infinite."""
 
 
+def _gpus_given() -> str | None:
+    """The environment variable that says this process was given GPUs, as ``NAME=value``; or None.
+
+    ``CUDA_VISIBLE_DEVICES`` with a value other than empty, ``-1`` or SLURM's ``NoDevFiles``;
+    SLURM's ``SLURM_JOB_GPUS`` or ``SLURM_STEP_GPUS`` (set for a job or step with a GPU ``--gres``).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() not in ("", "-1", "NoDevFiles"):
+        return f"CUDA_VISIBLE_DEVICES={visible}"
+    for name in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+        if os.environ.get(name, "").strip():
+            return f"{name}={os.environ[name]}"
+    return None
+
+
+def _no_cuda_reason() -> str:
+    build = f"torch {torch.__version__}"
+    return f"{build} is a CPU-only build" if torch.version.cuda is None else \
+        f"{build} (CUDA {torch.version.cuda}) finds no usable GPU: driver too old for it, or no device visible"
+
+
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when torch sees it, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    ``auto`` refuses to fall back to the CPU when the environment shows that this job was given a
+    GPU (:func:`_gpus_given`) but torch cannot see CUDA: such a run would silently take hours on the
+    CPU of a GPU node.
+    """
+    fix = ("install the CUDA build of torch that matches the node's driver in the job's environment "
+           "(https://pytorch.org/get-started/locally/; check with python -c 'import torch; "
+           "print(torch.cuda.is_available())' on a GPU node), or set device: cpu to use the CPU on purpose")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        given = _gpus_given()
+        if given:
+            raise EvcfError(f"this job was given a GPU ({given}) but torch cannot see CUDA: {_no_cuda_reason()}",
+                            fix=fix)
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EvcfError(f"device {name!r} requested but CUDA is not available", fix="use --device cpu or auto")
+        raise EvcfError(f"device {name!r} requested but torch cannot see CUDA: {_no_cuda_reason()}",
+                        fix=fix.replace("set device: cpu", "use --device cpu or auto"))
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def numerics(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
+    """Inside the block: TF32 matmuls on CUDA when ``cfg.tf32``, deterministic algorithms when
+    ``cfg.deterministic`` (with ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` on CUDA unless already set; cuBLAS
+    reads it when first used, so it takes effect in a process that has not used CUDA yet, as
+    ``evcf train``).  The previous settings are restored on exit."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    try:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.tf32
+            if cfg.deterministic and not os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
+                os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        if saved[4] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[4]
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -152,6 +244,41 @@ def _warmed_up(cfg: TrainConfig, epoch: int, update_count: int) -> bool:
     return True
 
 
+def train_step(model: VAEModel, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float, *,
+               autocast: bool = False) -> torch.Tensor:
+    """One gradient step on the batch ``x`` (B, I); returns the batch's loss, detached, on the device.
+
+    evcf's one training step: ``evcf train`` (:func:`train_epoch`) and ``evcf bench`` call it.  The
+    forward pass runs under bf16 autocast when ``autocast``.  Nothing here reads a value back from
+    the device, so on a GPU the host queues the next step while this one runs.
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        parts = model.loss(x, beta)
+    optimizer.zero_grad(set_to_none=True)
+    parts.loss.backward()
+    optimizer.step()
+    return parts.loss.detach()
+
+
+def train_epoch(model: VAEModel, optimizer: torch.optim.Optimizer, batches: Iterable[torch.Tensor],
+                cfg: TrainConfig, *, epoch: int, update_count: int, device: torch.device
+                ) -> tuple[torch.Tensor, int, int, float]:
+    """One :func:`train_step` per batch, β from the schedule before each.
+
+    Returns (the sum of the batch losses, a float64 tensor on the device; the number of batches; the
+    update count after the epoch; the last β).  No host synchronisation: the caller reads the sum
+    once, at the end of the epoch.
+    """
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n_batches, beta = 0, _beta(cfg, epoch, update_count)
+    for x in batches:
+        beta = _beta(cfg, epoch, update_count)
+        total += train_step(model, optimizer, x, beta, autocast=cfg.precision == "bf16")
+        update_count += 1
+        n_batches += 1
+    return total, n_batches, update_count, beta
+
+
 def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: str, identity: dict,
              seed: int, device: torch.device, out_dir: Path) -> tuple[dict, list[dict], int, int]:
     """Train with per-epoch validation; return (best state, history, best epoch, epochs run)."""
@@ -163,7 +290,7 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
         pick = torch.randperm(train.n_rows, generator=shuffle_gen)[: model.config.n_pseudo]
         model.init_pseudo_from(train.dense(pick))
     model.to(device)
-    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, fused=cfg.fused_optimizer)
 
     epoch, update_count, bad_epochs = 0, 0, 0
     best = {"score": -math.inf, "epoch": 0, "state": None}
@@ -187,7 +314,18 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
         _set_rng_state(shuffle_gen, ckpt["rng"])
         log.info("resuming %s from epoch %d (%s)", model_name, epoch, ckpt_path)
 
-    autocast = cfg.precision == "bf16"
+    saved_epoch, saved_at = (epoch if ckpt is not None else None), _clock()
+
+    def save() -> None:
+        nonlocal saved_epoch, saved_at
+        _atomic_torch_save(
+            {"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "epoch": epoch, "update_count": update_count, "bad_epochs": bad_epochs, "best": best,
+             "history": history, "rng": _rng_state(shuffle_gen), "evcf_version": __version__},
+            ckpt_path,
+        )
+        saved_epoch, saved_at = epoch, _clock()
+
     while epoch < cfg.epochs:
         if cfg.patience and bad_epochs >= cfg.patience:
             log.info("early stop after epoch %d: no validation improvement for %d epochs", epoch, bad_epochs)
@@ -195,28 +333,22 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
         epoch += 1
         started = time.perf_counter()
         model.train()
-        order = torch.randperm(train.n_rows, generator=shuffle_gen)
-        total, n_batches = 0.0, 0
-        beta = _beta(cfg, epoch, update_count)
-        for start in range(0, train.n_rows, cfg.batch_size):
-            beta = _beta(cfg, epoch, update_count)
-            x = train.dense(order[start : start + cfg.batch_size])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                parts = model.loss(x, beta)
-            if not torch.isfinite(parts.loss):
-                raise TrainingDiverged(
-                    f"{model_name}: loss became {parts.loss.item()} at epoch {epoch}, step {n_batches + 1} "
-                    f"(β = {beta:.4g}); likely causes: learning rate {cfg.lr} too high, bf16 overflow, "
-                    "or a degenerate batch. The last good checkpoint is kept",
-                    path=ckpt_path,
-                    fix="lower train.lr (or use precision fp32) and run again; it resumes from the checkpoint",
-                )
-            optimizer.zero_grad(set_to_none=True)
-            parts.loss.backward()
-            optimizer.step()
-            update_count += 1
-            total += parts.loss.item()
-            n_batches += 1
+        # the epoch's order on the host (its row lengths size each batch without asking the device),
+        # copied to the device once
+        batches = Batches(train, torch.randperm(train.n_rows, generator=shuffle_gen), cfg.batch_size)
+        total, n_batches, update_count, beta = train_epoch(model, optimizer, batches, cfg, epoch=epoch,
+                                                           update_count=update_count, device=device)
+        loss = float(total) / max(n_batches, 1)  # the epoch's one read-back from the device
+        if not math.isfinite(loss):
+            kept = (f"The last checkpoint (epoch {saved_epoch}) is kept" if saved_epoch is not None
+                    else "No checkpoint was written yet")
+            raise TrainingDiverged(
+                f"{model_name}: loss became {loss} at epoch {epoch} (mean over its {n_batches} steps; "
+                f"β = {beta:.4g}); likely causes: learning rate {cfg.lr} too high, bf16 overflow, "
+                f"or a degenerate batch. {kept}",
+                path=ckpt_path,
+                fix="lower train.lr (or use precision fp32) and run again; it resumes from the checkpoint",
+            )
         model.eval()
         val = evaluate(model.score, val_in, data.validation_te, batch_size=cfg.eval_batch_size,
                        device=device, metrics=(SELECT_BY,)).per_user[SELECT_BY].mean()
@@ -225,16 +357,14 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
             best = {"score": float(val), "epoch": epoch,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         bad_epochs = 0 if improved or not _warmed_up(cfg, epoch, update_count) else bad_epochs + 1
-        history.append({"epoch": epoch, "train_loss": total / max(n_batches, 1), "beta": beta,
+        history.append({"epoch": epoch, "train_loss": loss, "beta": beta,
                         f"val_{SELECT_BY}": float(val), "seconds": time.perf_counter() - started})
         log.info("%s epoch %d: loss %.4f β %.4f val NDCG@100 %.4f%s", model_name, epoch,
                  history[-1]["train_loss"], beta, val, " *" if improved else "")
-        _atomic_torch_save(
-            {"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "epoch": epoch, "update_count": update_count, "bad_epochs": bad_epochs, "best": best,
-             "history": history, "rng": _rng_state(shuffle_gen), "evcf_version": __version__},
-            ckpt_path,
-        )
+        if _clock() - saved_at >= 60.0 * cfg.checkpoint_minutes:
+            save()
+    if saved_epoch != epoch:
+        save()  # the final state, whatever the interval
     return best["state"], history, best["epoch"], epoch
 
 
@@ -286,23 +416,24 @@ def run(
     torch.manual_seed(seed)
     np.random.seed(seed)  # nothing in evcf uses the global numpy stream; this guards third-party code
     model = build_model(model_name, data.n_items, **hparams)
-    identity = run_identity(model=model_name, hparams=hparams, train=asdict(cfg),
+    identity = run_identity(model=model_name, hparams=hparams,
+                            train={k: v for k, v in asdict(cfg).items() if k not in NOT_IN_IDENTITY},
                             seed=seed if model.seeded else None,
                             data=data.fingerprint or matrices_fingerprint(data), device=dev.type)
 
-    if isinstance(model, ClosedFormModel):
-        history, best_epoch = _fit_closed_form(model, data, model_name=model_name, identity=identity, seed=seed,
-                                               device=dev, eval_batch_size=cfg.eval_batch_size, out_dir=out_dir)
-        epochs_run = 0
-        scorer = model.score
-    else:
-        best_state, history, best_epoch, epochs_run = _fit_vae(
-            model, data, cfg, model_name=model_name, identity=identity, seed=seed, device=dev, out_dir=out_dir)
-        model.load_state_dict(best_state)
-        model.eval()
-        scorer = model.score
-
-    test = evaluate(scorer, data.test_tr, data.test_te, batch_size=cfg.eval_batch_size, device=dev)
+    with numerics(cfg, dev):
+        if isinstance(model, ClosedFormModel):
+            history, best_epoch = _fit_closed_form(model, data, model_name=model_name, identity=identity,
+                                                   seed=seed, device=dev, eval_batch_size=cfg.eval_batch_size,
+                                                   out_dir=out_dir)
+            epochs_run = 0
+        else:
+            best_state, history, best_epoch, epochs_run = _fit_vae(
+                model, data, cfg, model_name=model_name, identity=identity, seed=seed, device=dev,
+                out_dir=out_dir)
+            model.load_state_dict(best_state)
+            model.eval()
+        test = evaluate(model.score, data.test_tr, data.test_te, batch_size=cfg.eval_batch_size, device=dev)
     per_user = test.per_user.assign(uid=data.test_uids[test.per_user["row"].to_numpy()])
     per_user = per_user[["uid", "recall@20", "recall@50", "ndcg@100"]]
     metrics = {
@@ -317,6 +448,10 @@ def run(
         "wall_seconds": round(time.perf_counter() - started, 3),
         "device": dev.type if dev.type == "cpu" else f"{dev.type} ({torch.cuda.get_device_name(dev)})",
         "threads": torch.get_num_threads(),
+        # how the numbers were computed: training precision, TF32 matmuls (CUDA only), deterministic algorithms
+        "precision": cfg.precision,
+        "tf32": bool(cfg.tf32 and dev.type == "cuda"),
+        "deterministic": cfg.deterministic,
         "seeded": bool(model.seeded),
         "versions": environment(),
         "identity": identity,

@@ -1,7 +1,9 @@
 """Every speed-up is exact: the fast paths against plain dense reference paths, on CPU in float32.
 
 (a) Batches: ``DeviceCSR.dense`` equals scipy's ``toarray()``; every VAE model's loss and gradients
-    are identical when fed either (same seed, hence the same dropout mask and noise).
+    are identical when fed either (same seed, hence the same dropout mask and noise); an epoch of
+    :class:`Batches` built on the device equals the same epoch built on the host, and
+    ``train_step`` on either trains the same model, bit for bit.
 (b) Pseudo-inputs: read straight from the parameter (``hardtanh(P)``) they equal EVCF's
     ``hardtanh(I_K @ P)``, with identical losses and gradients.
 (c) Evaluation: ``evaluate()`` (on-device fold-in masking, ``torch.topk``) equals a numpy reference
@@ -9,11 +11,12 @@
 (d) The VampPrior's matrix-product log-density against the brute-force per-component sum is tested
     in ``tests/models/test_vamp.py`` (``test_mixture_log_density_equals_brute_force_float64``,
     ``test_mixture_log_density_float32_and_gradients_match_brute_force``,
-    ``test_mixture_log_density_saves_no_batch_by_components_by_latent_tensor``); here only the
-    bench's re-creation of EVCF's broadcast form is checked against it.
+    ``test_mixture_log_density_saves_no_batch_by_components_by_latent_tensor``); here it is also
+    checked against EVCF's broadcast form, written out as EVCF's ``log_p_z`` does it.
 
-The bench's reference-style training step (``evcf bench``'s baseline) is checked too: it must train
-the same model as the fast path, or its timings compare different things.
+``evcf bench``'s reference style builds batches on the host (``Batches(dense_on_host=True)``) and
+takes the same ``train_step``: the test of (a) shows that it trains the same model as the fast path,
+so the bench's timings compare the same computation.
 """
 
 from __future__ import annotations
@@ -27,25 +30,21 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from evcf.bench import (
-    _step_fast,
-    _step_reference,
-    broadcast_mixture_log_density,
-    heldout_split,
-    reference_style,
-    synthetic_matrix,
-)
-from evcf.data.batches import DeviceCSR
+from evcf.data.batches import Batches, DeviceCSR
+from evcf.data.shapes import heldout_split, synthetic_matrix
 from evcf.evaluate import evaluate
 from evcf.models import build_model
+from evcf.models.layers import LOG_2PI
 from evcf.models.vamp import mixture_log_density
 from evcf.optim import make_optimizer
+from evcf.training import train_step
 
 N_ITEMS = 60
 SMALL = {  # every VAE model of the registry, small enough for a unit test
     "mult-dae": {"hidden_size": 16},
     "mult-vae": {"hidden_size": 16, "latent_size": 6},
     "mult-vae-gated": {"hidden_size": 16, "latent_size": 6},
+    "mult-vae-evcf": {"hidden_size": 16, "latent_size": 6},
     "vamp": {"hidden_size": 16, "latent_size": 6, "n_pseudo": 5},
     "hvamp": {"hidden_size": 16, "z1_size": 6, "z2_size": 5, "n_pseudo": 5, "num_layers": 2},
     "hvamp-gated": {"hidden_size": 16, "z1_size": 6, "z2_size": 5, "n_pseudo": 5, "num_layers": 2},
@@ -130,39 +129,39 @@ def test_losses_and_gradients_identical_for_device_csr_and_scipy_batches(matrix,
     assert torch.equal(model.score(fast), model.score(ref))
 
 
+@pytest.mark.parametrize("batch_size", [40, 33])
+def test_an_epoch_of_batches_built_on_the_device_equals_one_built_on_the_host(matrix, batch_size):
+    order = torch.randperm(120, generator=torch.Generator().manual_seed(1))
+    data = DeviceCSR(matrix)
+    on_device = Batches(data, order, batch_size)
+    on_host = Batches(data, order.numpy(), batch_size, dense_on_host=True)
+    assert len(on_device) == len(on_host) == -(-120 // batch_size)
+    pairs = list(zip(on_device, on_host, strict=True))
+    for k, (a, b) in enumerate(pairs):
+        assert torch.equal(a, b) and a.dtype == b.dtype == torch.float32
+        assert torch.equal(a, scipy_batch(matrix, order[k * batch_size : (k + 1) * batch_size].numpy()))
+
+
 @pytest.mark.parametrize("name", list(SMALL))
-def test_bench_reference_step_trains_the_same_model_as_the_fast_step(matrix, name):
-    """The bench's baseline (scipy batches; for VampPrior models identity-matmul pseudo-inputs and
-    the broadcast log-density) takes the same optimisation steps as ``evcf train``'s path."""
-    optimizer = "adam-normgrad" if name in VAMP_MODELS or name == "mult-vae-gated" else "adam"
+def test_train_step_on_host_built_batches_trains_the_same_model(matrix, name):
+    """The bench's reference style (batches densified on the host) and evcf train's batches take the
+    same optimisation steps, bit for bit: the bench's two paths differ only in building the batch."""
+    optimizer = "adam-normgrad" if name in VAMP_MODELS or name in ("mult-vae-gated", "mult-vae-evcf") else "adam"
     runs = []
-    for style in ("fast", "reference"):
+    for dense_on_host in (False, True):
         torch.manual_seed(0)
         model = build_model(name, N_ITEMS, **SMALL[name])
         model.train()
         opt = make_optimizer(optimizer, model.parameters(), 1e-3)
-        train = DeviceCSR(matrix)
         order = torch.randperm(120, generator=torch.Generator().manual_seed(1))
         torch.manual_seed(3)
-        losses = []
-        for k in range(3):
-            rows = order[k * 40 : (k + 1) * 40]
-            if style == "fast":
-                losses.append(_step_fast(model, opt, train, rows, 0.2, False, CPU))
-            else:
-                with reference_style(model, dense_input=False):  # dense input: tested below
-                    losses.append(_step_reference(model, opt, matrix, rows.numpy(), 0.2, CPU))
-        runs.append((losses, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        losses = [train_step(model, opt, x, 0.2) for x in Batches(DeviceCSR(matrix), order, 40,
+                                                                  dense_on_host=dense_on_host)]
+        runs.append((torch.stack(losses), {k: v.detach().clone() for k, v in model.state_dict().items()}))
     (fast_losses, fast_state), (ref_losses, ref_state) = runs
-    if name in VAMP_MODELS:  # the broadcast and the matrix-product log-densities round differently
-        assert fast_losses == pytest.approx(ref_losses, rel=1e-5)
-        for key in fast_state:
-            torch.testing.assert_close(fast_state[key], ref_state[key], rtol=1e-4, atol=1e-5)
-    else:  # no prior to patch: the two paths differ only in how the batch is built
-        assert fast_losses == ref_losses
-        for key in fast_state:
-            assert torch.equal(fast_state[key], ref_state[key]), key
-    assert "log_prob" not in vars(getattr(model, "prior", model))  # the patch is gone afterwards
+    assert torch.equal(fast_losses, ref_losses) and fast_losses.shape == (3,)
+    for key in fast_state:
+        assert torch.equal(fast_state[key], ref_state[key]), key
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,10 +206,23 @@ def test_pseudo_inputs_from_the_parameter_equal_the_identity_matmul(matrix, name
         assert torch.equal(fast_grads[key], ref_grads[key]), key
 
 
+def broadcast_mixture_log_density(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor) -> torch.Tensor:
+    """EVCF's ``log_p_z`` as written: (B, 1, Z) against (1, K, Z), a (B, K, Z) tensor, summed over
+    Z, then a max-shifted log-sum-exp over K.  EVCF's ``log_Normal_diag`` leaves out the −½·log 2π
+    per dimension; it is added to the (B,) result.  (B, Z), (K, Z) x2 -> (B,)"""
+    n_components, dim = means.shape
+    z_expand = z.unsqueeze(1)  # (B, 1, Z)
+    m, lv = means.unsqueeze(0), logvars.unsqueeze(0)  # (1, K, Z)
+    a = torch.sum(-0.5 * (lv + torch.pow(z_expand - m, 2) / torch.exp(lv)), 2) - math.log(n_components)
+    a_max, _ = torch.max(a, 1)  # (B,)
+    log_prior = a_max + torch.log(torch.sum(torch.exp(a - a_max.unsqueeze(1)), 1))
+    return log_prior - 0.5 * dim * LOG_2PI
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_bench_broadcast_log_density_equals_the_matrix_product_form(seed):
-    """The bench's re-creation of EVCF's (B, K, Z) broadcast against mixture_log_density (which
-    tests/models/test_vamp.py checks against a brute-force sum)."""
+def test_evcf_broadcast_log_density_equals_the_matrix_product_form(seed):
+    """EVCF's (B, K, Z) broadcast against mixture_log_density (which tests/models/test_vamp.py
+    checks against a brute-force sum)."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(7, 4, generator=g, requires_grad=True)
     means = torch.randn(5, 4, generator=g, requires_grad=True)
@@ -302,7 +314,7 @@ def _dense_first_layer(dropout, layer, x):
     return layer(dropout(torch.nn.functional.normalize(x, p=2.0, dim=1)))
 
 
-@pytest.mark.parametrize("name", ["mult-dae", "mult-vae", "mult-vae-gated", "vamp", "hvamp", "hvamp-gated"])
+@pytest.mark.parametrize("name", ["mult-dae", "mult-vae", "mult-vae-gated", "mult-vae-evcf", "vamp", "hvamp", "hvamp-gated"])
 @pytest.mark.parametrize("mode", ["eval", "train-no-dropout"])
 def test_sparse_first_layer_equals_dense_path(name, mode, monkeypatch):
     from evcf.models import build_model, layers, multvae, vamp
@@ -332,3 +344,60 @@ def test_sparse_first_layer_equals_dense_path(name, mode, monkeypatch):
     assert fast_grads.keys() == ref_grads.keys()
     for key in ref_grads:
         torch.testing.assert_close(fast_grads[key], ref_grads[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+# --------------------------------------------------------------------------------------------------
+# The fused optimizer step (train.fused_optimizer): the same update up to float rounding
+
+
+def _manual_adam_normgrad(p0, grads, lr, betas=(0.9, 0.999), eps=1e-8):
+    """EVCF utils/optimizer.py by hand, in float64: Adam on g / (||g|| + 1e-7)."""
+    p, m, v = p0.clone(), torch.zeros_like(p0), torch.zeros_like(p0)
+    for t, g in enumerate(grads, start=1):
+        g = g / (torch.linalg.vector_norm(g) + 1e-7)
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        p = p - lr * math.sqrt(1 - betas[1] ** t) / (1 - betas[0] ** t) * m / (v.sqrt() + eps)
+    return p
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_adam_normgrad_is_evcfs_update(dtype):
+    g = torch.Generator().manual_seed(0)
+    p0 = torch.randn(30, 7, generator=g, dtype=dtype)
+    grads = [torch.randn(30, 7, generator=g, dtype=dtype) * s for s in (10.0, 0.001, 3.0, 1.0)]
+    p = torch.nn.Parameter(p0.clone())
+    opt = make_optimizer("adam-normgrad", [p], 0.01, fused=True)
+    for grad in grads:
+        p.grad = grad.clone()
+        opt.step()
+    tol = 1e-7 if dtype == torch.float64 else 1e-6  # the kernel takes the norm as a float32 scale
+    torch.testing.assert_close(p.detach().double(), _manual_adam_normgrad(p0.double(), [x.double() for x in grads], 0.01),
+                               rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["mult-vae", "vamp"])
+def test_fused_optimizer_takes_the_plain_optimizers_steps(matrix, name):
+    """Ten training steps with the fused and the elementwise optimizer: equal up to float32 rounding,
+    and the fused optimizer's state round-trips through a checkpoint."""
+    optimizer = "adam-normgrad" if name == "vamp" else "adam"
+    states = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = build_model(name, N_ITEMS, **SMALL[name])
+        model.train()
+        opt = make_optimizer(optimizer, model.parameters(), 1e-3, fused=fused)
+        order = torch.randperm(120, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(3)
+        for epoch in range(4):
+            for x in Batches(DeviceCSR(matrix), order, 40):
+                train_step(model, opt, x, 0.2)
+            if epoch == 1:  # through a checkpoint, as a resumed run
+                saved = {k: v.clone() for k, v in model.state_dict().items()}, opt.state_dict()
+                opt = make_optimizer(optimizer, model.parameters(), 1e-3, fused=fused)
+                model.load_state_dict(saved[0])
+                opt.load_state_dict(saved[1])
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    for key in states[0]:
+        torch.testing.assert_close(states[1][key], states[0][key], rtol=1e-4, atol=1e-6, msg=key)
+    assert any(not torch.equal(states[1][k], states[0][k]) for k in states[0])  # truly another kernel

@@ -74,7 +74,7 @@ def test_resume_after_kill_gives_identical_results(processed, tmp_path):
     args = [sys.executable, "-m", "evcf.cli", "--log-level", "ERROR", "train", "--data", str(processed),
             "--dataset", "toy", "--model", "mult-vae", "--seed", "3", "--threads", "1",
             "--hparams", json.dumps({"hidden_size": 256, "latent_size": 64}),
-            "--train", json.dumps({**FAST, "epochs": 12, "batch_size": 16})]
+            "--train", json.dumps({**FAST, "epochs": 12, "batch_size": 16, "checkpoint_minutes": 0})]
     subprocess.run([*args, "--out", str(tmp_path / "full")], check=True, capture_output=True)
     proc = subprocess.Popen([*args, "--out", str(tmp_path / "killed")])
     ckpt = tmp_path / "killed" / CHECKPOINT
@@ -128,8 +128,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(training, "build_model", build)
     with pytest.raises(TrainingDiverged, match=r"mult-vae: loss became nan at epoch 2") as err:
-        _run(processed, tmp_path)
-    assert "learning rate" in str(err.value)
+        _run(processed, tmp_path, train={**FAST, "checkpoint_minutes": 0})
+    assert "learning rate" in str(err.value) and "The last checkpoint (epoch 1) is kept" in str(err.value)
     assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["epoch"] == 1
     assert not (tmp_path / "metrics.json").exists()
 
@@ -170,3 +170,130 @@ def test_device_csr_batches_equal_scipy_rows():
     for rows in ([0], [5, 3, 3, 49], list(rng.permutation(50)[:17]), []):
         got = dev.dense(torch.tensor(rows, dtype=torch.long)).numpy()
         np.testing.assert_array_equal(got, matrix[rows].toarray() if rows else np.zeros((0, 30)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints every N minutes and at the end
+
+
+def _count_saves(monkeypatch):
+    from evcf import training
+
+    saved = []
+    real = training._atomic_torch_save
+
+    def save(obj, path):
+        if path.name == CHECKPOINT:
+            saved.append(obj["epoch"])
+        real(obj, path)
+
+    monkeypatch.setattr(training, "_atomic_torch_save", save)
+    return saved
+
+
+@pytest.mark.parametrize("minutes, saved_epochs", [(0, [1, 2, 3, 4]), (60, [4])])
+def test_checkpoints_every_n_minutes_and_after_the_last_epoch(processed, tmp_path, monkeypatch, minutes,
+                                                              saved_epochs):
+    saved = _count_saves(monkeypatch)
+    _run(processed, tmp_path, train={**FAST, "checkpoint_minutes": minutes})
+    assert saved == saved_epochs
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["epoch"] == 4
+
+
+def test_the_checkpoint_interval_is_counted_in_minutes(processed, tmp_path, monkeypatch):
+    from evcf import training
+
+    now = iter(range(0, 10_000, 240))  # every reading of the clock: 4 more minutes
+    monkeypatch.setattr(training, "_clock", lambda: next(now))
+    saved = _count_saves(monkeypatch)
+    _run(processed, tmp_path, train={**FAST, "checkpoint_minutes": 10})
+    # read at the start (0), after epochs 1 (4 min), 2 (8), 3 (12: save, then 16), 4 (20 - 16 < 10); the end
+    assert saved == [3, 4]
+
+
+def test_the_checkpoint_interval_is_not_part_of_a_runs_identity(processed, tmp_path, caplog):
+    first = _run(processed, tmp_path, train={**FAST, "checkpoint_minutes": 0})
+    with caplog.at_level("WARNING", logger="evcf.training"):
+        again = _run(processed, tmp_path, train={**FAST, "checkpoint_minutes": 30})
+    assert not (tmp_path / "checkpoint.stale.pt").exists() and "belongs to another run" not in caplog.text
+    assert _strip(again) == _strip(first) and "checkpoint_minutes" not in first["identity"]["train"]
+
+
+# --------------------------------------------------------------------------------------------------
+# TF32, deterministic mode, devices
+
+
+def test_new_training_settings_are_checked():
+    cfg = train_config({"checkpoint_minutes": 5, "tf32": True, "deterministic": True})
+    assert (cfg.checkpoint_minutes, cfg.tf32, cfg.deterministic) == (5.0, True, True)
+    with pytest.raises(EvcfError, match="'tf32' must be bool.*write tf32 as true or false"):
+        train_config({"tf32": 1})
+    with pytest.raises(EvcfError, match="checkpoint_minutes must be >= 0"):
+        train_config({"checkpoint_minutes": -1})
+
+
+def test_numerics_sets_tf32_and_deterministic_mode_on_cuda_and_restores_them(monkeypatch):
+    from evcf.training import numerics
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.are_deterministic_algorithms_enabled())
+    with numerics(train_config({"tf32": True, "deterministic": True}), torch.device("cuda")):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.are_deterministic_algorithms_enabled()) == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own choice is kept
+    with numerics(train_config({"deterministic": True}), torch.device("cuda")):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8" and not torch.backends.cuda.matmul.allow_tf32
+    with numerics(train_config({"tf32": True}), torch.device("cpu")):  # TF32 is a CUDA setting
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_deterministic_mode_is_on_while_training_and_recorded(processed, tmp_path, monkeypatch):
+    from evcf import training
+
+    seen = []
+    real_epoch = training.train_epoch
+
+    def spy(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_epoch", spy)
+    metrics = _run(processed, tmp_path, train={**FAST, "deterministic": True, "tf32": True})
+    assert seen == [True] * 4 and not torch.are_deterministic_algorithms_enabled()
+    assert (metrics["deterministic"], metrics["tf32"], metrics["precision"]) == (True, False, "fp32")  # CPU: no TF32
+    assert metrics["identity"]["train"]["deterministic"] is True
+
+
+@pytest.mark.parametrize("env", [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "GPU-5f1c"},
+                                 {"SLURM_JOB_GPUS": "3"}, {"SLURM_STEP_GPUS": "0,1"}])
+def test_a_gpu_given_but_not_seen_by_torch_is_a_clear_error(monkeypatch, env):
+    from evcf.training import resolve_device
+
+    for name in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EvcfError) as err:
+        resolve_device("auto")
+    name, value = next(iter(env.items()))
+    assert f"given a GPU ({name}={value}) but torch cannot see CUDA" in str(err.value)
+    assert "install the CUDA build of torch" in str(err.value) and "device: cpu" in str(err.value)
+    assert resolve_device("cpu") == torch.device("cpu")  # asking for the CPU is always allowed
+
+
+@pytest.mark.parametrize("visible", [None, "", "-1", "NoDevFiles"])
+def test_no_gpu_given_means_auto_is_the_cpu(monkeypatch, visible):
+    from evcf.training import resolve_device
+
+    for name in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+        monkeypatch.delenv(name, raising=False)
+    if visible is not None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(EvcfError, match="torch cannot see CUDA"):
+        resolve_device("cuda:0")

@@ -2,46 +2,112 @@
 
 The training matrix stays a CSR (indptr, indices) held by torch on the training device; a batch of
 arbitrary rows becomes a dense (batch, n_items) 0/1 tensor there with one scatter.  The whole
-matrix is never densified and nothing crosses the host-device boundary per step.
+matrix is never densified.
+
+Nothing here waits for the device when the rows are known on the host: the number of clicks of a
+batch (the size of its scatter) is summed from a host copy of the row lengths, and
+``repeat_interleave`` is told that size (``output_size``), so no value is read back from a GPU.
+:class:`Batches` cuts one epoch's order into batches that way, copying the order to the device once
+per epoch.  Its ``dense_on_host`` option builds each batch as the reference codes do instead (a
+scipy row slice, ``toarray()`` on the host, then a copy to the device): the baseline of ``evcf bench``.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["DeviceCSR"]
+__all__ = ["DeviceCSR", "Batches"]
 
 
 class DeviceCSR:
     def __init__(self, matrix: sp.csr_matrix, device: torch.device | str = "cpu"):
         matrix = sp.csr_matrix(matrix)
         matrix.sort_indices()
+        self.matrix = matrix  # the host CSR, for batches densified on the host
         self.shape = matrix.shape
         self.device = torch.device(device)
         self.indptr = torch.from_numpy(matrix.indptr.astype(np.int64)).to(self.device)
         self.indices = torch.from_numpy(matrix.indices.astype(np.int64)).to(self.device)
-        self.row_nnz = self.indptr[1:] - self.indptr[:-1]  # (n_rows,)
+        self.row_nnz = self.indptr[1:] - self.indptr[:-1]  # (n_rows,) on the device
+        self.row_nnz_host = np.diff(matrix.indptr).astype(np.int64)  # (n_rows,) the same, on the host
 
     @property
     def n_rows(self) -> int:
         return self.shape[0]
 
-    def nonzeros(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(batch_row, column) of every stored entry of ``rows``; batch_row indexes into ``rows``."""
-        rows = rows.to(self.device)
-        lengths = self.row_nnz[rows]  # (batch,)
-        starts = self.indptr[rows]
-        batch_row = torch.repeat_interleave(torch.arange(rows.numel(), device=self.device), lengths)
-        # position of each entry within its row: global counter minus the row's first counter value
-        first = torch.cumsum(lengths, 0) - lengths
-        within = torch.arange(int(lengths.sum()), device=self.device) - first[batch_row]
-        return batch_row, self.indices[starts[batch_row] + within]
+    def _rows(self, rows: torch.Tensor | np.ndarray | Sequence[int],
+              n_nonzeros: int | None) -> tuple[torch.Tensor, int]:
+        """(rows on the device, their number of stored entries).
 
-    def dense(self, rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        The count is ``n_nonzeros`` when given; otherwise it is summed on the host for rows given
+        there (a numpy array, a list, a CPU tensor), and read back from the device (a sync) for rows
+        given as a device tensor.
+        """
+        if not isinstance(rows, torch.Tensor):
+            rows = torch.from_numpy(np.asarray(rows, dtype=np.int64).reshape(-1))
+        if n_nonzeros is None:
+            n_nonzeros = (int(self.row_nnz_host[rows.numpy()].sum()) if rows.device.type == "cpu"
+                          else int(self.row_nnz[rows].sum()))  # host sync: pass n_nonzeros to avoid it
+        return rows.to(self.device), n_nonzeros
+
+    def nonzeros(self, rows: torch.Tensor | np.ndarray | Sequence[int], *, n_nonzeros: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch_row, column) of every stored entry of ``rows``; batch_row indexes into ``rows``.
+
+        Row by row in the order of ``rows``, columns ascending within a row.
+        """
+        rows, total = self._rows(rows, n_nonzeros)
+        lengths = self.row_nnz[rows]  # (batch,)
+        batch_row = torch.repeat_interleave(torch.arange(rows.numel(), device=self.device), lengths,
+                                            output_size=total)  # (nnz,)
+        # the k-th entry of a row sits at indptr[row] + k; k = global counter - the row's first counter
+        shift = self.indptr[rows] - (torch.cumsum(lengths, 0) - lengths)  # (batch,)
+        return batch_row, self.indices[torch.arange(total, device=self.device) + shift[batch_row]]
+
+    def dense(self, rows: torch.Tensor | np.ndarray | Sequence[int], dtype: torch.dtype = torch.float32,
+              *, n_nonzeros: int | None = None) -> torch.Tensor:
         """Dense 0/1 rows (batch, n_items) on the device."""
-        batch_row, cols = self.nonzeros(rows)
-        out = torch.zeros(rows.numel(), self.shape[1], dtype=dtype, device=self.device)
-        out[batch_row, cols] = 1
+        batch_row, cols = self.nonzeros(rows, n_nonzeros=n_nonzeros)
+        out = torch.zeros(len(rows), self.shape[1], dtype=dtype, device=self.device)
+        out.view(-1).index_fill_(0, batch_row * self.shape[1] + cols, 1)
         return out
+
+
+class Batches:
+    """One epoch's mini-batches: the rows of ``order``, ``batch_size`` at a time, dense on the device.
+
+    ``order`` (a host array or CPU tensor of row indices) is copied to the device once; each batch
+    is a slice of that copy, and its click count comes from the host, so building a batch never
+    waits for the device.  With ``dense_on_host`` each batch is built the reference codes' way
+    instead (Liang's ``vae_cf``, RecVAE, EVCF): the scipy rows sliced and densified on the host
+    with ``toarray()``, then copied to the device.  Both give equal tensors.
+    """
+
+    def __init__(self, data: DeviceCSR, order: torch.Tensor | np.ndarray, batch_size: int, *,
+                 dense_on_host: bool = False):
+        self.data = data
+        self.batch_size = batch_size
+        self.dense_on_host = dense_on_host
+        host = order.numpy() if isinstance(order, torch.Tensor) else np.asarray(order)
+        self.order_host = np.ascontiguousarray(host, dtype=np.int64)  # (n,)
+        # clicks before each position of the order: a batch's click count is a difference of two
+        self.clicks_before = np.concatenate([[0], np.cumsum(data.row_nnz_host[self.order_host])])
+        self.order = None if dense_on_host else torch.from_numpy(self.order_host).to(data.device)
+
+    def __len__(self) -> int:
+        return math.ceil(self.order_host.size / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for start in range(0, self.order_host.size, self.batch_size):
+            stop = min(start + self.batch_size, self.order_host.size)
+            if self.dense_on_host:
+                rows = self.data.matrix[self.order_host[start:stop]].toarray().astype(np.float32)
+                yield torch.from_numpy(rows).to(self.data.device)
+            else:
+                yield self.data.dense(self.order[start:stop],
+                                      n_nonzeros=int(self.clicks_before[stop] - self.clicks_before[start]))
