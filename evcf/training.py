@@ -64,7 +64,7 @@ class TrainConfig:
     anneal_cap: float = 0.2  # Liang
     warmup_epochs: int = 100  # EVCF code default
     max_beta: float = 1.0  # EVCF code default (its README's Netflix H+Vamp (Gated) example: 0.3)
-    patience: int = 0  # epochs without validation improvement after warm-up; 0 = never stop early
+    patience: int = 0  # stop after more than this many epochs without improvement after warm-up (EVCF); 0 = never
     eval_batch_size: int = 2000  # Liang's evaluation batch
     precision: str = "fp32"  # "fp32" or "bf16" (autocast of the training forward pass)
     # ours (issue 14): a checkpoint is 0.4-1.3 GB at ML-20M's shape and a GPU epoch takes seconds, so
@@ -327,7 +327,9 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
         saved_epoch, saved_at = epoch, _clock()
 
     while epoch < cfg.epochs:
-        if cfg.patience and bad_epochs >= cfg.patience:
+        # EVCF's rule (experiment.py: `if e > early_stopping_epochs: break`): stop once MORE than
+        # `patience` epochs in a row brought no improvement
+        if cfg.patience and bad_epochs > cfg.patience:
             log.info("early stop after epoch %d: no validation improvement for %d epochs", epoch, bad_epochs)
             break
         epoch += 1

@@ -297,3 +297,23 @@ def test_no_gpu_given_means_auto_is_the_cpu(monkeypatch, visible):
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(EvcfError, match="torch cannot see CUDA"):
         resolve_device("cuda:0")
+
+
+def test_early_stopping_counts_like_evcf(processed, tmp_path, monkeypatch):
+    """EVCF stops when MORE than `patience` epochs in a row did not improve (`e > 50`), not at 50."""
+    import evcf.training
+
+    scores = iter([0.5] + [0.1] * 20)  # epoch 1 is the best; nothing improves afterwards
+    real = evcf.training.evaluate
+
+    def fake_validation(score, fold_in, heldout, **kw):
+        result = real(score, fold_in, heldout, **kw)
+        if kw.get("metrics") == ("ndcg@100",):  # the per-epoch validation, not the final test
+            result.per_user["ndcg@100"] = next(scores)
+        return result
+
+    monkeypatch.setattr(evcf.training, "evaluate", fake_validation)
+    settings = {**FAST, "epochs": 20, "patience": 2, "beta_schedule": "none", "checkpoint_minutes": 0}
+    metrics = _run(processed, tmp_path / "run", train=settings)
+    # epoch 1 best, epochs 2, 3, 4 without improvement: 3 > 2 stops before epoch 5
+    assert metrics["epochs_run"] == 4 and metrics["best_epoch"] == 1
