@@ -25,9 +25,13 @@ def _metrics(root, model):
     return {k: v for k, v in data.items() if k not in TIMING_KEYS}
 
 
+# a small grid, so that both front-ends run the search and train the table's runs with its winner
+GRID = {"synthetic-tiny": {"mult-vae": {"train.lr": [0.001, 0.01]}}}
+
+
 @pytest.fixture(scope="module")
 def snakemake_run(tmp_path_factory):
-    root = make_workflow_copy(tmp_path_factory.mktemp("smk") / "wf")
+    root = make_workflow_copy(tmp_path_factory.mktemp("smk") / "wf", tune=GRID)
     run([tool("snakemake"), "--cores", "2", "all"], cwd=root)
     return root
 
@@ -65,7 +69,7 @@ def test_snakemake_all_produces_every_output(snakemake_run):
 
 
 def test_dvc_repro_gives_the_same_metrics(snakemake_run, tmp_path):
-    root = make_workflow_copy(tmp_path / "dvc")
+    root = make_workflow_copy(tmp_path / "dvc", tune=GRID)
     run(["git", "init", "-q"], cwd=root)
     run([tool("dvc"), "init", "-q"], cwd=root)
     run([tool("dvc"), "repro"], cwd=root)
@@ -75,6 +79,11 @@ def test_dvc_repro_gives_the_same_metrics(snakemake_run, tmp_path):
         theirs = pd.read_csv(snakemake_run / RUN.format(model=model) / "per_user.csv")
         pd.testing.assert_frame_equal(ours, theirs)
     assert (root / "reports/synthetic-tiny/table1.md").exists()
+    # the same search, the same winner, applied by itself in both front-ends
+    tune = "results/tune/synthetic-tiny/mult-vae"
+    pd.testing.assert_frame_equal(pd.read_csv(root / tune / "summary.csv"),
+                                  pd.read_csv(snakemake_run / tune / "summary.csv"))
+    assert _metrics(root, "mult-vae")["tuning"]["source"] == "search"
     shown = run([tool("dvc"), "metrics", "show", "--json"], cwd=root)
     assert "ndcg@100" in shown.stdout
     plots = json.loads(run([tool("dvc"), "plots", "show", "--json"], cwd=root).stdout)

@@ -355,7 +355,7 @@ def render_settings_markdown(runs: pd.DataFrame) -> str:
     if not rows:
         return ""
     body = [[dataset_label(d), m, source, setting] for d, m, source, setting in rows]
-    return "\n".join(["", "## What each row ran with", "",
+    return "\n".join(["", "**What each row ran with**", "",
                       tabulate(body, headers=["Dataset", "Model", "Setting from", "Searched values used"],
                                tablefmt="github", disable_numparse=True),
                       "", "Every other value is the row's entry in params.yaml "
