@@ -222,3 +222,28 @@ def test_fingerprint_checks_filtered_counts(tmp_path):
         check_fingerprint(split, {**right, "ratings": right["ratings"] + 1}, source="x")
     with pytest.raises(EvcfError, match="filtered_items: expected"):
         check_fingerprint(split, {**right, "filtered_items": 17769}, source="x")
+
+
+def test_a_checkpoint_is_loaded_to_the_cpu_whatever_the_runs_device(tmp_path, monkeypatch):
+    """A CUDA run's resume used to load the checkpoint with map_location=<cuda>, which moves the saved
+    RNG state off the CPU, and torch.set_rng_state then refuses it.  Emulated here on the CPU: a
+    load that honours a non-CPU map_location hands back RNG states that set_rng_state rejects."""
+    data = make_split(tmp_path / "processed", seed=1)
+    settings = {**FAST, "checkpoint_minutes": 0}
+    first = train(data, tmp_path / "run", train=settings)
+    real_load, seen = torch.load, []
+
+    def load(path, *args, map_location=None, **kw):
+        seen.append(map_location)
+        ckpt = real_load(path, *args, map_location="cpu", **kw)
+        if map_location != "cpu" and isinstance(ckpt, dict) and "rng" in ckpt:
+            ckpt["rng"]["torch"] = ckpt["rng"]["torch"].float()  # what a move off the CPU amounts to
+        return ckpt
+
+    import evcf.training
+
+    monkeypatch.setattr(evcf.training.torch, "load", load)
+    resumed = train(data, tmp_path / "run", train=settings)  # the same run: its checkpoint is resumed
+    assert seen and all(m == "cpu" for m in seen)
+    assert not (tmp_path / "run" / "checkpoint.stale.pt").exists()
+    assert resumed["ndcg@100"] == first["ndcg@100"]

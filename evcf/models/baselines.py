@@ -18,7 +18,7 @@ from evcf.errors import EvcfError
 from evcf.models.base import ClosedFormModel
 from evcf.models.layers import validate_config
 
-__all__ = ["Popularity", "EASE"]
+__all__ = ["Popularity", "EASE", "solve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,15 @@ class Popularity(ClosedFormModel):
         self.counts = torch.as_tensor(state["counts"], dtype=torch.float32).cpu()
 
 
+def solve_device(device: torch.device | None, n_items: int) -> torch.device:
+    """Where EASE solves: the run's CUDA device when three float64 I × I matrices fit in its free
+    memory (the system, its Cholesky factor and the inverse), else the CPU."""
+    if device is None or device.type != "cuda" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if free >= 3 * 8 * n_items * n_items else torch.device("cpu")
+
+
 class EASE(ClosedFormModel):
     """EASE (Steck 2019): item-item weights B = I − P · diag(1 / diag(P)), P = (XᵀX + λI)⁻¹.
 
@@ -73,7 +82,8 @@ class EASE(ClosedFormModel):
     XᵀX is built once from the sparse training matrix (float64, dense I × I: 3.2 GB for 20k items)
     and kept between the λ candidates of one training matrix; each λ costs one Cholesky inverse in
     float64 (``torch.linalg.cholesky`` + ``torch.cholesky_inverse``, multi-threaded, about half the
-    flops of a general inverse).  B is stored as float32.
+    flops of a general inverse), on the run's GPU when it fits there (:func:`solve_device`).  B is
+    stored as float32 on the CPU and copied to the scoring device once.
     """
 
     name: ClassVar[str] = "ease"
@@ -109,7 +119,8 @@ class EASE(ClosedFormModel):
         if lam <= 0:
             raise EvcfError(f"EASE needs lambda > 0, got {lam}", fix="use a positive lambda")
         gram = self._gram_of(train)
-        a = gram.clone()
+        where = solve_device(device, self.n_items)  # the run's GPU when the three I x I fit on it
+        a = gram.to(where, copy=True)  # a copy: the cached Gram stays as it is, on the CPU
         a.diagonal().add_(lam)  # XᵀX + λI, symmetric positive definite
         chol = torch.linalg.cholesky(a)
         del a
@@ -117,7 +128,7 @@ class EASE(ClosedFormModel):
         del chol
         p.div_(-p.diagonal().clone())  # column j divided by −P_jj
         p.diagonal().zero_()
-        self.B = p.float()
+        self.B = p.float().cpu()
         self.lam = lam
         self._B_device = None
         log.debug("EASE fitted with lambda=%g on %d items", lam, self.n_items)

@@ -74,3 +74,27 @@ def test_closed_form_models_check_the_item_count():
         build_model("ease", 4).fit(sp.csr_matrix(X), **{"lambda": 1.0})
     with pytest.raises(EvcfError, match="4 items"):
         build_model("popularity", 4).fit(sp.csr_matrix(X))
+
+
+def test_ease_solves_on_the_gpu_only_when_it_fits(monkeypatch):
+    from evcf.models.baselines import solve_device
+
+    cuda = torch.device("cuda", 0)
+    assert solve_device(None, 100) == torch.device("cpu")
+    assert solve_device(torch.device("cpu"), 100) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    need = 3 * 8 * 100 * 100  # three float64 100 x 100 matrices
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (need, 10 * need))
+    assert solve_device(cuda, 100) == cuda
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (need - 1, 10 * need))
+    assert solve_device(cuda, 100) == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu_check.sh runs it)")
+def test_ease_on_cuda_equals_the_cpu_fit():
+    rng = np.random.default_rng(0)
+    train = sp.csr_matrix((rng.random((60, 25)) < 0.2).astype(np.float32))
+    cpu, gpu = build_model("ease", 25), build_model("ease", 25)
+    cpu.fit(train, device=torch.device("cpu"), **{"lambda": 10.0})
+    gpu.fit(train, device=torch.device("cuda"), **{"lambda": 10.0})
+    torch.testing.assert_close(gpu.B, cpu.B, rtol=1e-5, atol=1e-6)
