@@ -359,7 +359,9 @@ def render_settings_markdown(runs: pd.DataFrame) -> str:
                       tabulate(body, headers=["Dataset", "Model", "Setting from", "Searched values used"],
                                tablefmt="github", disable_numparse=True),
                       "", "Every other value is the row's entry in params.yaml "
-                      "(results/tune/<dataset>/<model>/summary.csv lists every grid point).", ""])
+                      "(results/tune/<dataset>/<model>/summary.csv lists every grid point). "
+                      "WMF, SLIM, CDAE and EASE also search their own lists of settings inside each run "
+                      "(tuning.csv in the run folder).", ""])
 
 
 def render_markdown(table: pd.DataFrame, reference: str = "mult-vae") -> str:
