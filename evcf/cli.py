@@ -19,6 +19,13 @@ from .errors import EvcfError
 log = logging.getLogger("evcf")
 
 
+def _write_json(path: Path, value: dict) -> None:
+    """Write ``value`` as indented JSON, atomically (a temporary name, then a rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def _json_arg(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -101,11 +108,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         device=args.device,
     )
     if tuning is not None:  # say in the run's own record where its setting came from
-        path = Path(args.out) / "metrics.json"
         metrics["tuning"] = tuning
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        tmp.replace(path)
+        _write_json(Path(args.out) / "metrics.json", metrics)
     print(
         f"ok: {args.out}: test Recall@20 {metrics['recall@20']:.4f} Recall@50 {metrics['recall@50']:.4f} "
         f"NDCG@100 {metrics['ndcg@100']:.4f} (best epoch {metrics['best_epoch']}, {metrics['wall_seconds']:.1f} s)"
@@ -148,9 +152,8 @@ def cmd_tune_summary(args: argparse.Namespace) -> None:
         table = pd.DataFrame([{"point": "params.yaml", "selected": True}])
         winner = {"source": "params.yaml", "setting": {}, "points": 0}
     table.to_csv(out / "summary.csv.tmp", index=False, float_format="%.6f")
-    (out / "winner.json.tmp").write_text(json.dumps(winner, indent=2) + "\n")
     (out / "summary.csv.tmp").replace(out / "summary.csv")
-    (out / "winner.json.tmp").replace(out / "winner.json")
+    _write_json(out / "winner.json", winner)  # last: the Table 1 runs depend on it
     if rows:
         print(f"ok: {out}: best {json.dumps(winner['setting'])} (validation NDCG@100 "
               f"{winner['validation_ndcg@100']:.4f} of {len(rows)} points)")
@@ -178,9 +181,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
            "runs": {f"seed-{r['seed']}": {m: r[m] for m in (*METRICS, "validation_ndcg@100", "best_epoch")}
                     for r in runs}}
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(row, indent=2) + "\n")
-    tmp.replace(out)
+    _write_json(out, row)
     print(f"ok: {out}: {model} on {dataset}, n = {len(runs)}")
 
 

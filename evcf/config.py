@@ -19,14 +19,13 @@ from urllib.parse import urlparse
 import jsonschema
 import yaml
 
+from .data.split import FINGERPRINT_KEYS
 from .errors import EvcfError
 
 __all__ = ["build_schema", "check_plain_yaml", "apply_cli_types", "validate", "grid_source", "tune_grid",
            "apply_setting", "raw_path", "run_settings", "synthetic_spec", "tune_points"]
 
 _NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"}
-FINGERPRINT_KEYS = ("ratings", "users", "filtered_items", "items", "validation_te_rows", "test_te_rows",
-                    "unique_sid_sha256", "validation_te_sha256", "test_te_sha256")
 SYNTHETIC_KEYS = {"n_users": "integer", "n_items": "integer", "mean_items": "number", "n_topics": "integer",
                   "zipf": "number", "noise": "number", "seed": "integer"}
 

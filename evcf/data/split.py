@@ -35,6 +35,7 @@ import pandas as pd
 from ..errors import EvcfError
 
 __all__ = [
+    "FINGERPRINT_KEYS",
     "SPLIT_SEED",
     "SPLIT_FILES",
     "Split",
@@ -186,6 +187,11 @@ def stats(split: Split) -> dict:
     return out
 
 
+# what a fingerprint may hold (params.yaml data.<dataset>.fingerprint); see check_fingerprint
+FINGERPRINT_KEYS = ("ratings", "users", "filtered_items", "items", "validation_te_rows", "test_te_rows",
+                    "unique_sid_sha256", "validation_te_sha256", "test_te_sha256")
+
+
 def check_fingerprint(split: Split, expected: dict, *, source: str) -> None:
     """Raise if the split differs from the known fingerprint of the reference split.
 
@@ -204,6 +210,7 @@ def check_fingerprint(split: Split, expected: dict, *, source: str) -> None:
         "validation_te_sha256": lambda: rows_sha256(split.validation_te),
         "test_te_sha256": lambda: rows_sha256(split.test_te),
     }
+    assert set(actual) == set(FINGERPRINT_KEYS)  # the schema (evcf/config.py) reads that list
     unknown = set(expected) - set(actual)
     if unknown:
         raise EvcfError(
