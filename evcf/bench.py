@@ -1,4 +1,4 @@
-"""``evcf bench``: a timer around evcf's one training step, at the shape of a paper's dataset.
+"""``evcf bench``: a timer around evcf's training steps and fits, at the shape of a paper's dataset.
 
 What it times is what ``evcf train`` runs: :func:`evcf.training.train_step` on the batches of
 :class:`evcf.data.batches.Batches`, with the batch size, optimizer, learning rate, precision and
@@ -18,6 +18,26 @@ seeded synthetic training matrix of the dataset's shape (:mod:`evcf.data.shapes`
   steps of an epoch, divided by this machine's measured GEMM rate (:func:`gemm_rate`), so that
   "× floor" means the same on any machine;
 * the time to evaluate ``--eval-users`` held-out users, and the peak resident memory of each phase.
+
+The models that fit themselves are timed by their own training code, at the first point of their
+grid, on the same matrix (:mod:`evcf.bench_baselines`, where the formulas are):
+
+* **WMF**: ``WMF.fit`` with ``--wmf-sweeps`` ALS sweeps, each timed by ``implicit`` (median and
+  spread: "s / epoch" is one sweep); the fit at the recipe's iteration count (15) is extrapolated
+  from the measured fit's setup plus that many median sweeps; then the fold-in of the held-out users.
+* **SLIM**: the real per-item elastic net (``slim_weights``) on a seeded sample of ``--slim-items``
+  items, single-threaded, in a few chunks (the spread of s / item); the full fit is extrapolated
+  as the CSC conversion + the mean s / item × items / threads, W's memory as the mean non-zeros
+  per column × items × (8 + 4) bytes.  Evaluation is not timed (it needs all of W).
+* **CDAE**: the step that ``CDAE.fit`` takes (:class:`evcf.models.cdae.CDAETrainer`), warm-up then
+  ``--steps`` timed steps; median × the steps of an epoch, × the config's epochs for the fit; then
+  the evaluation of the held-out users.
+* **popularity, EASE**: one whole fit and the evaluation.
+
+For WMF, SLIM and CDAE the cost of the model's whole search (its ``candidates()``, a fit and an
+evaluation per point) is extrapolated too.  Every extrapolated value has a key ending in
+``_extrapolated``, its formula beside it, and a "~" in the printed table; each model's peak RSS is
+that of its timed part.
 
 It records the load average and the thread counts, and separately times ``evcf split``'s steps on
 a seeded ML-20M-format ``ratings.csv``.  Speed is measured here, never asserted in tests.  This
@@ -48,8 +68,6 @@ from .errors import EvcfError
 __all__ = ["run_bench", "format_table", "add_parser", "gemm_rate", "step_flops", "bench_preprocess"]
 
 log = logging.getLogger(__name__)
-EASE_MAX_ITEMS = 5_000  # above this, EASE's I×I inverse is skipped (time it with `evcf train`)
-EASE_BENCH_LAMBDA = 500.0  # Steck 2019's choice for ML-20M
 
 
 # ==================================================================================================
@@ -298,6 +316,7 @@ def _bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data
     """
     import torch
 
+    from .data.batches import RowBatch
     from .evaluate import evaluate
     from .models import build_model
     from .optim import make_optimizer
@@ -375,7 +394,9 @@ def _bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data
         for reference in (False, True):
             model, _, batches = fresh(reference)
             with torch.no_grad():
-                losses.append(float(model.eval().loss(next(batches), beta).loss))
+                rows = next(batches)  # a RowBatch (ours) or the dense rows (the reference style)
+                x, clicks = rows if isinstance(rows, RowBatch) else (rows, None)
+                losses.append(float(model.eval().loss(x, beta, clicks).loss))
             del model, batches
         out.update(reference_step_s=ref["median"], reference_step_spread_s=ref,
                    reference_step_times_s=times["reference"], reference_epoch_s=ref["median"] * steps_per_epoch,
@@ -383,29 +404,6 @@ def _bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data
                    check_loss=losses[0], reference_check_loss=losses[1],
                    check_loss_rel_diff=abs(losses[0] - losses[1]) / max(abs(losses[1]), 1e-12))
     out["load_average_end"] = _load_average()
-    return out
-
-
-def _bench_closed_form(name: str, data: dict[str, Any], device: Any, memory: _PeakMemory) -> dict[str, Any]:
-    from .evaluate import evaluate
-    from .models import build_model
-
-    train = data["train"].matrix
-    out: dict[str, Any] = {"epoch_s": None, "users_per_s": None, "reference_epoch_s": None, "speedup": None}
-    if name == "ease" and train.shape[1] > EASE_MAX_ITEMS:
-        out["note"] = (f"skipped: EASE's fit is an {train.shape[1]:,}^2 inverse "
-                       f"(above {EASE_MAX_ITEMS:,} items the bench leaves it to `evcf train`)")
-        return out
-    with memory.phase(out, "peak_rss_mib"):
-        model = build_model(name, train.shape[1])
-        started = time.perf_counter()
-        model.fit(train, device=device, **({"lambda": EASE_BENCH_LAMBDA} if name == "ease" else {}))
-        out["fit_s"] = time.perf_counter() - started
-        started = time.perf_counter()
-        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=2000, device=device)
-        _sync(device)
-        out["eval_s"] = time.perf_counter() - started
-    out["note"] = "closed form: fit time instead of an epoch"
     return out
 
 
@@ -421,18 +419,21 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
               reference_hparams: dict[str, dict[str, Any]] | None = None, device: str = "auto",
               precision: str | None = None, threads: int | None = None, eval_users: int = 10_000,
               gemm_size: int | None = None, preprocess_rows: int | None = None, skip_preprocess: bool = False,
-              seed: int = 0) -> dict[str, Any]:
+              wmf_sweeps: int = 5, slim_items: int = 64, seed: int = 0) -> dict[str, Any]:
     """Run the benchmark and return its results (the JSON that ``evcf bench`` writes).
 
     ``users``/``items``/``nnz`` (all three) replace the named ``shape``.  ``params`` is a loaded
     params.yaml (:func:`load_params`); the recipes are those of ``dataset`` (default: the shape's
     name for a named shape, else ml-20m).  ``train`` (training settings), ``batch_size``, ``precision``
-    and ``hparams`` override the recipe.  ``reference_steps`` defaults to ``steps`` (0 skips the reference style).
+    and ``hparams`` override the recipe (``batch_size`` also CDAE's).  ``reference_steps`` defaults to ``steps`` (0
+    skips the reference style).  ``wmf_sweeps`` (ALS sweeps timed) and ``slim_items`` (items fitted) size the WMF
+    and SLIM measurements (:mod:`evcf.bench_baselines`).
     """
     import numpy as np
     import torch
 
     from . import __version__
+    from .bench_baselines import bench_baseline
     from .data.batches import DeviceCSR
     from .data.shapes import SHAPES, Shape, check_sizes, heldout_split, synthetic_matrix
     from .models import MODEL_NAMES, VAEModel, build_model, model_class
@@ -460,8 +461,15 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
             if name not in models:
                 raise EvcfError(f"{flag} names {name!r}, which is not benchmarked",
                                 fix=f"use model names from --models ({', '.join(models)})")
+    for name in reference_hparams:
+        if not issubclass(model_class(name), VAEModel):
+            raise EvcfError(f"--reference-hparams names {name!r}, which has no reference style",
+                            fix="give reference model options to the VAE models only")
     if steps < 1 or warmup < 1:
         raise EvcfError("--steps and --warmup must be at least 1", fix="e.g. --steps 20 --warmup 3")
+    for flag, value, example in (("--wmf-sweeps", wmf_sweeps, 5), ("--slim-items", slim_items, 64)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise EvcfError(f"{flag} must be a whole number of at least 1, got {value!r}", fix=f"e.g. {flag} {example}")
     reference_steps = steps if reference_steps is None else reference_steps
     if reference_steps < 0:
         raise EvcfError("--reference-steps must not be negative", fix="use 0 to skip the reference style")
@@ -483,6 +491,14 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
             model_hparams = {**model_hparams, **hparams.get(name, {})}
             build_model(name, 2, **{**model_hparams, **reference_hparams.get(name, {})})
             recipes[name] = (model_hparams, cfg)
+        else:  # the models that fit themselves: their hyperparameters, and the recipe's eval batch size
+            model_hparams, settings = recipe(name, params, dataset)
+            cfg = train_config({**settings, **(train or {})})
+            model_hparams = {**model_hparams, **hparams.get(name, {})}
+            if name == "cdae" and batch_size is not None:
+                model_hparams["batch_size"] = batch_size
+            build_model(name, 2, **model_hparams)
+            recipes[name] = (model_hparams, cfg)
     if skip_preprocess:
         preprocess_rows = None
     elif preprocess_rows is None:
@@ -490,7 +506,8 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     dev = resolve_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
-    run_precision = precision or next((cfg.precision for _, cfg in recipes.values()), "fp32")
+    vaes = [name for name in recipes if issubclass(model_class(name), VAEModel)]
+    run_precision = precision or next((recipes[name][1].precision for name in vaes), "fp32")
 
     result: dict[str, Any] = {
         "shape": {"name": the_shape.name, "users": the_shape.users, "items": the_shape.items,
@@ -542,8 +559,8 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
 
     # --- models ---------------------------------------------------------------------------------
     for name in models:
-        if name in recipes:
-            model_hparams, cfg = recipes[name]
+        model_hparams, cfg = recipes[name]
+        if name in vaes:
             log.info("bench: %s, batch %d, %d warm-up + %d steps (reference %d)", name,
                      min(cfg.batch_size, the_shape.users), warmup,
                      steps, reference_steps)
@@ -552,12 +569,16 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
                                    warmup=warmup, reference_steps=reference_steps, seed=seed, device=dev,
                                    memory=memory, gemm=result["gemm"])
         else:
-            log.info("bench: %s (closed form)", name)
-            entry = _bench_closed_form(name, data, dev, memory)
+            log.info("bench: %s (its own fit)", name)
+            with numerics(cfg, dev):
+                entry = bench_baseline(name, model_hparams, cfg, data, steps=steps, warmup=warmup, seed=seed,
+                                       device=dev, memory=memory, wmf_sweeps=wmf_sweeps, slim_items=slim_items)
         result["models"][name] = _rounded(entry)
-        log.info("bench: %s: %s s per epoch, reference %s s", name, _fmt(entry.get("epoch_s")),
-                 _fmt(entry.get("reference_epoch_s")))
-    trained = [m["peak_rss_mib"] for m in result["models"].values() if m.get("epoch_s") is not None]
+        log.info("bench: %s: %s s per epoch, reference %s s, fit %s s%s", name, _fmt(entry.get("epoch_s")),
+                 _fmt(entry.get("reference_epoch_s")), _fmt(entry.get("fit_s_extrapolated", entry.get("fit_s"))),
+                 " (extrapolated)" if "fit_s_extrapolated" in entry else "")
+    trained = [m["peak_rss_mib"] for m in result["models"].values()
+               if m.get("epoch_s") is not None or m.get("fit_s_extrapolated") is not None]
     result["train_peak_rss_mib"] = max(trained) if trained else None
     result["peak_rss_mib"] = memory.peak_mib()
     result["load_average_end"] = _load_average()
@@ -594,15 +615,20 @@ def format_table(result: dict[str, Any]) -> str:
     for name, m in result["models"].items():
         per_epoch = m.get("steps_per_epoch") or 0
         spread = m.get("step_spread_s")
+        iqr = (spread["q1"] * per_epoch, spread["q3"] * per_epoch) if spread else None
+        if m.get("sweep_spread_s"):  # WMF: an epoch is one ALS sweep
+            iqr = (m["sweep_spread_s"]["q1"], m["sweep_spread_s"]["q3"])
+        note = m.get("note", "")
+        if m.get("grid_s_extrapolated") is not None:
+            note += f"; ~grid of {m['grid_points']} points {_fmt(m['grid_s_extrapolated'])} s"
         rows.append([
-            name, m.get("batch_size", "-"),
-            _fmt(m.get("epoch_s") if m.get("epoch_s") is not None else m.get("fit_s")),
-            f"{_fmt(spread['q1'] * per_epoch)}-{_fmt(spread['q3'] * per_epoch)}" if spread else "-",
+            name, m.get("batch_size", "-"), _fmt(m.get("epoch_s")), f"{_fmt(iqr[0])}-{_fmt(iqr[1])}" if iqr else "-",
+            f"~{_fmt(m['fit_s_extrapolated'])}" if m.get("fit_s_extrapolated") is not None else _fmt(m.get("fit_s")),
             _fmt(m.get("users_per_s")), _fmt(m.get("reference_epoch_s")), _fmt(m.get("speedup"), "x"),
             _fmt(m["step_flops"] / 1e9) if m.get("step_flops") else "-", _fmt(m.get("floor_epoch_s")),
-            _fmt(m.get("x_floor"), "x"), _fmt(m.get("eval_s")), _fmt(m.get("peak_rss_mib")), m.get("note", ""),
+            _fmt(m.get("x_floor"), "x"), _fmt(m.get("eval_s")), _fmt(m.get("peak_rss_mib")), note,
         ])
-    headers = ["model", "batch", "s / epoch", "IQR", "users / s", "reference s / epoch", "speed-up",
+    headers = ["model", "batch", "s / epoch", "IQR", "fit (s)", "users / s", "reference s / epoch", "speed-up",
                "GFLOP / step", "floor s / epoch", "x floor", f"eval {result.get('eval_users') or 0:,} users (s)",
                "peak RSS (MiB)", "note"]
     shape, gemm = result["shape"], result["gemm"]
@@ -614,8 +640,15 @@ def format_table(result: dict[str, Any]) -> str:
         f"median of {result['steps']} steps ({result['reference_steps']} reference) after {result['warmup_steps']} "
         f"warm-up, the two paths interleaved, times an epoch's steps; IQR: the quartiles of the steps, in s / epoch; "
         f"GEMM {_fmt(gemm['gflops'])} GFLOP/s ({gemm['dtype']}, {gemm['size']}^2; floor = FLOPs / GEMM rate)",
-        tabulate(rows, headers=headers, disable_numparse=True, colalign=("left",) + ("right",) * 11 + ("left",)),
     ]
+    if any(m.get("fit_s_extrapolated") is not None for m in result["models"].values()):
+        lines.append("~: extrapolated from what was timed (formulas in the JSON; CDAE's steps as above, without a "
+                     "reference); ~grid: the model's own search, a fit and an evaluation per point "
+                     "(evcf/bench_baselines.py)")
+    # only the columns that some model fills (the VAE-only ones are empty for the other models)
+    keep = [i for i in range(len(headers)) if i in (0, len(headers) - 1) or any(row[i] != "-" for row in rows)]
+    lines.append(tabulate([[row[i] for i in keep] for row in rows], headers=[headers[i] for i in keep],
+                          disable_numparse=True, colalign=["left"] + ["right"] * (len(keep) - 2) + ["left"]))
     pre = result.get("preprocess")
     if pre:
         lines.append(f"preprocessing {pre['rows']:,} ratings rows ({_fmt(pre['csv_mib'])} MiB csv) to the split: "
@@ -655,7 +688,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         reference_steps=args.reference_steps, batch_size=args.batch_size, train=args.train, hparams=args.hparams,
         reference_hparams=args.reference_hparams, device=args.device, precision=args.precision,
         threads=args.threads, eval_users=args.eval_users, gemm_size=args.gemm_size,
-        preprocess_rows=args.preprocess_rows, skip_preprocess=args.skip_preprocess, seed=args.seed,
+        preprocess_rows=args.preprocess_rows, skip_preprocess=args.skip_preprocess, wmf_sweeps=args.wmf_sweeps,
+        slim_items=args.slim_items, seed=args.seed,
     )
     result["command"] = " ".join(["evcf", *map(shlex.quote, sys.argv[1:])])  # what wrote this file
     out = Path(args.out) if args.out else Path("results") / "bench" / f"{result['device']}.json"
@@ -676,7 +710,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench", help="time evcf's training step, evaluation and preprocessing against the reference style",
         description="Time evcf's training step (as `evcf train` takes it), evaluation and preprocessing "
-                    "at a dataset's shape, against the reference style (see evcf/bench.py).")
+                    "at a dataset's shape, against the reference style; WMF, SLIM and CDAE by their own "
+                    "training code (see evcf/bench.py and evcf/bench_baselines.py).")
     p.add_argument("--shape", default="ml-20m", help="named shape: ml-20m, netflix (default ml-20m)")
     p.add_argument("--users", type=int, help="explicit training users (with --items and --nnz)")
     p.add_argument("--items", type=int)
@@ -705,6 +740,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--preprocess-rows", type=int, default=None,
                    help="rows of the timed ratings.csv (default 20,000,263 for ml-20m)")
     p.add_argument("--skip-preprocess", action="store_true")
+    p.add_argument("--wmf-sweeps", type=int, default=5,
+                   help="WMF: ALS sweeps of the timed fit; the recipe's count is extrapolated (default 5)")
+    p.add_argument("--slim-items", type=int, default=64,
+                   help="SLIM: items of the seeded sample that the real solver fits; the full fit is "
+                        "extrapolated (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default results/bench/<device>.json)")
     p.set_defaults(func=_cmd_bench)

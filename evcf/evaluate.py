@@ -59,18 +59,19 @@ def evaluate(
     """Per-user metrics for users (rows) with at least one held-out item.
 
     ``score(x)`` maps dense fold-in rows (batch, n_items) to scores; fold-in items are set to −inf
-    on the device before ranking.
+    on the device before ranking.  Apart from what ``score`` itself does, nothing waits for the
+    device until the end: the batches' rows come from the host, and the per-user values stay on
+    the device until one copy of each metric's column.
     """
     rows_csr = fold_in if isinstance(fold_in, DeviceCSR) else DeviceCSR(fold_in, device)
     heldout = sp.csr_matrix(heldout)
     users = np.flatnonzero(np.diff(heldout.indptr) > 0)
     heldout_dev = DeviceCSR(heldout, rows_csr.device)
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
+    columns: dict[str, list[torch.Tensor]] = {name: [] for name in metrics}
     for start in range(0, users.size, batch_size):
-        rows = torch.from_numpy(users[start : start + batch_size]).to(rows_csr.device)
+        rows = users[start : start + batch_size]  # on the host: the batch's click counts are summed there
         x = rows_csr.dense(rows)  # (batch, n_items)
-        scores = score(x).float()
-        scores[x > 0] = -torch.inf
+        scores = score(x).float().masked_fill_(x > 0, -torch.inf)  # fold-in items never recommended
         truth = heldout_dev.dense(rows, dtype=torch.bool)
         # one ranking for all metrics: the top max(K) items, each metric reads its first K
         hits, n_heldout = topk_hits(scores, truth, max(METRICS[name][1] for name in metrics))
@@ -79,5 +80,5 @@ def evaluate(
             columns[name].append(fn(hits, n_heldout, k))
     frame = pd.DataFrame({"row": users})
     for name in metrics:
-        frame[name] = np.concatenate(columns[name]) if columns[name] else np.array([])
+        frame[name] = torch.cat(columns[name]).cpu().numpy() if columns[name] else np.array([])
     return Evaluation(frame)

@@ -45,24 +45,26 @@ def _heldout_dense(heldout, device: torch.device) -> torch.Tensor:
 def ranked_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     """The indices of the k best items per row, best first; equal scores: the lower index first.
 
-    ``torch.topk`` finds the k-th best score t of each row; every item above t is in, and of the
-    items equal to t the lowest-indexed ones fill the remaining places.  Those k items, taken in
-    index order, are then sorted by score with a stable sort, so ties keep index order.  Exact, on
-    every device, for about the cost of ``topk`` (a full stable sort of each row is ~20x slower).
+    ``torch.topk`` gives the k-th best score t of each row.  Every item scored above t is among
+    its k (they come first in its output); the places left go to the items scored exactly t,
+    lowest index first, found by a second ``topk`` over −index restricted to those items.  The k
+    items, in index order, are then sorted by score with a stable sort, so ties keep index order.
+    Exact on every device, about the cost of two ``topk`` calls, and nothing waits for a GPU (no
+    output size depends on the data).
     """
-    n_rows = scores.shape[0]
+    n_rows, n_items = scores.shape
     if k == 0 or n_rows == 0:
         return torch.empty(n_rows, 0, dtype=torch.long, device=scores.device)
-    values, index = torch.topk(scores, k, dim=1, sorted=True)  # (users, k)
+    values, index = torch.topk(scores, k, dim=1, sorted=True)  # (users, k), best first
     kth = values[:, k - 1 : k]  # (users, 1)
-    ties = scores == kth
-    if bool(((values == kth).sum(dim=1) == ties.sum(dim=1)).all()):
-        # every item tied with the k-th score is already in: the set is unambiguous
-        index = torch.sort(index, dim=1).values
-    else:
-        room = k - (scores > kth).sum(dim=1, keepdim=True)  # places left for items tied with the k-th
-        chosen = (scores > kth) | (ties & (torch.cumsum(ties, dim=1, dtype=torch.int32) <= room))
-        index = chosen.nonzero()[:, 1].view(n_rows, k)  # exactly k per row, ascending item index
+    n_above = (values > kth).sum(dim=1, keepdim=True)  # (users, 1): items above t, all among the k
+    # the items scored t, lowest index first (the others keyed below every tied item)
+    cols = torch.arange(n_items, dtype=torch.int32, device=scores.device)  # (items,)
+    key = torch.where(scores == kth, -cols, torch.iinfo(torch.int32).min)  # (users, items)
+    tied = torch.topk(key, k, dim=1, sorted=True).indices  # (users, k)
+    place = torch.arange(k, device=scores.device)  # (k,)
+    index = torch.where(place < n_above, index, tied.gather(1, (place - n_above).clamp_min(0)))
+    index = torch.sort(index, dim=1).values  # the k chosen items, ascending index
     order = torch.sort(torch.gather(scores, 1, index), dim=1, descending=True, stable=True).indices
     return torch.gather(index, 1, order)
 
@@ -84,34 +86,33 @@ def topk_hits(scores, heldout, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return hits, truth.sum(dim=1)
 
 
-def recall_from_hits(hits: torch.Tensor, n_heldout: torch.Tensor, k: int) -> np.ndarray:
-    """Recall@k from :func:`topk_hits` output (its first k columns are used)."""
+def recall_from_hits(hits: torch.Tensor, n_heldout: torch.Tensor, k: int) -> torch.Tensor:
+    """Recall@k (users,) float64, on ``hits``' device, from :func:`topk_hits` (its first k columns)."""
     n = n_heldout.double()
     recall = hits[:, :k].sum(dim=1).double() / torch.clamp(n, max=k)
-    recall[n == 0] = float("nan")
-    return recall.cpu().numpy()
+    return torch.where(n == 0, torch.nan, recall)
 
 
-def ndcg_from_hits(hits: torch.Tensor, n_heldout: torch.Tensor, k: int) -> np.ndarray:
-    """NDCG@k from :func:`topk_hits` output (its first k columns are used)."""
+def ndcg_from_hits(hits: torch.Tensor, n_heldout: torch.Tensor, k: int) -> torch.Tensor:
+    """NDCG@k (users,) float64, on ``hits``' device, from :func:`topk_hits` (its first k columns)."""
     hits = hits[:, :k]
-    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=hits.device))  # (k,)
-    dcg = (hits.double() * discount[: hits.shape[1]]).sum(dim=1)
-    ideal = torch.cumsum(discount, 0)  # ideal[j] = IDCG with j+1 relevant items
+    # the k discounts and their running sums, built on the CPU (a float cumsum on CUDA is not
+    # deterministic, and refused under torch.use_deterministic_algorithms), then copied over
+    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))  # (k,)
+    ideal = torch.cumsum(discount, 0).to(hits.device)  # ideal[j] = IDCG with j+1 relevant items
+    dcg = (hits.double() * discount[: hits.shape[1]].to(hits.device)).sum(dim=1)
     n_rel = torch.clamp(n_heldout, max=k).long()
     idcg = ideal[torch.clamp(n_rel - 1, min=0)]
-    ndcg = dcg / idcg
-    ndcg[n_heldout == 0] = float("nan")
-    return ndcg.cpu().numpy()
+    return torch.where(n_heldout == 0, torch.nan, dcg / idcg)
 
 
 def recall_at_k(scores, heldout, k: int) -> np.ndarray:
     """Recall@k per user: hits in the top k divided by min(k, number of held-out items)."""
     hits, n = topk_hits(scores, heldout, k)
-    return recall_from_hits(hits, n, k)
+    return recall_from_hits(hits, n, k).cpu().numpy()
 
 
 def ndcg_at_k(scores, heldout, k: int) -> np.ndarray:
     """NDCG@k per user, with the ideal DCG taken over min(k, number of held-out items) positions."""
     hits, n = topk_hits(scores, heldout, k)
-    return ndcg_from_hits(hits, n, k)
+    return ndcg_from_hits(hits, n, k).cpu().numpy()

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .data.batches import Batches, DeviceCSR
+from .data.batches import Batches, DeviceCSR, RowBatch
 from .data.sparse import SplitData
 from .errors import EvcfError
 from .evaluate import evaluate, summarize
@@ -244,23 +244,27 @@ def _warmed_up(cfg: TrainConfig, epoch: int, update_count: int) -> bool:
     return True
 
 
-def train_step(model: VAEModel, optimizer: torch.optim.Optimizer, x: torch.Tensor, beta: float, *,
-               autocast: bool = False) -> torch.Tensor:
-    """One gradient step on the batch ``x`` (B, I); returns the batch's loss, detached, on the device.
+def train_step(model: VAEModel, optimizer: torch.optim.Optimizer, batch: RowBatch | torch.Tensor, beta: float,
+               *, autocast: bool = False) -> torch.Tensor:
+    """One gradient step on ``batch``; returns the batch's loss, detached, on the device.
 
+    ``batch`` is a :class:`~evcf.data.batches.RowBatch` (the rows and their clicks, as
+    :class:`~evcf.data.batches.Batches` makes them) or the dense rows (B, I) alone.
     evcf's one training step: ``evcf train`` (:func:`train_epoch`) and ``evcf bench`` call it.  The
-    forward pass runs under bf16 autocast when ``autocast``.  Nothing here reads a value back from
-    the device, so on a GPU the host queues the next step while this one runs.
+    forward pass runs under bf16 autocast when ``autocast``.  Given a ``RowBatch``, nothing here
+    reads a value back from the device, so on a GPU the host queues the next step while this one
+    runs.
     """
+    x, clicks = batch if isinstance(batch, RowBatch) else (batch, None)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        parts = model.loss(x, beta)
+        parts = model.loss(x, beta, clicks)
     optimizer.zero_grad(set_to_none=True)
     parts.loss.backward()
     optimizer.step()
     return parts.loss.detach()
 
 
-def train_epoch(model: VAEModel, optimizer: torch.optim.Optimizer, batches: Iterable[torch.Tensor],
+def train_epoch(model: VAEModel, optimizer: torch.optim.Optimizer, batches: Iterable[RowBatch | torch.Tensor],
                 cfg: TrainConfig, *, epoch: int, update_count: int, device: torch.device
                 ) -> tuple[torch.Tensor, int, int, float]:
     """One :func:`train_step` per batch, β from the schedule before each.

@@ -1,6 +1,7 @@
 """``evcf bench`` times evcf's own training step with params.yaml's recipes, runs end to end on a tiny
-shape and writes what it documents; its FLOP count and its synthetic data are what they say.  No
-timing is asserted here: speed is read from the bench's table, not from tests."""
+shape and writes what it documents; its FLOP count and its synthetic data are what they say.  WMF,
+SLIM and CDAE are timed through their own training code, and their extrapolations are the formulas
+they state.  No timing is asserted here: speed is read from the bench's table, not from tests."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ import numpy as np
 import pytest
 import torch
 
+import evcf.bench_baselines
+import evcf.models.slim
 import evcf.training
-from evcf.bench import format_table, gemm_rate, load_params, run_bench, step_flops
+from evcf.bench import _fmt, format_table, gemm_rate, load_params, run_bench, step_flops
+from evcf.bench_baselines import SLIM_CHUNKS
 from evcf.data.readers import read_ratings
 from evcf.data.shapes import SHAPES, synthetic_matrix, write_ml20m_ratings
 from evcf.errors import EvcfError
-from evcf.models import build_model
+from evcf.models import WMF, build_model
+from evcf.models.cdae import CDAETrainer
 from evcf.optim import make_optimizer
 
 EVCF = [sys.executable, "-m", "evcf.cli"]
@@ -28,6 +33,7 @@ TINY = ["--users", "300", "--items", "200", "--nnz", "6000", "--steps", "3", "--
         "--device", "cpu"]
 TINY_ARGS = {"users": 80, "items": 50, "nnz": 900, "steps": 2, "warmup": 1, "eval_users": 30, "device": "cpu",
              "skip_preprocess": True}
+BASELINE_ARGS = {**TINY_ARGS, "gemm_size": 256, "reference_steps": 0}  # no VAE here: the GEMM rate is not used
 
 
 def positive(value) -> bool:
@@ -87,9 +93,9 @@ def test_the_bench_times_the_training_step_of_evcf_train(monkeypatch):
     calls = []
     real = evcf.training.train_step
 
-    def counting(model, optimizer, x, beta, *, autocast=False):
-        calls.append(tuple(x.shape))
-        return real(model, optimizer, x, beta, autocast=autocast)
+    def counting(model, optimizer, batch, beta, *, autocast=False):
+        calls.append(tuple(getattr(batch, "x", batch).shape))  # a RowBatch (ours) or the dense rows (reference)
+        return real(model, optimizer, batch, beta, autocast=autocast)
 
     monkeypatch.setattr(evcf.training, "train_step", counting)
     result = run_bench(**{**TINY_ARGS, "steps": 3, "warmup": 2}, models=["mult-vae"], batch_size=20)
@@ -135,6 +141,14 @@ def test_run_bench_skips_preprocessing_and_reference_when_asked():
     ({"models": ["vamp"], "hparams": {"vamp": {"n_pseudoinputs": 5}}}, "has no hyperparameter 'n_pseudoinputs'"),
     ({"models": ["vamp"], "train": {"optimiser": "adam"}}, "unknown training setting 'optimiser'"),
     ({"dataset": "ml-1b", "params": {"data": {"ml-20m": {}}}}, "--dataset 'ml-1b' is not in the params file"),
+    ({"wmf_sweeps": 0}, "--wmf-sweeps must be a whole number of at least 1"),
+    ({"wmf_sweeps": 2.5}, "--wmf-sweeps must be a whole number of at least 1"),
+    ({"slim_items": -4}, "--slim-items must be a whole number of at least 1"),
+    ({"slim_items": True}, "--slim-items must be a whole number of at least 1"),
+    ({"models": ["wmf"], "reference_hparams": {"wmf": {}}}, "'wmf', which has no reference style"),
+    ({"models": ["cdae"], "hparams": {"cdae": {"hidden": 5}}}, "has no hyperparameter 'hidden'"),
+    ({"models": ["slim"], "hparams": {"slim": {"l1_penalties": []}}}, "l1_penalties = [] must be a non-empty list"),
+    ({"models": ["cdae"], "batch_size": 0}, "--batch-size must be at least 1"),
 ])
 def test_bad_arguments_raise_one_evcf_error(kwargs, needle):
     args = {"users": 50, "items": 40, "nnz": 400, "skip_preprocess": True, "device": "cpu", **kwargs}
@@ -145,12 +159,163 @@ def test_bad_arguments_raise_one_evcf_error(kwargs, needle):
     assert needle in str(info.value)
 
 
-def test_cli_bad_argument_is_one_line(tmp_path):
-    proc = subprocess.run([*EVCF, "bench", "--models", "nope", "--skip-preprocess", "--device", "cpu"], cwd=tmp_path,
+@pytest.mark.parametrize("args, start", [
+    (["--models", "nope"], "error: unknown model 'nope'"),
+    (["--models", "slim", "--slim-items", "0"], "error: --slim-items must be a whole number of at least 1"),
+])
+def test_cli_bad_argument_is_one_line(tmp_path, args, start):
+    proc = subprocess.run([*EVCF, "bench", *args, "--skip-preprocess", "--device", "cpu"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: unknown model 'nope'"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(start), proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# WMF, SLIM and CDAE: their own training code, and what is extrapolated from it
+
+
+@pytest.fixture(scope="module")
+def baselines():
+    """One bench of the three, with params.yaml's ml-20m recipes (their grids, CDAE's batch of 500)."""
+    return run_bench(**{**BASELINE_ARGS, "steps": 3, "warmup": 2}, models=["wmf", "slim", "cdae"],
+                     params=load_params(PARAMS), dataset="ml-20m", wmf_sweeps=3, slim_items=20)
+
+
+def test_wmf_times_implicit_sweeps_and_extrapolates_the_recipes_fit(baselines):
+    m = baselines["models"]["wmf"]
+    assert m["setting"] == {"factors": 100, "regularization": 1.0, "alpha": 1.0}  # the grid's first point
+    assert (m["iterations"], m["sweeps_timed"], m["grid_points"]) == (15, 3, 2 * 6 * 3)
+    assert len(m["sweep_times_s"]) == 3 and all(positive(t) for t in m["sweep_times_s"])
+    spread = m["sweep_spread_s"]
+    assert spread["min"] <= spread["q1"] <= spread["median"] == m["sweep_s"] == m["epoch_s"] <= spread["q3"]
+    assert m["measured_fit_s"] >= sum(m["sweep_times_s"]) * 0.999  # the sweeps are part of the measured fit
+    setup = m["measured_fit_s"] - sum(m["sweep_times_s"])
+    assert m["fit_s_extrapolated"] == pytest.approx(setup + 15 * m["sweep_s"], rel=1e-3)
+    assert m["grid_s_extrapolated"] == pytest.approx(36 * (m["fit_s_extrapolated"] + m["eval_s"]), rel=1e-3)
+    for key in ("eval_s", "peak_rss_mib", "eval_peak_rss_mib"):
+        assert positive(m[key]), key
+
+
+def test_slim_fits_a_seeded_sample_and_extrapolates_per_item_times_items_over_threads(baselines):
+    m, items = baselines["models"]["slim"], baselines["shape"]["items"]
+    assert m["setting"] == {"l1": 0.1, "l2": 0.1} and m["grid_points"] == 16
+    assert m["items_fitted"] == 20 and sum(m["chunk_items"]) == 20 and len(m["chunk_items"]) == SLIM_CHUNKS
+    assert m["item_s_mean"] == pytest.approx(sum(m["chunk_times_s"]) / 20, rel=1e-3)
+    assert m["fit_s_extrapolated"] == pytest.approx(m["setup_s"] + m["item_s_mean"] * items / m["threads"], rel=1e-3)
+    assert m["threads"] == torch.get_num_threads()
+    assert m["grid_s_extrapolated"] == pytest.approx(16 * m["fit_s_extrapolated"], rel=1e-3)
+    assert m["w_mib_extrapolated"] == pytest.approx(m["w_nnz_per_item"] * items * 12 / 2**20, rel=1e-3)
+    assert 0 < m["w_nnz_per_item"] <= m["w_nnz_per_item_max"] < items
+    assert m["item_spread_s"]["min"] <= m["item_spread_s"]["median"] <= m["item_spread_s"]["max"]
+    assert positive(m["peak_rss_mib"]) and m["eval_s"] is None and m["epoch_s"] is None
+
+
+def test_cdae_times_its_step_and_extrapolates_epochs_and_grid(baselines):
+    m = baselines["models"]["cdae"]
+    assert m["setting"] == {"weight_decay": 1e-4} and m["grid_points"] == 3 and m["epochs"] == 20
+    assert m["hparams"]["batch_size"] == 500 and m["batch_size"] == 80  # the recipe's, capped at the users
+    assert m["steps_per_epoch"] == 1 and len(m["step_times_s"]) == 3
+    assert m["epoch_s"] == pytest.approx(m["step_s"] * m["steps_per_epoch"], rel=1e-3)
+    assert m["fit_s_extrapolated"] == pytest.approx(m["epoch_s"] * 20, rel=1e-3)
+    assert m["grid_s_extrapolated"] == pytest.approx(3 * (m["fit_s_extrapolated"] + m["eval_s"]), rel=1e-3)
+    for key in ("step_s", "users_per_s", "eval_s", "peak_rss_mib", "eval_peak_rss_mib"):
+        assert positive(m[key]), key
+
+
+def test_the_table_marks_what_is_extrapolated(baselines):
+    table = format_table(baselines)
+    assert "~: extrapolated" in table and "fit (s)" in table
+    rows = {line.split()[0]: line for line in table.splitlines() if line.split()[:1] in (["wmf"], ["slim"], ["cdae"])}
+    assert set(rows) == {"wmf", "slim", "cdae"}
+    for name, row in rows.items():
+        m = baselines["models"][name]
+        assert f"~{_fmt(m['fit_s_extrapolated'])}" in row, (name, row)
+        assert f"~grid of {m['grid_points']} points {_fmt(m['grid_s_extrapolated'])} s" in row, (name, row)
+    assert "reference s / epoch" not in table  # no model filled it: the empty columns are left out
+
+
+def test_slim_bench_calls_the_real_solver_on_a_seeded_sample(monkeypatch):
+    calls = []
+    real = evcf.models.slim.slim_weights
+
+    def recording(train, l1, l2, *, items=None, threads=1, **kwargs):
+        calls.append((l1, l2, list(items), threads))
+        return real(train, l1, l2, items=items, threads=threads, **kwargs)
+
+    monkeypatch.setattr(evcf.models.slim, "slim_weights", recording)
+    args = {**BASELINE_ARGS, "models": ["slim"], "hparams": {"slim": {"l1_penalties": [0.5], "l2_penalties": [2.0]}}}
+    first = run_bench(**args, slim_items=10)
+    sample = [j for call in calls for j in call[2]]
+    assert len(calls) == SLIM_CHUNKS and {call[:2] for call in calls} == {(0.5, 2.0)}
+    assert all(call[3] == 1 for call in calls)  # one thread: the time of an item is its own
+    assert len(set(sample)) == 10 and all(0 <= j < 50 for j in sample)
+    calls.clear()
+    run_bench(**args, slim_items=10)
+    assert [j for call in calls for j in call[2]] == sample  # seeded
+    calls.clear()
+    run_bench(**{**args, "seed": 1}, slim_items=10)
+    assert [j for call in calls for j in call[2]] != sample
+    calls.clear()
+    whole = run_bench(**args, slim_items=500)  # more than there are: every item, once
+    assert sorted(j for call in calls for j in call[2]) == list(range(50))
+    assert whole["models"]["slim"]["items_fitted"] == 50
+    assert first["models"]["slim"]["grid_points"] == 1
+
+
+def test_wmf_bench_runs_wmf_fit_with_the_timed_sweeps(monkeypatch):
+    calls = []
+    real = WMF.fit
+
+    def recording(self, train, **kwargs):
+        calls.append((self.config.iterations, kwargs))
+        return real(self, train, **kwargs)
+
+    monkeypatch.setattr(WMF, "fit", recording)
+    result = run_bench(**BASELINE_ARGS, models=["wmf"], wmf_sweeps=4,
+                       hparams={"wmf": {"factors": [8], "iterations": 6}})
+    assert len(calls) == 1 and calls[0][0] == 4 and calls[0][1]["factors"] == 8
+    m = result["models"]["wmf"]
+    assert len(m["sweep_times_s"]) == 4 and m["iterations"] == 6
+
+
+def test_wmf_fit_is_extrapolated_from_the_median_sweep(monkeypatch):
+    real = WMF.fit
+
+    def scripted(self, train, *, sweep_callback, **kwargs):
+        real(self, train, **kwargs)
+        for i, elapsed in enumerate([0.3, 0.1, 0.2]):  # as if implicit had timed these three sweeps
+            sweep_callback(i, elapsed, None)
+
+    monkeypatch.setattr(WMF, "fit", scripted)
+    m = run_bench(**BASELINE_ARGS, models=["wmf"], wmf_sweeps=3, hparams={"wmf": {"factors": [4]}})["models"]["wmf"]
+    assert m["sweep_s"] == m["epoch_s"] == 0.2
+    assert (m["sweep_spread_s"]["min"], m["sweep_spread_s"]["max"]) == (0.1, 0.3)
+    assert m["fit_s_extrapolated"] == pytest.approx(m["measured_fit_s"] - 0.6 + 15 * 0.2, rel=1e-3)
+
+
+def test_wmf_fit_reports_each_als_sweep_to_its_callback():
+    train = synthetic_matrix(60, 40, 600, seed=0)
+    calls = []
+    build_model("wmf", 40, factors=[4], iterations=3).fit(train, sweep_callback=lambda *a: calls.append(a))
+    assert [c[0] for c in calls] == [0, 1, 2] and all(c[1] >= 0 for c in calls)
+
+
+def test_the_bench_times_the_step_that_cdae_fit_takes(monkeypatch):
+    calls = []
+    real = CDAETrainer.step
+
+    def counting(self, rows, clicks=None):
+        calls.append(int(rows.numel()))
+        return real(self, rows, clicks)
+
+    monkeypatch.setattr(CDAETrainer, "step", counting)
+    result = run_bench(**{**BASELINE_ARGS, "steps": 3, "warmup": 2}, models=["cdae"], batch_size=30)
+    assert calls == [30, 30, 20, 30, 30] and result["models"]["cdae"]["steps_per_epoch"] == 3  # 80 users by 30
+    calls.clear()
+    model = build_model("cdae", 50, epochs=2, batch_size=30, hidden_size=4)
+    model.fit(synthetic_matrix(80, 50, 900, seed=0))
+    assert calls == [30, 30, 20] * 2
 
 
 # --------------------------------------------------------------------------------------------------

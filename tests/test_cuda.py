@@ -200,13 +200,21 @@ def test_the_loop_batches_and_optimizers_make_no_host_sync_on_cuda(processed, na
     assert ours == [], ours
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="evcf/models/layers.py first_layer_from_rows calls torch.nonzero and torch.bincount")
-def test_a_whole_training_step_makes_no_host_sync_on_cuda(processed):
+WHOLE_STEP = {  # model: (hyperparameters, optimizer)
+    "mult-vae": (SMALL, "adam"),
+    "vamp": ({**SMALL, "n_pseudo": 10}, "adam-normgrad"),
+    "hvamp-gated": ({"hidden_size": 64, "z1_size": 16, "z2_size": 16, "n_pseudo": 10}, "adam-normgrad"),
+}
+
+
+@pytest.mark.parametrize("name", list(WHOLE_STEP))
+def test_a_whole_training_step_makes_no_host_sync_on_cuda(processed, name):
+    """The loop and the models' own code: CUDA raises on the first sync."""
     data = load_split(processed)
+    hparams, optimizer_name = WHOLE_STEP[name]
     torch.manual_seed(0)
-    model = build_model("mult-vae", data.n_items, **SMALL).to("cuda").train()
-    optimizer = make_optimizer("adam", model.parameters(), 1e-3)
+    model = build_model(name, data.n_items, **hparams).to("cuda").train()
+    optimizer = make_optimizer(optimizer_name, model.parameters(), 1e-3)
     batches = Batches(DeviceCSR(data.train, "cuda"), torch.randperm(data.train.shape[0]), 64)
     x = next(iter(batches))
     train_step(model, optimizer, x, 0.2)  # allocates Adam's state

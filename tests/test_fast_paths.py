@@ -138,8 +138,11 @@ def test_an_epoch_of_batches_built_on_the_device_equals_one_built_on_the_host(ma
     assert len(on_device) == len(on_host) == -(-120 // batch_size)
     pairs = list(zip(on_device, on_host, strict=True))
     for k, (a, b) in enumerate(pairs):
-        assert torch.equal(a, b) and a.dtype == b.dtype == torch.float32
-        assert torch.equal(a, scipy_batch(matrix, order[k * batch_size : (k + 1) * batch_size].numpy()))
+        assert torch.equal(a.x, b) and a.x.dtype == b.dtype == torch.float32
+        assert torch.equal(a.x, scipy_batch(matrix, order[k * batch_size : (k + 1) * batch_size].numpy()))
+        # the clicks the batch brings are where its ones are, in nonzero's (row-major) order
+        batch_row, cols = torch.nonzero(b, as_tuple=True)
+        assert torch.equal(a.clicks.batch_row, batch_row) and torch.equal(a.clicks.cols, cols)
 
 
 @pytest.mark.parametrize("name", list(SMALL))
@@ -309,8 +312,8 @@ def test_evaluate_of_a_trained_shape_model_equals_numpy_reference(eval_data):
 # The sparse first layer (first_layer_from_rows) against the plain dense input step
 
 
-def _dense_first_layer(dropout, layer, x):
-    """The reference path: L2-normalise the dense rows, dropout, then the layer."""
+def _dense_first_layer(dropout, layer, x, clicks=None):
+    """The reference path: L2-normalise the dense rows, dropout, then the layer (``clicks`` unused)."""
     return layer(dropout(torch.nn.functional.normalize(x, p=2.0, dim=1)))
 
 

@@ -8,20 +8,39 @@ Nothing here waits for the device when the rows are known on the host: the numbe
 batch (the size of its scatter) is summed from a host copy of the row lengths, and
 ``repeat_interleave`` is told that size (``output_size``), so no value is read back from a GPU.
 :class:`Batches` cuts one epoch's order into batches that way, copying the order to the device once
-per epoch.  Its ``dense_on_host`` option builds each batch as the reference codes do instead (a
+per epoch, and hands each batch over as a :class:`RowBatch`: the dense rows and the coordinates of
+their clicks, which the scatter computed anyway.  The models' sparse first layer reads the clicks
+from there; finding them again in the dense rows (``nonzero``) would make the host wait.  Its ``dense_on_host`` option builds each batch as the reference codes do instead (a
 scipy row slice, ``toarray()`` on the host, then a copy to the device): the baseline of ``evcf bench``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["DeviceCSR", "Batches"]
+__all__ = ["DeviceCSR", "Batches", "Clicks", "RowBatch"]
+
+
+class Clicks(NamedTuple):
+    """Where the clicks of a batch of rows are: the k-th click is at (``batch_row[k]``, ``cols[k]``).
+
+    Row-major: ``batch_row`` ascending, columns ascending within a row (``torch.nonzero``'s order).
+    """
+
+    batch_row: torch.Tensor  # (nnz,) int64, the row of the batch
+    cols: torch.Tensor  # (nnz,) int64, the item
+
+
+class RowBatch(NamedTuple):
+    """One training batch: the dense 0/1 rows and where their clicks are."""
+
+    x: torch.Tensor  # (B, I)
+    clicks: Clicks
 
 
 class DeviceCSR:
@@ -49,7 +68,10 @@ class DeviceCSR:
         given as a device tensor.
         """
         if not isinstance(rows, torch.Tensor):
-            rows = torch.from_numpy(np.asarray(rows, dtype=np.int64).reshape(-1))
+            host = np.asarray(rows, dtype=np.int64).reshape(-1)
+            if n_nonzeros is None:
+                n_nonzeros = int(self.row_nnz_host[host].sum())
+            return torch.from_numpy(host).to(self.device), n_nonzeros
         if n_nonzeros is None:
             n_nonzeros = (int(self.row_nnz_host[rows.numpy()].sum()) if rows.device.type == "cpu"
                           else int(self.row_nnz[rows].sum()))  # host sync: pass n_nonzeros to avoid it
@@ -72,20 +94,26 @@ class DeviceCSR:
     def dense(self, rows: torch.Tensor | np.ndarray | Sequence[int], dtype: torch.dtype = torch.float32,
               *, n_nonzeros: int | None = None) -> torch.Tensor:
         """Dense 0/1 rows (batch, n_items) on the device."""
+        return self.batch(rows, dtype, n_nonzeros=n_nonzeros).x
+
+    def batch(self, rows: torch.Tensor | np.ndarray | Sequence[int], dtype: torch.dtype = torch.float32,
+              *, n_nonzeros: int | None = None) -> RowBatch:
+        """The dense 0/1 rows (batch, n_items) on the device, with the coordinates of their clicks."""
         batch_row, cols = self.nonzeros(rows, n_nonzeros=n_nonzeros)
         out = torch.zeros(len(rows), self.shape[1], dtype=dtype, device=self.device)
         out.view(-1).index_fill_(0, batch_row * self.shape[1] + cols, 1)
-        return out
+        return RowBatch(out, Clicks(batch_row, cols))
 
 
 class Batches:
-    """One epoch's mini-batches: the rows of ``order``, ``batch_size`` at a time, dense on the device.
+    """One epoch's mini-batches: the rows of ``order``, ``batch_size`` at a time, on the device.
 
     ``order`` (a host array or CPU tensor of row indices) is copied to the device once; each batch
     is a slice of that copy, and its click count comes from the host, so building a batch never
     waits for the device.  With ``dense_on_host`` each batch is built the reference codes' way
     instead (Liang's ``vae_cf``, RecVAE, EVCF): the scipy rows sliced and densified on the host
-    with ``toarray()``, then copied to the device.  Both give equal tensors.
+    with ``toarray()``, then copied to the device.  Both give equal dense rows; the first yields
+    :class:`RowBatch` (rows and clicks), the reference style plain tensors (the rows alone).
     """
 
     def __init__(self, data: DeviceCSR, order: torch.Tensor | np.ndarray, batch_size: int, *,
@@ -102,12 +130,12 @@ class Batches:
     def __len__(self) -> int:
         return math.ceil(self.order_host.size / self.batch_size)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[RowBatch | torch.Tensor]:
         for start in range(0, self.order_host.size, self.batch_size):
             stop = min(start + self.batch_size, self.order_host.size)
             if self.dense_on_host:
                 rows = self.data.matrix[self.order_host[start:stop]].toarray().astype(np.float32)
                 yield torch.from_numpy(rows).to(self.data.device)
             else:
-                yield self.data.dense(self.order[start:stop],
+                yield self.data.batch(self.order[start:stop],
                                       n_nonzeros=int(self.clicks_before[stop] - self.clicks_before[start]))

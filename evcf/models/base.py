@@ -22,6 +22,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from evcf.data.batches import Clicks
+
 __all__ = ["VAEModel", "ClosedFormModel", "LossParts"]
 
 
@@ -46,8 +48,13 @@ class VAEModel(nn.Module):
     name: ClassVar[str]
     seeded: ClassVar[bool] = True  # its result depends on the seed: the pipeline runs every seed
 
-    def loss(self, x: torch.Tensor, beta: float) -> LossParts:
-        """Training-mode loss for a batch ``x`` (batch, n_items); ``beta`` weights the KL term."""
+    def loss(self, x: torch.Tensor, beta: float, clicks: Clicks | None = None) -> LossParts:
+        """Training-mode loss for a batch ``x`` (batch, n_items); ``beta`` weights the KL term.
+
+        ``clicks``, where given, are the coordinates of ``x``'s non-zeros (a training batch brings
+        them: :class:`~evcf.data.batches.RowBatch`); a model whose first layer reads the non-zeros
+        uses them instead of searching ``x``, which would make the host wait for a GPU.
+        """
         raise NotImplementedError
 
     @torch.no_grad()

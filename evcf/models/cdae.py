@@ -1,8 +1,8 @@
 """CDAE: collaborative denoising auto-encoder (Wu, DuBois, Zheng & Ester 2016).
 
-Read top to bottom: the config, the network, the loss, the training loop inside ``fit``, and the
-two ways of scoring users that training never saw.  Shapes: B users, I items, H hidden units,
-U training users.
+Read top to bottom: the config, the network, the loss, the training loop (:class:`CDAETrainer`
+holds one fit's state and takes its gradient steps; ``fit`` runs its epochs), and the two ways of
+scoring users that training never saw.  Shapes: B users, I items, H hidden units, U training users.
 
 The model.  A user's click row y (I,) is corrupted by dropout, ỹ = δ ⊙ y / (1 − q) with
 δ_i ~ Bernoulli(1 − q), and reconstructed through one hidden layer that also receives a learned
@@ -38,8 +38,9 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Iterator
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ from evcf.errors import EvcfError
 from evcf.models.base import ClosedFormModel
 from evcf.models.baselines import _check_train
 
-__all__ = ["CDAE", "CDAENetwork"]
+__all__ = ["CDAE", "CDAENetwork", "CDAETrainer"]
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def logistic_loss(logits: torch.Tensor, x: torch.Tensor, weights: torch.Tensor) 
 
 
 class CDAE(ClosedFormModel):
-    """Wu et al.'s CDAE, trained by its own mini-batch loop in ``fit`` (one fit per weight decay)."""
+    """Wu et al.'s CDAE, trained by its own mini-batch loop (one fit per weight decay)."""
 
     name: ClassVar[str] = "cdae"
     seeded: ClassVar[bool] = True  # initialisation, order, corruption and negatives use the seed
@@ -150,60 +151,34 @@ class CDAE(ClosedFormModel):
         params = sum(p.pow(2).sum() for p in self.network.parameters())
         return 0.5 * self.weight_decay * (params + users.pow(2).sum(dim=1).mean())
 
-    def fit(self, train: sp.spmatrix, *, seed: int = 0, device: torch.device | None = None,
-            **setting: Any) -> None:
-        c = self.config
-        weight_decay = float(setting.get("weight_decay", c.weight_decays[0]))
+    def start_fit(self, train: sp.spmatrix, *, seed: int = 0, device: torch.device | None = None,
+                  **setting: Any) -> CDAETrainer:
+        """A fresh network and its training state for ``setting``; :meth:`fit` runs its epochs."""
+        weight_decay = float(setting.get("weight_decay", self.config.weight_decays[0]))
         if weight_decay < 0:
             raise EvcfError(f"CDAE needs weight_decay >= 0, got {weight_decay}",
                             fix="use e.g. weight_decays: [1.0e-5, 1.0e-4]")
         train = _check_train(train, self.n_items, self.name)
-        device = torch.device("cpu") if device is None else device
-        n_users = train.shape[0]
-        init_gen = torch.Generator().manual_seed(seed)  # CPU: parameters are drawn on the CPU
-        step_gen = torch.Generator(device=device).manual_seed(seed)  # corruption and negatives
-        order_gen = torch.Generator().manual_seed(seed + 1)  # user order of each epoch
-
         self.weight_decay = weight_decay
-        self.network = CDAENetwork(self.n_items, c.hidden_size)
-        self.network.reset(init_gen)
-        self.network.to(device)
-        users = nn.Embedding(n_users, c.hidden_size, sparse=True, device=device)  # V (U, H)
-        nn.init.zeros_(users.weight)  # ours: every V_u starts at 0
-        # Adam for the network; its lazy sparse variant for V, so only the batch's rows move
-        opt = torch.optim.Adam(self.network.parameters(), lr=c.lr)
-        opt_users = torch.optim.SparseAdam(users.parameters(), lr=c.lr)
-        rows_of = DeviceCSR(train, device)
-        keep = 1.0 - c.corruption
+        return CDAETrainer(self, train, seed, torch.device("cpu") if device is None else device)
+
+    def fit(self, train: sp.spmatrix, *, seed: int = 0, device: torch.device | None = None,
+            **setting: Any) -> None:
+        """``epochs`` passes of :meth:`CDAETrainer.step` over the training users; ``history`` gets
+        each epoch's mean loss (per user, penalty included)."""
+        trainer = self.start_fit(train, seed=seed, device=device, **setting)
         self.history = []
-        self.network.train()
-        for _epoch in range(c.epochs):
-            perm = torch.randperm(n_users, generator=order_gen).to(device)
-            total = 0.0
-            for start in range(0, n_users, c.batch_size):
-                rows = perm[start:start + c.batch_size]  # (B,)
-                x = rows_of.dense(rows)  # (B, I) 0/1
-                if c.corruption > 0:
-                    mask = torch.rand(x.shape, generator=step_gen, device=device) < keep
-                    noisy = x * mask / keep  # (B, I) drop-out corruption, unbiased
-                else:
-                    noisy = x
-                v = users(rows)  # (B, H)
-                logits = self.network(noisy, v)  # (B, I)
-                weights = loss_weights(x, c.negative_ratio, step_gen)  # (B, I)
-                loss = logistic_loss(logits, x, weights).mean() + self.penalty(v)
-                opt.zero_grad(set_to_none=True)
-                opt_users.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                opt_users.step()
-                total += loss.item() * rows.numel()
-            self.history.append(total / max(1, n_users))
+        for _epoch in range(self.config.epochs):
+            # the epoch's summed loss stays on the device: one read-back per epoch, not per step
+            total = torch.zeros((), dtype=torch.float64, device=trainer.device)
+            for rows, clicks in trainer.epoch():
+                total += trainer.step(rows, clicks).double() * rows.numel()
+            self.history.append(float(total) / max(1, trainer.n_users))
             if not math.isfinite(self.history[-1]):
                 raise EvcfError(f"CDAE diverged (training loss {self.history[-1]}) with {setting}",
                                 fix="use a smaller lr or a larger weight decay")
         self.network.eval()
-        log.debug("CDAE fitted with weight_decay=%g: final epoch loss %.4f", weight_decay,
+        log.debug("CDAE fitted with weight_decay=%g: final epoch loss %.4f", self.weight_decay,
                   self.history[-1] if self.history else float("nan"))
 
     # ----------------------------------------------------------------------------------------------
@@ -257,6 +232,73 @@ class CDAE(ClosedFormModel):
         self.network.load_state_dict(state["network"])
         self.network.eval()
         self.weight_decay = float(state["weight_decay"])
+
+
+class CDAETrainer:
+    """One fit in progress: the network, the users' vectors V, both optimizers and the generators.
+
+    :meth:`CDAE.fit` is ``epochs`` passes of :meth:`step` over the batches of :meth:`epoch`;
+    ``evcf bench`` times the same :meth:`step`.  Nothing here reads a value back from the device.
+    """
+
+    def __init__(self, model: CDAE, train: sp.csr_matrix, seed: int, device: torch.device):
+        c = model.config
+        self.model, self.config, self.device = model, c, device
+        self.n_users = train.shape[0]
+        init_gen = torch.Generator().manual_seed(seed)  # CPU: parameters are drawn on the CPU
+        self.step_gen = torch.Generator(device=device).manual_seed(seed)  # corruption and negatives
+        self.order_gen = torch.Generator().manual_seed(seed + 1)  # user order of each epoch
+        model.network = CDAENetwork(model.n_items, c.hidden_size)
+        model.network.reset(init_gen)
+        model.network.to(device)
+        # V (U, H), the training users' vectors
+        self.users = nn.Embedding(self.n_users, c.hidden_size, sparse=True, device=device)
+        nn.init.zeros_(self.users.weight)  # ours: every V_u starts at 0
+        # Adam for the network; its lazy sparse variant for V, so only the batch's rows move
+        self.opt = torch.optim.Adam(model.network.parameters(), lr=c.lr)
+        self.opt_users = torch.optim.SparseAdam(self.users.parameters(), lr=c.lr)
+        self.rows_of = DeviceCSR(train, device)
+        model.network.train()
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, int]]:
+        """One epoch's batches in a fresh seeded user order: (rows (B,) on the device, clicks).
+
+        The order is drawn on the host and copied once; each batch's click count comes from the
+        host, so building its dense rows never waits for the device.
+        """
+        order = torch.randperm(self.n_users, generator=self.order_gen)  # (U,)
+        clicks_before = np.concatenate([[0], np.cumsum(self.rows_of.row_nnz_host[order.numpy()])])
+        perm = order.to(self.device)
+        size = self.config.batch_size
+        for start in range(0, self.n_users, size):
+            stop = min(start + size, self.n_users)
+            yield perm[start:stop], int(clicks_before[stop] - clicks_before[start])
+
+    def step(self, rows: torch.Tensor, clicks: int | None = None) -> torch.Tensor:
+        """One Adam step on the users ``rows`` (B,) holding ``clicks`` clicks; returns the batch's
+        loss (mean over its users, penalty included), detached, on the device.
+
+        Without ``clicks`` the count is read from the device (on a GPU, a wait): :meth:`epoch`
+        gives it.
+        """
+        c, network = self.config, self.model.network
+        x = self.rows_of.dense(rows, n_nonzeros=clicks)  # (B, I) 0/1
+        if c.corruption > 0:
+            keep = 1.0 - c.corruption
+            mask = torch.rand(x.shape, generator=self.step_gen, device=self.device) < keep
+            noisy = x * mask / keep  # (B, I) drop-out corruption, unbiased
+        else:
+            noisy = x
+        v = self.users(rows)  # (B, H)
+        logits = network(noisy, v)  # (B, I)
+        weights = loss_weights(x, c.negative_ratio, self.step_gen)  # (B, I)
+        loss = logistic_loss(logits, x, weights).mean() + self.model.penalty(v)
+        self.opt.zero_grad(set_to_none=True)
+        self.opt_users.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.opt_users.step()
+        return loss.detach()
 
 
 def _validate(config: CDAE.Config, model: str) -> None:

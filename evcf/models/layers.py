@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evcf.data.batches import Clicks
 from evcf.errors import EvcfError
 
 __all__ = [
@@ -137,9 +138,9 @@ class GaussianEncoder(nn.Module):
         h = self.layers(self.dropout(x))  # (n, H)
         return self.head(h)  # (n, Z), (n, Z)
 
-    def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``self(l2_normalise(x))`` for raw user rows, computed from their non-zeros only."""
-        h = first_layer_from_rows(self.dropout, self.layers[0], x)  # (n, H)
+    def forward_rows(self, x: torch.Tensor, clicks: Clicks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``self(l2_normalise(x))`` for raw user rows, computed from their non-zeros (``clicks``)."""
+        h = first_layer_from_rows(self.dropout, self.layers[0], x, clicks)  # (n, H)
         for layer in self.layers[1:]:
             h = layer(h)
         return self.head(h)
@@ -178,7 +179,7 @@ class JointInput(NamedTuple):
 
 
 def first_layer_from_rows(dropout: nn.Dropout, layer: nn.Module | JointInput,
-                          x: torch.Tensor) -> torch.Tensor:
+                          x: torch.Tensor, clicks: Clicks | None = None) -> torch.Tensor:
     """``layer(dropout(l2_normalise(x)))`` from the non-zeros of the rows ``x``.  (B, I) -> (B, H)
 
     Exact: L2 normalisation and dropout change only the non-zeros, so the first layer's product is
@@ -188,18 +189,28 @@ def first_layer_from_rows(dropout: nn.Dropout, layer: nn.Module | JointInput,
     distribution as the dense mask, a different random stream.  With ~0.3% non-zeros (ML-20M) this
     replaces two dense (B, I) x (I, H) products (forward and weight gradient) — see ``evcf bench``.
     ``layer`` may be a :class:`JointInput`: then its extra columns join the product undropped.
+
+    ``clicks`` says where the non-zeros of ``x`` are (a training batch brings them, see
+    :class:`~evcf.data.batches.RowBatch`).  Without it they are found with ``nonzero``, whose output
+    size depends on the data: on a GPU the host then waits for the device.  With it, nothing here
+    does.
     """
     extra = None
     if isinstance(layer, JointInput):
         layer, extra = layer.layer, layer.extra
     n_items = x.shape[1]
-    batch_row, cols = torch.nonzero(x, as_tuple=True)  # (nnz,) each, row-major
+    if clicks is None:
+        batch_row, cols = torch.nonzero(x, as_tuple=True)  # (nnz,) each, row-major
+    else:
+        batch_row, cols = clicks
     norm = x.norm(2.0, dim=1).clamp_min(1e-12)  # (B,) F.normalize's denominator
     values = x[batch_row, cols] / norm[batch_row]  # (nnz,)
     if dropout.training and dropout.p > 0:
         keep = torch.empty_like(values).bernoulli_(1.0 - dropout.p)
         values = values * keep / (1.0 - dropout.p)
-    counts = torch.bincount(batch_row, minlength=x.shape[0])  # (B,)
+    # clicks per row, a scatter of fixed size (``bincount`` would read its size from the device)
+    counts = torch.zeros(x.shape[0], dtype=torch.long, device=x.device).index_add_(
+        0, batch_row, torch.ones_like(batch_row))  # (B,)
     offsets = torch.cumsum(counts, 0) - counts
 
     def linear(m: nn.Linear) -> torch.Tensor:  # (B, H)

@@ -16,6 +16,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from evcf.data.batches import Clicks
 from evcf.models.base import LossParts, VAEModel
 from evcf.models.layers import (
     Dense,
@@ -66,18 +67,18 @@ class MultDAE(VAEModel):
         self.decoder = nn.Linear(c.hidden_size, n_items)  # H -> I, logits
         init_weights(self, c.init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = first_layer_from_rows(self.dropout, self.encoder, x)  # (B, H) = tanh(W dropout(l2(x)) + b)
+    def forward(self, x: torch.Tensor, clicks: Clicks | None = None) -> torch.Tensor:
+        h = first_layer_from_rows(self.dropout, self.encoder, x, clicks)  # (B, H) = tanh(W dropout(l2(x)) + b)
         return self.decoder(h)  # (B, I) logits
 
-    def loss(self, x: torch.Tensor, beta: float = 0.0) -> LossParts:
+    def loss(self, x: torch.Tensor, beta: float = 0.0, clicks: Clicks | None = None) -> LossParts:
         """NLL + λ Σ‖W‖² (``beta`` is ignored: a DAE has no KL term).
 
         Liang's TF code adds ``2 * l2_regularizer(lam)`` = lam · Σ w² (TF halves it, he doubles
         it back).
         """
         c = self.config
-        rec = nll(self(x), x, c.likelihood, c.bernoulli_clamp).mean()
+        rec = nll(self(x, clicks), x, c.likelihood, c.bernoulli_clamp).mean()
         penalty = c.weight_decay * weight_penalty(self)
         total = rec + penalty
         return LossParts(loss=total, nll=rec.detach(), kl=rec.new_zeros(()),
@@ -144,8 +145,8 @@ class MultVAE(VAEModel):
 
     # --- the network ------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> VAEOutput:
-        mu, logvar = self.encoder.forward_rows(x)  # (B, Z), (B, Z): encoder(l2_normalise(x))
+    def forward(self, x: torch.Tensor, clicks: Clicks | None = None) -> VAEOutput:
+        mu, logvar = self.encoder.forward_rows(x, clicks)  # (B, Z), (B, Z): encoder(l2_normalise(x))
         z = reparameterise(mu, logvar, self.training)  # (B, Z)
         return VAEOutput(self.decoder(z), z, mu, logvar)
 
@@ -163,14 +164,14 @@ class MultVAE(VAEModel):
 
     # --- the loss, next to the forward pass -------------------------------------------------------
 
-    def loss(self, x: torch.Tensor, beta: float) -> LossParts:
+    def loss(self, x: torch.Tensor, beta: float, clicks: Clicks | None = None) -> LossParts:
         """NLL + β·KL (+ λ Σ‖W‖² when ``weight_decay`` > 0), means over the batch.
 
         Uses the module's current mode: in training mode, dropout and a sampled z; in eval mode (as
         EVCF's validation loss), no dropout and z = posterior mean.
         """
         c = self.config
-        out = self(x)
+        out = self(x, clicks)
         rec = nll(out.logits, x, c.likelihood, c.bernoulli_clamp).mean()
         kl = self.kl(out).mean()
         total = rec + beta * kl

@@ -138,11 +138,12 @@ class SLIM(ClosedFormModel):
 
     @dataclass(frozen=True)
     class Config:
-        # Grid over both regularisation strengths in SLIM's own units (above).  Liang et al. 2018
-        # (§4.3) grid-searched both of SLIM's regularisation parameters over {0.1, 0.5, 1, 5}
-        # (our reading of the paper; their exact parameterisation is not given): these defaults.
-        l1_penalties: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0)  # Liang et al. 2018 (λ of the ℓ1 term)
-        l2_penalties: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0)  # Liang et al. 2018 (β of the ℓ2 term)
+        # Grid over both regularisation strengths in SLIM's own units (above).  Ours, meant as
+        # Liang et al. 2018's (§4.3) search of both of SLIM's regularisation parameters over
+        # {0.1, 0.5, 1, 5} as we recall it, not checked against the text here (nor is their
+        # parameterisation, which the paper does not give).
+        l1_penalties: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0)  # ours (λ of the ℓ1 term; Liang et al.'s, recalled)
+        l2_penalties: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0)  # ours (β of the ℓ2 term; Liang et al.'s, recalled)
         max_iter: int = 1000  # scikit-learn's ElasticNet default (coordinate-descent sweeps)
         tol: float = 1e-4  # scikit-learn's ElasticNet default (duality-gap tolerance)
 

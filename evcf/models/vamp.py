@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evcf.data.batches import Clicks
 from evcf.errors import EvcfError
 from evcf.models.base import VAEModel
 from evcf.models.layers import (
@@ -281,13 +282,14 @@ class HVamp(VAEModel):
 
     # --- the network ------------------------------------------------------------------------------
 
-    def q_z1(self, x: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def q_z1(self, x: torch.Tensor, z2: torch.Tensor, clicks: Clicks | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z1 | x, z2) for raw rows ``x`` (normalised and dropped out here).  -> (B, Z1) x2"""
         if self.one_layer:
             # (I+Z2)->H over [dropout(l2_normalise(x)) ⊕ z2], from the non-zeros of x
-            h = first_layer_from_rows(self.q_z1_x, JointInput(self.q_z1_joint, z2), x)  # (B, H)
+            h = first_layer_from_rows(self.q_z1_x, JointInput(self.q_z1_joint, z2), x, clicks)  # (B, H)
         else:
-            h_x = first_layer_from_rows(self.q_z1_x[0], self.q_z1_x[1], x)  # (B, H)
+            h_x = first_layer_from_rows(self.q_z1_x[0], self.q_z1_x[1], x, clicks)  # (B, H)
             h = self.q_z1_joint(torch.cat([h_x, self.q_z1_z2(z2)], dim=1))  # (B, 2H) -> (B, H)
         return self.q_z1_head(h)
 
@@ -299,10 +301,10 @@ class HVamp(VAEModel):
             h = self.p_x_joint(torch.cat([self.p_x_z1(z1), self.p_x_z2(z2)], dim=1))  # (B, H)
         return self.p_x_out(h)
 
-    def forward(self, x: torch.Tensor) -> HVampOutput:
-        z2_mu, z2_logvar = self.q_z2.forward_rows(x)  # (B, Z2): q_z2(l2_normalise(x))
+    def forward(self, x: torch.Tensor, clicks: Clicks | None = None) -> HVampOutput:
+        z2_mu, z2_logvar = self.q_z2.forward_rows(x, clicks)  # (B, Z2): q_z2(l2_normalise(x))
         z2 = reparameterise(z2_mu, z2_logvar, self.training)
-        z1_mu, z1_logvar = self.q_z1(x, z2)  # (B, Z1)
+        z1_mu, z1_logvar = self.q_z1(x, z2, clicks)  # (B, Z1)
         z1 = reparameterise(z1_mu, z1_logvar, self.training)
         p_mu, p_logvar = self.p_z1_head(self.p_z1(z2))  # (B, Z1)
         return HVampOutput(self.p_x(z1, z2), z1, z1_mu, z1_logvar, z2, z2_mu, z2_logvar, p_mu,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import scipy.sparse as sp
@@ -105,13 +105,13 @@ class WMF(ClosedFormModel):
 
     @dataclass(frozen=True)
     class Config:
-        # Grid (the training loop keeps the best by validation NDCG@100).  Liang et al. 2018 (§4.3)
-        # tuned the latent dimension over {100, 200} and the weight of the 1's over
-        # {2, 5, 10, 30, 50, 100} with the 0's weighted 1, i.e. α = weight − 1 (Hu et al. 2008
-        # found α = 40 good on their data); these defaults are that paper-scale grid, as we read
-        # the paper.  λ is not given there: ours.
-        factors: tuple[int, ...] = (100, 200)  # Liang et al. 2018: K ∈ {100, 200}
-        alphas: tuple[float, ...] = (1.0, 4.0, 9.0, 29.0, 49.0, 99.0)  # Liang et al. 2018 (weights − 1)
+        # Grid (the training loop keeps the best by validation NDCG@100).  Ours, meant as the grid
+        # of Liang et al. 2018 (§4.3) as we recall it, not checked against the text here: the latent
+        # dimension over {100, 200} and the weight of the 1's over {2, 5, 10, 30, 50, 100} with the
+        # 0's weighted 1, i.e. α = weight − 1 (Hu et al. 2008 found α = 40 good on their data).
+        # λ: ours.
+        factors: tuple[int, ...] = (100, 200)  # ours (Liang et al.'s K, recalled)
+        alphas: tuple[float, ...] = (1.0, 4.0, 9.0, 29.0, 49.0, 99.0)  # ours (Liang et al.'s weights − 1, recalled)
         regularizations: tuple[float, ...] = (1.0, 10.0, 100.0)  # ours: λ, not given by Liang et al.
         iterations: int = 15  # `implicit`'s default number of ALS sweeps
         use_cg: bool = True  # `implicit`'s default: conjugate-gradient user/item steps (Takács et al.
@@ -134,7 +134,12 @@ class WMF(ClosedFormModel):
                 for f, lam, a in itertools.product(c.factors, c.regularizations, c.alphas)]
 
     def fit(self, train: sp.spmatrix, *, seed: int = 0, device: torch.device | None = None,
-            **setting: Any) -> None:
+            sweep_callback: Callable[[int, float, Any], None] | None = None, **setting: Any) -> None:
+        """ALS on ``train`` with ``setting`` (factors, regularization, alpha).
+
+        ``sweep_callback(iteration, seconds, loss)`` is handed to ``implicit``, which calls it after
+        each ALS sweep with the sweep's duration (``evcf bench`` times the sweeps with it).
+        """
         c = self.config
         factors = int(setting.get("factors", c.factors[0]))
         regularization = float(setting.get("regularization", c.regularizations[0]))
@@ -162,7 +167,7 @@ class WMF(ClosedFormModel):
                 als = CpuALS(factors=factors, regularization=regularization, alpha=1.0,
                              iterations=c.iterations, use_cg=c.use_cg,
                              num_threads=torch.get_num_threads(), random_state=seed)
-            als.fit(confidence, show_progress=False)
+            als.fit(confidence, show_progress=False, callback=sweep_callback)
         if use_gpu:
             als = als.to_cpu()
         item_factors = np.asarray(als.item_factors, dtype=np.float32)  # (I, F)

@@ -123,3 +123,61 @@ def test_bad_settings_are_errors():
         build_model("cdae", 5, weight_decays=[])
     with pytest.raises(EvcfError, match="4 items"):
         build_model("cdae", 4).fit(sp.csr_matrix(np.eye(5, dtype=np.float32)), weight_decay=0.0)
+
+
+def loop_before_the_trainer(model, train, seed, weight_decay):
+    """CDAE.fit as it was written before CDAETrainer (one loop, the loss read back every step),
+    kept here to pin that the refactored fit trains exactly the same network."""
+    from evcf.data.batches import DeviceCSR
+    from evcf.models.cdae import CDAENetwork
+
+    c = model.config
+    n_users = train.shape[0]
+    init_gen = torch.Generator().manual_seed(seed)
+    step_gen = torch.Generator().manual_seed(seed)
+    order_gen = torch.Generator().manual_seed(seed + 1)
+    model.weight_decay = weight_decay
+    model.network = CDAENetwork(N_ITEMS, c.hidden_size)
+    model.network.reset(init_gen)
+    users = torch.nn.Embedding(n_users, c.hidden_size, sparse=True)
+    torch.nn.init.zeros_(users.weight)
+    opt = torch.optim.Adam(model.network.parameters(), lr=c.lr)
+    opt_users = torch.optim.SparseAdam(users.parameters(), lr=c.lr)
+    rows_of = DeviceCSR(sp.csr_matrix(train), "cpu")
+    history = []
+    model.network.train()
+    for _ in range(c.epochs):
+        perm = torch.randperm(n_users, generator=order_gen)
+        total = 0.0
+        for start in range(0, n_users, c.batch_size):
+            rows = perm[start:start + c.batch_size]
+            x = rows_of.dense(rows)
+            keep = 1.0 - c.corruption
+            noisy = x * (torch.rand(x.shape, generator=step_gen) < keep) / keep if c.corruption > 0 else x
+            v = users(rows)
+            weights = loss_weights(x, c.negative_ratio, step_gen)
+            loss = logistic_loss(model.network(noisy, v), x, weights).mean() + model.penalty(v)
+            opt.zero_grad(set_to_none=True)
+            opt_users.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            opt_users.step()
+            total += loss.item() * rows.numel()
+        history.append(total / n_users)
+    model.network.eval()
+    return history
+
+
+@pytest.mark.parametrize("hparams", [{}, {"corruption": 0.0, "negative_ratio": 0.0, "batch_size": 7}])
+def test_fit_trains_exactly_what_the_loop_before_the_trainer_trained(train, hparams):
+    """Same seed, same network to the bit, same epoch losses, same global RNG state afterwards."""
+    torch.manual_seed(123)
+    new = fitted(train, seed=3, **hparams)
+    new_rng = torch.get_rng_state()
+    torch.manual_seed(123)
+    old = build_model("cdae", N_ITEMS, **{**FAST, **hparams})
+    old_history = loop_before_the_trainer(old, train, 3, old.config.weight_decays[0])
+    assert new.history == old_history
+    for key, value in params(old).items():
+        assert torch.equal(params(new)[key], value), key
+    assert torch.equal(torch.get_rng_state(), new_rng)  # nn.Linear/nn.Embedding drew in the same order

@@ -112,9 +112,9 @@ def test_q_z1_reads_the_rows_through_its_own_dropout_and_z2_undropped(monkeypatc
     calls = []
     real = layers.first_layer_from_rows
 
-    def spy(dropout, layer, x):
+    def spy(dropout, layer, x, clicks=None):
         calls.append((dropout, layer, x))
-        return real(dropout, layer, x)
+        return real(dropout, layer, x, clicks)
 
     monkeypatch.setattr(layers, "first_layer_from_rows", spy)
     monkeypatch.setattr(vamp, "first_layer_from_rows", spy)
@@ -142,7 +142,7 @@ def test_sparse_joint_input_equals_the_dense_concatenation_in_float64(name, mode
     """
     from evcf.models import layers, vamp
 
-    def dense_first_layer(dropout, layer, x):  # the layer over torch.cat([dropout(l2(x)), z2])
+    def dense_first_layer(dropout, layer, x, clicks=None):  # the layer over torch.cat([dropout(l2(x)), z2])
         assert isinstance(layer, JointInput) or layer.linear.in_features == x.shape[1]
         x = dropout(torch.nn.functional.normalize(x, p=2.0, dim=1))
         if isinstance(layer, JointInput):

@@ -259,9 +259,9 @@ def test_models_feed_user_rows_through_the_sparse_first_layer(name, monkeypatch)
     calls = []
     real = layers.first_layer_from_rows
 
-    def spy(dropout, layer, x):
+    def spy(dropout, layer, x, clicks=None):
         calls.append((dropout.p, x.shape))
-        return real(dropout, layer, x)
+        return real(dropout, layer, x, clicks)
 
     for module in (layers, multvae, vamp):
         monkeypatch.setattr(module, "first_layer_from_rows", spy)

@@ -306,9 +306,9 @@ def test_hvamp_input_paths_normalised_and_dropped_out_independently(monkeypatch)
     calls = []
     real = layers.first_layer_from_rows
 
-    def spy(dropout, layer, x):
+    def spy(dropout, layer, x, clicks=None):
         calls.append((dropout, layer, x))
-        return real(dropout, layer, x)
+        return real(dropout, layer, x, clicks)
 
     monkeypatch.setattr(layers, "first_layer_from_rows", spy)
     monkeypatch.setattr(vamp, "first_layer_from_rows", spy)

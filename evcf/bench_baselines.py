@@ -1,0 +1,244 @@
+"""``evcf bench`` for the models that fit themselves: WMF, SLIM, CDAE, and popularity/EASE.
+
+Each one calls the model's own training code on the bench's synthetic matrix, at the first point
+of the model's grid (``candidates()``), and says which of its figures are measured and which are
+extrapolated (keys ending in ``_extrapolated``, the formula next to them in ``*_formula``):
+
+* **WMF** (:class:`evcf.models.wmf.WMF`): ``WMF.fit`` run with ``sweeps`` ALS iterations instead
+  of the recipe's.  ``implicit`` times each sweep (the user step and the item step) and reports it
+  to the callback that ``WMF.fit`` passes on (``sweep_callback``).  The fit at the recipe's iteration count is
+  the measured fit's setup (the measured fit minus its sweeps) plus iterations × the median sweep.
+* **SLIM** (:func:`evcf.models.slim.slim_weights`): a full fit is one elastic net per item, far
+  too slow for a bench at ML-20M (20,108 of them), so a seeded sample of ``items`` items is fitted
+  by the real solver, one thread, in a few chunks.  Items differ in cost (popular items take
+  longer), so the full fit is extrapolated from the *mean* seconds per item, not the median:
+  fit = the CSC conversion + mean s / item × items / threads (the threads assumed to scale
+  perfectly; each chunk also pays the copy of X's values that a fit's thread pays once, a slight
+  overestimate).  W's memory: the mean non-zeros per column × items × (8 + 4) bytes (float64 values,
+  int32 row indices).  Evaluation is not timed: it needs the whole W.
+* **CDAE** (:class:`evcf.models.cdae.CDAETrainer`): the step that ``CDAE.fit`` takes, ``warmup``
+  untimed then ``steps`` timed; the epoch is the median step × the steps of an epoch and the fit
+  is the config's epochs of that.
+* **popularity, EASE**: one whole fit (EASE above :data:`EASE_MAX_ITEMS` items is skipped).
+
+The search of the whole grid, as ``evcf train`` runs it (a fit and a validation of the held-out
+users per point), is extrapolated as points × (fit + evaluation).  WMF's points are all costed at
+the first point's factors (100 in the default grid, the smaller of its two), so with that grid its
+figure is a lower bound.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .bench import _load_average, _PeakMemory, _spread, _sync
+from .evaluate import evaluate
+from .models import build_model
+
+__all__ = ["bench_baseline", "bench_wmf", "bench_slim", "bench_cdae", "bench_closed_form", "SLIM_CHUNKS"]
+
+EASE_MAX_ITEMS = 5_000  # above this, EASE's I×I inverse is skipped (time it with `evcf train`)
+EASE_BENCH_LAMBDA = 500.0  # Steck 2019's choice for ML-20M
+SLIM_CHUNKS = 8  # SLIM's sampled items are timed in this many chunks (the spread of s / item)
+
+
+def bench_baseline(name: str, hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, steps: int, warmup: int,
+                   seed: int, device: Any, memory: _PeakMemory, wmf_sweeps: int, slim_items: int) -> dict[str, Any]:
+    """The bench entry of model ``name`` (one that fits itself) with hyperparameters ``hparams``;
+    ``cfg`` is its recipe's training settings (the evaluation batch size)."""
+    if name == "wmf":
+        return bench_wmf(hparams, cfg, data, sweeps=wmf_sweeps, seed=seed, device=device, memory=memory)
+    if name == "slim":
+        return bench_slim(hparams, data, items=slim_items, seed=seed, memory=memory)
+    if name == "cdae":
+        return bench_cdae(hparams, cfg, data, steps=steps, warmup=warmup, seed=seed, device=device, memory=memory)
+    return bench_closed_form(name, hparams, data, device, memory)
+
+
+def _timed_evaluation(model: Any, data: dict[str, Any], batch_size: int, device: Any, memory: _PeakMemory,
+                      out: dict[str, Any]) -> None:
+    """Evaluate the held-out users with ``model.score``: ``eval_s`` and ``eval_peak_rss_mib``."""
+    with memory.phase(out, "eval_peak_rss_mib"):
+        _sync(device)
+        started = time.perf_counter()
+        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=batch_size, device=device)
+        _sync(device)
+        out.update(eval_s=time.perf_counter() - started, eval_batch_size=batch_size)
+
+
+def _grid(out: dict[str, Any], points: int, fit_s: float, eval_s: float | None) -> None:
+    out["grid_points"] = points
+    out["grid_s_extrapolated"] = points * (fit_s + (eval_s or 0.0))
+    out["grid_formula"] = ("grid_points x (fit_s_extrapolated + eval_s)" if eval_s is not None
+                           else "grid_points x fit_s_extrapolated (evaluation not timed)")
+
+
+# ==================================================================================================
+# WMF
+
+
+def bench_wmf(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, sweeps: int, seed: int, device: Any,
+              memory: _PeakMemory) -> dict[str, Any]:
+    """``WMF.fit`` with ``sweeps`` ALS iterations at the first grid point, then the fold-in of the
+    held-out users (module docstring)."""
+    train = data["train"].matrix
+    recipe = build_model("wmf", train.shape[1], **hparams)
+    points = list(recipe.candidates())
+    setting, iterations = points[0], recipe.config.iterations
+    model = build_model("wmf", train.shape[1], **{**hparams, "iterations": sweeps})
+    out: dict[str, Any] = {"setting": setting, "iterations": iterations, "sweeps_timed": sweeps,
+                           "use_cg": recipe.config.use_cg, "threads": torch.get_num_threads(),
+                           "load_average_start": _load_average()}
+    seconds: list[float] = []  # implicit's own timing of each sweep, through WMF.fit's callback
+    with memory.phase(out, "peak_rss_mib"):
+        started = time.perf_counter()
+        model.fit(train, seed=seed, device=device, sweep_callback=lambda _i, elapsed, _loss: seconds.append(elapsed),
+                  **setting)
+        measured = time.perf_counter() - started
+    if len(seconds) != sweeps:
+        raise RuntimeError(f"bench: expected {sweeps} ALS sweep times from implicit, got {len(seconds)}")
+    sweep = _spread(seconds)
+    fit_s = measured - sum(seconds) + iterations * sweep["median"]
+    out.update(sweep_s=sweep["median"], sweep_spread_s=sweep, sweep_times_s=seconds, epoch_s=sweep["median"],
+               measured_fit_s=measured, fit_s_extrapolated=fit_s,
+               fit_formula="measured_fit_s - sum(sweep_times_s) + iterations x sweep_s")
+    _timed_evaluation(model, data, cfg.eval_batch_size, device, memory, out)
+    _grid(out, len(points), fit_s, out["eval_s"])
+    out["grid_note"] = (f"every point costed at the first point's {setting['factors']} factors; "
+                        "points with more factors cost more")
+    out["note"] = f"s / epoch: one ALS sweep ({sweeps} timed); ~fit: {iterations} sweeps, {setting['factors']} factors"
+    out["load_average_end"] = _load_average()
+    return out
+
+
+# ==================================================================================================
+# SLIM
+
+
+def bench_slim(hparams: dict[str, Any], data: dict[str, Any], *, items: int, seed: int,
+               memory: _PeakMemory) -> dict[str, Any]:
+    """The real per-item solver on a seeded sample of ``items`` items, single-threaded, in
+    :data:`SLIM_CHUNKS` chunks; the full fit, the grid and W's memory extrapolated (module docstring)."""
+    from .models.slim import slim_weights
+
+    train = data["train"].matrix
+    n_items = train.shape[1]
+    model = build_model("slim", n_items, **hparams)
+    c = model.config
+    points = list(model.candidates())
+    setting, threads = points[0], torch.get_num_threads()
+    sample = np.random.default_rng(seed).choice(n_items, size=min(items, n_items), replace=False)
+    chunks = np.array_split(sample, min(SLIM_CHUNKS, sample.size))
+    out: dict[str, Any] = {"setting": setting, "max_iter": c.max_iter, "tol": c.tol, "items_fitted": int(sample.size),
+                           "chunk_items": [int(chunk.size) for chunk in chunks], "threads": threads,
+                           "epoch_s": None, "load_average_start": _load_average()}
+    chunk_s, nnz = [], []
+    importlib.import_module("sklearn.linear_model")  # the solver's first import, not an item's cost
+    with memory.phase(out, "peak_rss_mib"):
+        started = time.perf_counter()
+        x = sp.csc_matrix(train, dtype=np.float64)  # what slim_weights does first, once per fit
+        x.sort_indices()
+        out["setup_s"] = time.perf_counter() - started
+        for chunk in chunks:
+            started = time.perf_counter()
+            w = slim_weights(x, setting["l1"], setting["l2"], items=chunk, threads=1, max_iter=c.max_iter, tol=c.tol)
+            chunk_s.append(time.perf_counter() - started)
+            nnz.extend(np.diff(w.indptr)[chunk].tolist())
+    per_item = [t / chunk.size for t, chunk in zip(chunk_s, chunks)]
+    item_s_mean = sum(chunk_s) / sample.size
+    fit_s = out["setup_s"] + item_s_mean * n_items / threads
+    nnz_per_item = float(np.mean(nnz))
+    out.update(item_s_mean=item_s_mean, item_spread_s=_spread(per_item), chunk_times_s=chunk_s,
+               fit_s_extrapolated=fit_s, fit_formula="setup_s + item_s_mean x items / threads",
+               w_nnz_per_item=nnz_per_item, w_nnz_per_item_max=int(max(nnz)),
+               w_mib_extrapolated=nnz_per_item * n_items * (8 + 4) / 2**20,
+               thread_copy_mib=x.nnz * 8 / 2**20, eval_s=None)
+    _grid(out, len(points), fit_s, None)
+    out["note"] = (f"{sample.size:,} of {n_items:,} items fitted, {item_s_mean:.3g} s / item; ~fit = s / item "
+                   f"x items / {threads} threads; W ~{out['w_mib_extrapolated']:,.0f} MiB; eval not timed "
+                   "(needs all of W)")
+    out["load_average_end"] = _load_average()
+    return out
+
+
+# ==================================================================================================
+# CDAE
+
+
+def bench_cdae(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, steps: int, warmup: int, seed: int,
+               device: Any, memory: _PeakMemory) -> dict[str, Any]:
+    """``CDAETrainer.step`` (the step of ``CDAE.fit``): warm-up, evaluation, then the timed steps."""
+    train = data["train"].matrix
+    model = build_model("cdae", train.shape[1], **hparams)
+    c = model.config
+    points = list(model.candidates())
+    setting = points[0]
+    batch = min(c.batch_size, train.shape[0])
+    steps_per_epoch = math.ceil(train.shape[0] / c.batch_size)
+    out: dict[str, Any] = {"setting": setting, "batch_size": batch, "optimizer": "adam", "lr": c.lr,
+                           "epochs": c.epochs, "steps_per_epoch": steps_per_epoch, "hparams": hparams,
+                           "load_average_start": _load_average()}
+
+    def endless(trainer: Any) -> Iterator[tuple[torch.Tensor, int]]:
+        while True:
+            yield from trainer.epoch()
+
+    with memory.phase(out, "peak_rss_mib"):
+        trainer = model.start_fit(train, seed=seed, device=device, **setting)
+        batches = endless(trainer)
+        for _ in range(warmup):
+            trainer.step(*next(batches))
+        _sync(device)
+    model.network.eval()
+    _timed_evaluation(model, data, cfg.eval_batch_size, device, memory, out)
+    model.network.train()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        started = time.perf_counter()
+        trainer.step(*next(batches))
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    step = _spread(times)
+    epoch_s = step["median"] * steps_per_epoch
+    fit_s = epoch_s * c.epochs
+    out.update(step_s=step["median"], step_spread_s=step, step_times_s=times, epoch_s=epoch_s,
+               users_per_s=batch / step["median"], fit_s_extrapolated=fit_s,
+               fit_formula="step_s x steps_per_epoch x epochs")
+    _grid(out, len(points), fit_s, out["eval_s"])
+    out["note"] = f"~fit: {c.epochs} epochs"
+    out["load_average_end"] = _load_average()
+    return out
+
+
+# ==================================================================================================
+# Popularity and EASE
+
+
+def bench_closed_form(name: str, hparams: dict[str, Any], data: dict[str, Any], device: Any,
+                      memory: _PeakMemory) -> dict[str, Any]:
+    """One whole fit and an evaluation (EASE with λ = :data:`EASE_BENCH_LAMBDA`)."""
+    train = data["train"].matrix
+    out: dict[str, Any] = {"epoch_s": None, "users_per_s": None, "reference_epoch_s": None, "speedup": None}
+    if name == "ease" and train.shape[1] > EASE_MAX_ITEMS:
+        out["note"] = (f"skipped: EASE's fit is an {train.shape[1]:,}^2 inverse "
+                       f"(above {EASE_MAX_ITEMS:,} items the bench leaves it to `evcf train`)")
+        return out
+    with memory.phase(out, "peak_rss_mib"):
+        model = build_model(name, train.shape[1], **hparams)
+        started = time.perf_counter()
+        model.fit(train, device=device, **({"lambda": EASE_BENCH_LAMBDA} if name == "ease" else {}))
+        out["fit_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=2000, device=device)
+        _sync(device)
+        out["eval_s"] = time.perf_counter() - started
+    out["note"] = "closed form: one whole fit"
+    return out
