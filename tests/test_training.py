@@ -116,9 +116,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         model = real_build(name, n_items, **hparams)
         real_loss = model.loss
 
-        def loss(x, beta):
+        def loss(x, beta, clicks=None):
             calls["n"] += 1
-            parts = real_loss(x, beta)
+            parts = real_loss(x, beta, clicks)
             if calls["n"] > 7:  # the 8th step is in epoch 2 (284 training users / 64 = 5 steps an epoch)
                 parts.loss = parts.loss * float("nan")
             return parts
