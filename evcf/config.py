@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import jsonschema
 import yaml
 
+from .data.readers import RAW_FORMATS
 from .data.split import FINGERPRINT_KEYS
 from .errors import EvcfError
 
@@ -70,7 +71,7 @@ def build_schema() -> dict[str, Any]:
             "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "local": {"type": "boolean"},
             "synthetic": _closed({k: {"type": t} for k, t in SYNTHETIC_KEYS.items()}),
-            "format": {"enum": ["movielens-20m", "movielens-1m", "movielens-100k", "netflix", "csv"]},
+            "format": {"enum": list(RAW_FORMATS)},
             "threshold": {"type": "number"},
             "min_items": {"type": "integer", "minimum": 1},
             "heldout_users": {"type": "integer", "minimum": 1},
@@ -249,6 +250,10 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml",
         if entry.get("url") and not (entry.get("md5") or entry.get("sha256")):
             raise fail(("data", name), "a downloaded dataset needs a pinned checksum (md5 or sha256)",
                        f"add data.{name}.md5 (the value its publisher gives) so the download is verified")
+        if entry.get("url") and entry["format"] == "csv":
+            raise fail(("data", name, "format"), "a csv dataset cannot be downloaded (the download step "
+                       "fetches archives: .zip, .tar, .tar.gz, .gz)",
+                       f"put the file at data/raw/{name}/ratings.csv and use `local: true` instead of url")
         if entry.get("synthetic") is not None and entry["format"] != "csv":
             raise fail(("data", name, "format"), "synthetic data is written as format csv",
                        f"set data.{name}.format: csv")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import platform
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,15 @@ def environment() -> dict[str, str]:
 
     from . import __version__
 
-    return {"evcf": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "scipy": scipy.__version__, "pandas": pandas.__version__}
+    versions = {"evcf": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "numpy": numpy.__version__, "scipy": scipy.__version__, "pandas": pandas.__version__}
+    # the solvers of WMF (implicit's ALS) and SLIM (scikit-learn's coordinate descent)
+    for package in ("implicit", "scikit-learn"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
 
 
 def run_identity(*, model: str, hparams: dict[str, Any], train: dict[str, Any], seed: int | None,

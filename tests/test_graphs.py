@@ -248,3 +248,25 @@ def test_the_shipped_params_yaml_has_no_anchors_and_validates():
     check_plain_yaml(REPO / "params.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     validate(params)  # the paper's selection, every run and grid point built
+
+
+def test_a_csv_dataset_is_local_or_synthetic_never_downloaded():
+    from evcf.data.readers import RAW_FORMATS
+    from evcf.errors import EvcfError
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["mine"] = {"url": "https://example.org/mine.csv", "md5": "0" * 32, "format": "csv",
+                              "threshold": 3.5, "min_items": 5, "heldout_users": 10}
+    with pytest.raises(EvcfError, match=r"data\.mine\.format: a csv dataset cannot be downloaded") as err:
+        validate(params)
+    assert "data/raw/mine/ratings.csv" in err.value.fix and "local: true" in err.value.fix
+    params["data"]["mine"] = {"local": True, "format": "csv", "threshold": 3.5, "min_items": 5, "heldout_users": 10}
+    validate(params)
+    # the schema knows every format a reader exists for, and no other
+    for fmt in (*RAW_FORMATS, "parquet"):
+        params["data"]["mine"]["format"] = fmt
+        if fmt in RAW_FORMATS:
+            validate(params)
+        else:
+            with pytest.raises(EvcfError, match="format"):
+                validate(params)

@@ -78,6 +78,17 @@ def test_csv_round_trip(tmp_path, halves):
     assert_same(read_ratings(path, "csv"), halves)
 
 
+def test_csv_of_a_local_dataset_is_ratings_csv_in_its_folder(tmp_path, halves):
+    folder = tmp_path / "mine"  # data/raw/<name>, the raw path of a `local: true` dataset
+    folder.mkdir()
+    halves.to_csv(folder / "ratings.csv", index=False, float_format="%g")
+    assert_same(read_ratings(folder, "csv"), halves)
+    (folder / "ratings.csv").rename(folder / "other.csv")
+    with pytest.raises(EvcfError, match="file not found") as err:
+        read_ratings(folder, "csv")
+    assert "data/raw/<name>/ratings.csv" in err.value.fix
+
+
 def test_csv_columns_in_any_order_and_extra_columns(tmp_path, halves):
     path = tmp_path / "ratings.csv"
     halves.assign(ts=7)[["rating", "ts", "item", "user"]].to_csv(path, index=False)

@@ -18,7 +18,9 @@ pytest.importorskip("snakemake_executor_plugin_slurm", reason="the plugin is mis
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command  # noqa: E402
 from snakemake_executor_plugin_slurm.utils import set_gres_string  # noqa: E402
 
-MODELS = ["mult-vae", "vamp", "popularity", "ease"]
+MODELS = ["mult-vae", "vamp", "cdae", "ease", "popularity", "slim", "wmf"]
+# the models whose fit gains from a GPU (their class says so: `uses_gpu`)
+ON_GPU = {"mult-vae", "vamp", "cdae", "ease"}
 
 
 def job_resources(root, device: str) -> dict[tuple[str, str], dict]:
@@ -58,11 +60,11 @@ def workflow(tmp_path_factory):
     return make_workflow_copy(tmp_path_factory.mktemp("gpu") / "wf")
 
 
-def test_with_device_cuda_only_vae_jobs_ask_for_a_gpu(workflow):
+def test_with_device_cuda_only_the_gpu_models_jobs_ask_for_a_gpu(workflow):
     found = job_resources(workflow, "cuda")
     assert {m for (_, m) in found} == set(MODELS)
     for (rule, model), resources in found.items():
-        want = "1" if model in ("mult-vae", "vamp") else "0"
+        want = "1" if model in ON_GPU else "0"
         assert resources["gpu"] == want, (rule, model, resources)
         command = sbatch_for(resources)
         if want == "1":
@@ -77,7 +79,7 @@ def test_on_cpu_no_job_asks_for_a_gpu(workflow):
         assert "--gpus" not in sbatch_for(resources)
 
 
-def test_closed_form_models_run_on_the_cpu_when_the_vaes_use_cuda(workflow):
+def test_cpu_models_run_on_the_cpu_when_the_others_use_cuda(workflow):
     out = run([tool("snakemake"), "-n", "-p", "--forceall", "all_runs", "--config", "device=cuda",
                f"models=[{','.join(MODELS)}]", "tuning=false"], cwd=workflow).stdout
     commands = [line for line in out.splitlines() if line.startswith("Shell command: evcf train")]
@@ -85,4 +87,4 @@ def test_closed_form_models_run_on_the_cpu_when_the_vaes_use_cuda(workflow):
     for line in commands:
         model = re.search(r"--model (\S+)", line).group(1)
         device = re.search(r"--device (\S+)", line).group(1)
-        assert device == ("cuda" if model in ("mult-vae", "vamp") else "cpu"), line
+        assert device == ("cuda" if model in ON_GPU else "cpu"), line

@@ -88,7 +88,7 @@ def test_metrics_record_the_identity_and_the_library_versions(tmp_path):
     assert on_disk["identity"] == metrics["identity"]
     assert set(on_disk["identity"]) == {"model", "hparams", "train", "seed", "data", "code", "torch", "device"}
     assert on_disk["identity"]["data"] == load_split(data).fingerprint and len(on_disk["identity"]["data"]) == 64
-    assert {"numpy", "scipy", "pandas", "torch", "python", "evcf"} <= set(on_disk["versions"])
+    assert {"numpy", "scipy", "pandas", "torch", "python", "evcf", "implicit", "scikit-learn"} <= set(on_disk["versions"])
     assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["identity"] == on_disk["identity"]
 
 

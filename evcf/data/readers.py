@@ -12,7 +12,8 @@ Supported raw formats (``RAW_FORMATS``):
 * ``netflix``: a directory with the Kaggle files ``combined_data_1.txt`` … ``combined_data_4.txt``
   (loose or inside any ``*.zip``) or the original per-movie files ``training_set/mv_XXXXXXX.txt``
   (loose, in ``training_set.tar``, or in ``nf_prize_dataset.tar.gz``).  Files are read in numeric order.
-* ``csv``: a CSV with header ``user,item,rating`` (what ``evcf synth`` writes).
+* ``csv``: a CSV with header ``user,item,rating`` (what ``evcf synth`` writes), or a directory
+  holding one as ``ratings.csv`` (a ``local: true`` dataset).
 
 How it stays fast: the pandas C parser reads each file in one pass straight from the archive stream,
 with explicit dtypes.  A pass-through reader counts the separator bytes as they go by, which checks
@@ -69,7 +70,10 @@ def read_ratings(raw: Path | str, fmt: str) -> pd.DataFrame:
     if fmt == "netflix":
         frame = _read_netflix(raw)
     elif fmt == "csv":
-        frame = _read_delimited(_plain_text(raw, fix="give the path of a CSV file with header user,item,rating"),
+        # a local dataset's raw path is its folder: its CSV is ratings.csv there
+        csv = raw / "ratings.csv" if raw.is_dir() else raw
+        frame = _read_delimited(_plain_text(csv, fix="give a CSV file with header user,item,rating (for a "
+                                                     "`local: true` dataset: data/raw/<name>/ratings.csv)"),
                                 None, fix="correct the file, or generate it again")
     else:
         folder, filename, layout = _GROUPLENS[fmt]

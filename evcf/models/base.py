@@ -47,6 +47,8 @@ class VAEModel(nn.Module):
 
     name: ClassVar[str]
     seeded: ClassVar[bool] = True  # its result depends on the seed: the pipeline runs every seed
+    # with `device: cuda`, the pipeline gives its jobs a GPU (gradient steps: always worth one)
+    uses_gpu: ClassVar[bool] = True
 
     def loss(self, x: torch.Tensor, beta: float, clicks: Clicks | None = None) -> LossParts:
         """Training-mode loss for a batch ``x`` (batch, n_items); ``beta`` weights the KL term.
@@ -77,6 +79,9 @@ class ClosedFormModel:
     name: ClassVar[str]
     # False: the result does not depend on the seed, so the pipeline fits it once (first seed only)
     seeded: ClassVar[bool] = False
+    # True: its fit gains from the run's GPU, so with `device: cuda` the pipeline gives its jobs one;
+    # False: it runs on CPUs (`--device cpu`) and never holds a GPU it would barely use
+    uses_gpu: ClassVar[bool] = False
 
     def candidates(self) -> Iterable[dict[str, Any]]:
         """Hyperparameter settings to try; the loop keeps the best by validation NDCG@100."""

@@ -87,6 +87,7 @@ class EASE(ClosedFormModel):
     """
 
     name: ClassVar[str] = "ease"
+    uses_gpu: ClassVar[bool] = True  # its I x I solve runs on the GPU when it fits there
 
     @dataclass(frozen=True)
     class Config:

@@ -112,6 +112,7 @@ class CDAE(ClosedFormModel):
 
     name: ClassVar[str] = "cdae"
     seeded: ClassVar[bool] = True  # initialisation, order, corruption and negatives use the seed
+    uses_gpu: ClassVar[bool] = True  # gradient steps over dense (B, I) batches
 
     @dataclass(frozen=True)
     class Config:

@@ -102,6 +102,9 @@ class WMF(ClosedFormModel):
 
     name: ClassVar[str] = "wmf"
     seeded: ClassVar[bool] = True  # the ALS starts from random factors drawn from the seed
+    # implicit's PyPI wheels have no CUDA: the pipeline runs WMF on CPUs.  With a CUDA build of
+    # implicit, `evcf train --device cuda` fits on the GPU (``fit``).
+    uses_gpu: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Config:

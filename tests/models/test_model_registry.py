@@ -30,7 +30,7 @@ def test_model_names_are_unique_lowercase_dash_and_match_their_classes():
 def test_every_class_honours_its_contract(name):
     cls = model_class(name)
     assert dataclasses.is_dataclass(cls.Config) and cls.Config.__dataclass_params__.frozen
-    assert isinstance(cls.seeded, bool)
+    assert isinstance(cls.seeded, bool) and isinstance(cls.uses_gpu, bool)
     assert issubclass(cls, ClosedFormModel) != issubclass(cls, VAEModel)  # exactly one kind
     if issubclass(cls, ClosedFormModel):
         for method in ("fit", "score", "state", "load_state"):

@@ -8,7 +8,7 @@ from pathlib import Path
 from evcf.config import check_plain_yaml, raw_path, run_settings, synthetic_spec, tune_points, validate
 from evcf.errors import EvcfError
 from evcf.identity import code_hash
-from evcf.models import VAEModel, model_class
+from evcf.models import model_class
 from snakemake.io import report as in_report  # `report` alone is a keyword of the Snakefile grammar
 
 # Everything is checked before any job starts: no anchors in the config file, every key known,
@@ -55,9 +55,10 @@ DEVICE = config.get("device", "auto")
 
 
 def uses_gpu(model):
-    """A GPU job: `device: cuda` (or cuda:N) and a gradient-trained model.  The closed-form
-    baselines fit on CPUs: they would hold a GPU they barely use."""
-    return DEVICE.startswith("cuda") and issubclass(model_class(model), VAEModel)
+    """A GPU job: `device: cuda` (or cuda:N) and a model whose fit gains from one (its class's
+    `uses_gpu`: the VAE models, CDAE and EASE).  Popularity, SLIM and WMF fit on CPUs: they would
+    hold a GPU they barely use."""
+    return DEVICE.startswith("cuda") and model_class(model).uses_gpu
 
 
 def get_gpu(wildcards):
