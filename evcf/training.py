@@ -375,8 +375,11 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
 
 
 def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str, identity: dict, seed: int,
-                     device: torch.device, eval_batch_size: int, out_dir: Path) -> tuple[list[dict], int]:
-    """Try every candidate setting; keep the best by validation NDCG@100."""
+                     device: torch.device, eval_batch_size: int, out_dir: Path) -> tuple[list[dict], dict]:
+    """Try every candidate setting; keep the best by validation NDCG@100.
+
+    Returns (the history, the in-run search: the selected setting and the number of settings tried).
+    """
     best_score, best_state, best_setting = -math.inf, None, None
     val_in = DeviceCSR(data.validation_tr, device)
     started = time.perf_counter()
@@ -399,7 +402,7 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
                         "evcf_version": __version__}, out_dir / CHECKPOINT)
     history = [{"epoch": 0, "train_loss": None, "beta": None, f"val_{SELECT_BY}": best_score,
                 "seconds": time.perf_counter() - started}]
-    return history, 0
+    return history, {"selected": best_setting, "settings_tried": len(tried)}
 
 
 def run(
@@ -429,11 +432,12 @@ def run(
 
     with numerics(cfg, dev):
         if isinstance(model, ClosedFormModel):
-            history, best_epoch = _fit_closed_form(model, data, model_name=model_name, identity=identity,
-                                                   seed=seed, device=dev, eval_batch_size=cfg.eval_batch_size,
-                                                   out_dir=out_dir)
-            epochs_run = 0
+            history, in_run_search = _fit_closed_form(model, data, model_name=model_name, identity=identity,
+                                                      seed=seed, device=dev, eval_batch_size=cfg.eval_batch_size,
+                                                      out_dir=out_dir)
+            best_epoch, epochs_run = 0, 0
         else:
+            in_run_search = None
             best_state, history, best_epoch, epochs_run = _fit_vae(
                 model, data, cfg, model_name=model_name, identity=identity, seed=seed, device=dev,
                 out_dir=out_dir)
@@ -459,6 +463,8 @@ def run(
         "tf32": bool(cfg.tf32 and dev.type == "cuda"),
         "deterministic": cfg.deterministic,
         "seeded": bool(model.seeded),
+        # a model that searches its own settings inside the run (tuning.csv): what it selected
+        **({"in_run_search": in_run_search} if in_run_search is not None else {}),
         "versions": environment(),
         "identity": identity,
     }

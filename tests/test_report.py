@@ -607,3 +607,36 @@ def test_bad_per_user_and_duplicates_raise(tmp_path):
     with pytest.raises(EvcfError, match="no run folders"):
         make_report([], tmp_path / "out")
     _assert_nothing_written(tmp_path / "out")
+
+
+def _settings_run(model, seed, source="params.yaml", setting=None, selected=None, tried=None):
+    return {"dataset": "synthetic", "model": model, "seed": seed, "setting_source": source,
+            "setting": json.dumps(setting or {}, sort_keys=True),
+            "in_run_selected": json.dumps(selected, sort_keys=True), "in_run_tried": tried}
+
+
+def test_what_each_row_ran_with_names_grid_winners_and_in_run_picks():
+    from evcf.report.table import settings_rows
+
+    runs = pd.DataFrame([
+        _settings_run("vamp", 1, "search", {"train.batch_size": 50}),
+        _settings_run("vamp", 2, "search", {"train.batch_size": 50}),
+        _settings_run("mult-vae", 1),
+        # WMF: each seed searched 18 settings; seeds 1 and 3 picked one, seed 2 another
+        _settings_run("wmf", 1, selected={"alpha": 1.0, "factors": 20}, tried=18),
+        _settings_run("wmf", 2, selected={"alpha": 9.0, "factors": 20}, tried=18),
+        _settings_run("wmf", 3, selected={"alpha": 1.0, "factors": 20}, tried=18),
+        _settings_run("ease", 1, selected={"lambda": 500.0}, tried=7),
+        _settings_run("popularity", 1, selected={}, tried=1),  # one setting: no search
+        _settings_run("cdae", 1, "search", {"train.lr": 0.01}),
+        _settings_run("cdae", 2, "params.yaml"),  # a rerun mixed with older runs
+    ])
+    rows = {model: (source, shown) for _, model, source, shown in settings_rows(runs)}
+    assert rows["Vamp"] == ("grid search (validation NDCG@100)", "train.batch_size = 50")
+    assert rows["Mult-VAE"] == ("params.yaml (no grid)", "—")
+    assert rows["WMF"] == ("params.yaml (no grid); in-run search of 18 settings (validation NDCG@100)",
+                           "seed 1, 3: alpha = 1.0, factors = 20; seed 2: alpha = 9.0, factors = 20")
+    assert rows["EASE"] == ("params.yaml (no grid); in-run search of 7 settings (validation NDCG@100)",
+                            "lambda = 500.0")
+    assert rows["Popularity"] == ("params.yaml (no grid)", "—")
+    assert rows["CDAE"][0] == "mixed"

@@ -139,6 +139,8 @@ def test_closed_form_models_pick_a_setting_on_validation(processed, tmp_path):
     assert metrics["best_epoch"] == 0 and metrics["epochs_run"] == 0
     ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=False)
     assert ckpt["setting"]["lam" if "lam" in ckpt["setting"] else next(iter(ckpt["setting"]))] in (1.0, 100.0)
+    # metrics.json says what the in-run search selected, out of how many (the report shows it)
+    assert metrics["in_run_search"] == {"selected": ckpt["setting"], "settings_tried": 2}
 
 
 def test_train_config_errors():

@@ -189,7 +189,11 @@ def load_runs(runs: list[Path], benchmarks_dir: Path | None = None) -> RunData:
                          **{m: float(metrics[m]) for m in METRICS},
                          "train_seconds": seconds, "time_source": source, "path": str(folder),
                          "setting_source": tuning.get("source", "as given"),
-                         "setting": json.dumps(tuning.get("setting", {}), sort_keys=True)})
+                         "setting": json.dumps(tuning.get("setting", {}), sort_keys=True),
+                         # a model's own search inside the run (WMF, SLIM, CDAE, EASE): its pick
+                         "in_run_selected": json.dumps((metrics.get("in_run_search") or {}).get("selected"),
+                                                       sort_keys=True),
+                         "in_run_tried": (metrics.get("in_run_search") or {}).get("settings_tried")})
         ids = {"dataset": dataset, "model": model, "seed": seed}
         histories.append(history.assign(**ids))
         per_users.append(per_user.assign(**ids))

@@ -328,7 +328,9 @@ def settings_rows(runs: pd.DataFrame) -> list[tuple[str, str, str, str]]:
 
     ``runs`` carries ``setting_source`` ("search": the winner of its grid; "params.yaml": no grid
     or tuning off) and ``setting`` (the winning grid values as JSON) from each run's metrics.json.
-    Runs of one row that disagree (a rerun mixed with older runs) are listed as such.
+    Runs of one row that disagree (a rerun mixed with older runs) are listed as such.  A model that
+    searches its own settings inside each run (``in_run_selected``, ``in_run_tried``) shows that
+    search and what it selected, per seed where the seeds selected differently.
     """
     if "setting_source" not in runs:
         return []
@@ -336,17 +338,38 @@ def settings_rows(runs: pd.DataFrame) -> list[tuple[str, str, str, str]]:
     for dataset in order_datasets(runs["dataset"].unique()):
         here = runs[runs["dataset"] == dataset]
         for model in order_models(here["model"].unique()):
-            found = here[here["model"] == model][["setting_source", "setting"]].drop_duplicates()
+            mine = here[here["model"] == model]
+            found = mine[["setting_source", "setting"]].drop_duplicates()
             if len(found) != 1:
                 rows.append((dataset, model_label(model), "mixed", "the runs of this row used different settings"))
                 continue
             source, setting = found.iloc[0]
-            values = json.loads(setting)
-            shown = ", ".join(f"{k} = {v}" for k, v in values.items()) or "—"
+            shown = _values(json.loads(setting))
             label = {"search": "grid search (validation NDCG@100)", "params.yaml": "params.yaml (no grid)",
                      "as given": "as given (not run through the tuning step)"}.get(source, source)
+            picks = _in_run_picks(mine)
+            if picks:
+                tried, selected = picks
+                label += f"; in-run search of {tried} settings (validation NDCG@100)"
+                shown = selected if shown == "—" else f"{shown}; {selected}"
             rows.append((dataset, model_label(model), label, shown))
     return rows
+
+
+def _values(setting: dict | None) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in (setting or {}).items()) or "—"
+
+
+def _in_run_picks(runs: pd.DataFrame) -> tuple[str, str] | None:
+    """(settings tried, what was selected) of a row's in-run searches, or None without one."""
+    if "in_run_tried" not in runs or not (runs["in_run_tried"].fillna(0) > 1).any():
+        return None  # no search (popularity's one setting is none either)
+    tried = "/".join(str(int(n)) for n in sorted(runs["in_run_tried"].dropna().unique()))
+    picks = runs.sort_values("seed").groupby("in_run_selected", sort=False)["seed"].apply(list)
+    if len(picks) == 1:
+        return tried, _values(json.loads(picks.index[0]))
+    return tried, "; ".join(f"seed {', '.join(map(str, seeds))}: {_values(json.loads(pick))}"
+                            for pick, seeds in picks.items())
 
 
 def render_settings_markdown(runs: pd.DataFrame) -> str:
@@ -360,8 +383,8 @@ def render_settings_markdown(runs: pd.DataFrame) -> str:
                                tablefmt="github", disable_numparse=True),
                       "", "Every other value is the row's entry in params.yaml "
                       "(results/tune/<dataset>/<model>/summary.csv lists every grid point). "
-                      "WMF, SLIM, CDAE and EASE also search their own lists of settings inside each run "
-                      "(tuning.csv in the run folder).", ""])
+                      "WMF, SLIM, CDAE and EASE search their own lists of settings inside each run: "
+                      "tuning.csv in the run folder lists every setting tried.", ""])
 
 
 def render_markdown(table: pd.DataFrame, reference: str = "mult-vae") -> str:
