@@ -283,6 +283,24 @@ def train_epoch(model: VAEModel, optimizer: torch.optim.Optimizer, batches: Iter
     return total, n_batches, update_count, beta
 
 
+def _own_checkpoint(ckpt_path: Path, identity: dict) -> dict | None:
+    """The run's checkpoint if this run wrote it, else None (a checkpoint of another run is set aside).
+
+    Loaded on the CPU whatever the run's device: RNG states must stay CPU tensors, and
+    ``load_state_dict`` places parameters and optimizer buffers on the device of the model.
+    """
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    if ckpt is not None and ckpt.get("identity") != identity:
+        # another run wrote it (settings, split, code, torch or device differ): never reuse its
+        # weights; keep it aside and train from scratch
+        stale = ckpt_path.with_name("checkpoint.stale.pt")
+        os.replace(ckpt_path, stale)
+        log.warning("%s belongs to another run (differs in %s); moved to %s, training from scratch",
+                    ckpt_path, "; ".join(identity_diff(ckpt.get("identity"), identity)), stale.name)
+        ckpt = None
+    return ckpt
+
+
 def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: str, identity: dict,
              seed: int, device: torch.device, out_dir: Path) -> tuple[dict, list[dict], int, int]:
     """Train with per-epoch validation; return (best state, history, best epoch, epochs run)."""
@@ -299,17 +317,7 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
     epoch, update_count, bad_epochs = 0, 0, 0
     best = {"score": -math.inf, "epoch": 0, "state": None}
     history: list[dict] = []
-    # on the CPU whatever the run's device: RNG states must stay CPU tensors, and load_state_dict
-    # places parameters and optimizer buffers on the device of the model
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-    if ckpt is not None and ckpt.get("identity") != identity:
-        # another run wrote it (settings, split, code, torch or device differ): never reuse its
-        # weights; keep it aside and train from scratch
-        stale = ckpt_path.with_name("checkpoint.stale.pt")
-        os.replace(ckpt_path, stale)
-        log.warning("%s belongs to another run (differs in %s); moved to %s, training from scratch",
-                    ckpt_path, "; ".join(identity_diff(ckpt.get("identity"), identity)), stale.name)
-        ckpt = None
+    ckpt = _own_checkpoint(ckpt_path, identity)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -375,16 +383,36 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
 
 
 def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str, identity: dict, seed: int,
-                     device: torch.device, eval_batch_size: int, out_dir: Path) -> tuple[list[dict], dict]:
+                     device: torch.device, eval_batch_size: int, checkpoint_minutes: float,
+                     out_dir: Path) -> tuple[list[dict], dict]:
     """Try every candidate setting; keep the best by validation NDCG@100.
 
-    Returns (the history, the in-run search: the selected setting and the number of settings tried).
+    The search is checkpointed as it goes (at most every ``checkpoint_minutes``, and at the end):
+    the settings tried, their scores and the best state.  A killed run started again skips the
+    settings it already tried; each fit depends only on its setting and the seed, so the result is
+    the uninterrupted run's.  Returns (the history, the in-run search: the selected setting and the
+    number of settings tried).
     """
+    ckpt_path = out_dir / CHECKPOINT
+    candidates = list(model.candidates())
     best_score, best_state, best_setting = -math.inf, None, None
+    tried: list[dict] = []
+    ckpt = _own_checkpoint(ckpt_path, identity)
+    if ckpt is not None and "tried" in ckpt:
+        tried, best_score = ckpt["tried"], ckpt["best_score"]
+        best_state, best_setting = ckpt["state"], ckpt["setting"]
+        log.info("resuming %s's search after %d of %d settings (%s)", model_name, len(tried), len(candidates),
+                 ckpt_path)
     val_in = DeviceCSR(data.validation_tr, device)
-    started = time.perf_counter()
-    tried = []
-    for setting in model.candidates():
+    started, saved_at = time.perf_counter(), _clock()
+
+    def save() -> None:
+        nonlocal saved_at
+        _atomic_torch_save({"identity": identity, "model": model_name, "state": best_state, "setting": best_setting,
+                            "best_score": best_score, "tried": tried, "evcf_version": __version__}, ckpt_path)
+        saved_at = _clock()
+
+    for setting in candidates[len(tried):]:
         model.fit(data.train, seed=seed, device=device, **setting)
         val = evaluate(model.score, val_in, data.validation_te, batch_size=eval_batch_size,
                        device=device, metrics=(SELECT_BY,)).per_user[SELECT_BY].mean()
@@ -392,14 +420,14 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
         tried.append({**setting, f"val_{SELECT_BY}": float(val)})
         if val > best_score:
             best_score, best_state, best_setting = float(val), model.state(), setting
+        if len(tried) == len(candidates) or _clock() - saved_at >= 60.0 * checkpoint_minutes:
+            save()  # the last setting's always: the finished search
     if hasattr(model, "clear_cache"):
         model.clear_cache()
     model.load_state(best_state)
     # what was tried and what won, so the selection can be audited from the run folder
     pd.DataFrame(tried).assign(selected=lambda f: f[f"val_{SELECT_BY}"] == best_score).to_csv(
         out_dir / "tuning.csv", index=False, float_format="%.6f")
-    _atomic_torch_save({"identity": identity, "model": model_name, "state": best_state, "setting": best_setting,
-                        "evcf_version": __version__}, out_dir / CHECKPOINT)
     history = [{"epoch": 0, "train_loss": None, "beta": None, f"val_{SELECT_BY}": best_score,
                 "seconds": time.perf_counter() - started}]
     return history, {"selected": best_setting, "settings_tried": len(tried)}
@@ -434,7 +462,7 @@ def run(
         if isinstance(model, ClosedFormModel):
             history, in_run_search = _fit_closed_form(model, data, model_name=model_name, identity=identity,
                                                       seed=seed, device=dev, eval_batch_size=cfg.eval_batch_size,
-                                                      out_dir=out_dir)
+                                                      checkpoint_minutes=cfg.checkpoint_minutes, out_dir=out_dir)
             best_epoch, epochs_run = 0, 0
         else:
             in_run_search = None

@@ -319,3 +319,33 @@ def test_early_stopping_counts_like_evcf(processed, tmp_path, monkeypatch):
     metrics = _run(processed, tmp_path / "run", train=settings)
     # epoch 1 best, epochs 2, 3, 4 without improvement: 3 > 2 stops before epoch 5
     assert metrics["epochs_run"] == 4 and metrics["best_epoch"] == 1
+
+
+def test_a_killed_in_run_search_resumes_after_the_settings_it_tried(processed, tmp_path, monkeypatch):
+    """A self-fitting model checkpoints its search setting by setting (checkpoint_minutes 0): started
+    again, it fits only the settings it had not tried, and ends as the uninterrupted run."""
+    from evcf.models.baselines import EASE
+
+    hparams, train = {"lambdas": [1.0, 100.0, 1000.0]}, {"checkpoint_minutes": 0}
+    whole = _run(processed, tmp_path / "whole", model="ease", hparams=hparams, train=train)
+    real_fit = EASE.fit
+    fits = []
+
+    def killed_at_the_third(self, matrix, **kwargs):
+        fits.append(kwargs["lambda"])
+        if len(fits) == 3:
+            raise RuntimeError("killed")
+        return real_fit(self, matrix, **kwargs)
+
+    monkeypatch.setattr(EASE, "fit", killed_at_the_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(processed, tmp_path / "run", model="ease", hparams=hparams, train=train)
+    assert [t["lambda"] for t in torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["tried"]] == [1.0, 100.0]
+
+    fits.clear()
+    monkeypatch.setattr(EASE, "fit", lambda self, matrix, **kwargs: (fits.append(kwargs["lambda"]),
+                                                                     real_fit(self, matrix, **kwargs))[1])
+    resumed = _run(processed, tmp_path / "run", model="ease", hparams=hparams, train=train)
+    assert fits == [1000.0]  # only the setting not tried before the kill
+    assert _strip(resumed) == _strip(whole)
+    assert (tmp_path / "run" / "tuning.csv").read_text() == (tmp_path / "whole" / "tuning.csv").read_text()
