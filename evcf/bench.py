@@ -358,7 +358,8 @@ def _bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data
         model.eval()
         _sync(device)
         started = time.perf_counter()
-        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=cfg.eval_batch_size, device=device)
+        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=cfg.eval_batch_size, device=device,
+                 with_clicks=True)
         _sync(device)
         out.update(eval_s=time.perf_counter() - started, eval_batch_size=cfg.eval_batch_size)
         model.train()

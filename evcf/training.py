@@ -365,7 +365,7 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
             )
         model.eval()
         val = evaluate(model.score, val_in, data.validation_te, batch_size=cfg.eval_batch_size,
-                       device=device, metrics=(SELECT_BY,)).per_user[SELECT_BY].mean()
+                       device=device, metrics=(SELECT_BY,), with_clicks=True).per_user[SELECT_BY].mean()
         improved = val > best["score"]
         if improved:
             best = {"score": float(val), "epoch": epoch,
@@ -471,7 +471,8 @@ def run(
                 out_dir=out_dir)
             model.load_state_dict(best_state)
             model.eval()
-        test = evaluate(model.score, data.test_tr, data.test_te, batch_size=cfg.eval_batch_size, device=dev)
+        test = evaluate(model.score, data.test_tr, data.test_te, batch_size=cfg.eval_batch_size, device=dev,
+                        with_clicks=isinstance(model, VAEModel))
     per_user = test.per_user.assign(uid=data.test_uids[test.per_user["row"].to_numpy()])
     per_user = per_user[["uid", "recall@20", "recall@50", "ndcg@100"]]
     metrics = {

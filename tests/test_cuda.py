@@ -225,3 +225,29 @@ def test_a_whole_training_step_makes_no_host_sync_on_cuda(processed, name):
             train_step(model, optimizer, x, 0.2)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("name", ["mult-vae", "hvamp-gated"])
+def test_evaluation_syncs_do_not_grow_with_the_batches_on_cuda(processed, name):
+    """Scoring and ranking a batch never waits for the GPU: only the final copies do, so 2 batches
+    and 12 batches of the same users make the same number of syncs."""
+    data = load_split(processed)
+    hparams = WHOLE_STEP[name][0]
+    torch.manual_seed(0)
+    model = build_model(name, data.n_items, **hparams).to("cuda").eval()
+    fold_in = DeviceCSR(data.test_tr, "cuda")
+
+    def syncs(batch_size: int) -> int:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                evaluate(model.score, fold_in, data.test_te, batch_size=batch_size, device="cuda",
+                         with_clicks=True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message).lower() for w in seen)
+
+    n_users = int((np.diff(data.test_te.indptr) > 0).sum())
+    assert syncs(-(-n_users // 2)) == syncs(-(-n_users // 12))

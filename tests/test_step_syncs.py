@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
+import pandas as pd
 import pytest
 import torch
 
@@ -148,17 +149,21 @@ def test_a_whole_step_with_the_models_never_waits_for_the_device(train, name):
     assert calls == []
 
 
-def test_evaluation_waits_for_the_device_only_for_the_final_copies(train):
-    """Batches of held-out users are scored and ranked without a sync; each metric's column is
-    copied to the host once, at the end, however many batches there are."""
+@pytest.mark.parametrize("name", list(SMALL))
+def test_evaluation_waits_for_the_device_only_for_the_final_copies(train, name):
+    """Batches of held-out users are scored (the model's own code included: it gets the clicks)
+    and ranked without a sync; each metric's column is copied to the host once, at the end,
+    however many batches there are."""
     from evcf.evaluate import METRICS, evaluate
 
     torch.manual_seed(0)
-    model = build_model("mult-vae", N_ITEMS, **SMALL["mult-vae"][0])
+    model = build_model(name, N_ITEMS, **SMALL[name][0])
     heldout = synthetic_matrix(120, N_ITEMS, 600, seed=5)
-    with host_syncs(outside_models) as calls:
-        result = evaluate(model.score, train, heldout, batch_size=25)  # 5 batches
+    with host_syncs(anywhere_in_evcf) as calls:
+        result = evaluate(model.score, train, heldout, batch_size=25, with_clicks=True)  # 5 batches
     assert len(result.per_user) == 120
+    # the clicks change where the first layer reads its inputs from, not the scores
+    pd.testing.assert_frame_equal(result.per_user, evaluate(model.score, train, heldout, batch_size=25).per_user)
     assert len(calls) == 2 * len(METRICS)  # .cpu() and .numpy() of each metric's column
     assert len({c.split()[1] for c in calls}) == 1, calls  # all on evaluate's final line
     assert {c.split()[0] for c in calls} == {"cpu", "numpy"}

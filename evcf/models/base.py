@@ -60,10 +60,11 @@ class VAEModel(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def score(self, x: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, clicks: Clicks | None = None) -> torch.Tensor:
         """Eval-mode scores (batch, n_items) for fold-in rows ``x``: higher is better.
 
         Uses the posterior mean and no dropout.  The caller masks fold-in items afterwards.
+        ``clicks``, as for :meth:`loss`: evaluation passes them (``evaluate(..., with_clicks=True)``).
         """
         raise NotImplementedError
 

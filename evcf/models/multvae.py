@@ -85,9 +85,9 @@ class MultDAE(VAEModel):
                          penalty=penalty.detach())
 
     @torch.no_grad()
-    def score(self, x: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, clicks: Clicks | None = None) -> torch.Tensor:
         with eval_mode(self):
-            return self(x)  # (B, I)
+            return self(x, clicks)  # (B, I)
 
 
 # ==================================================================================================
@@ -182,10 +182,10 @@ class MultVAE(VAEModel):
         return LossParts(loss=total, nll=rec.detach(), kl=kl.detach(), penalty=penalty.detach())
 
     @torch.no_grad()
-    def score(self, x: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, clicks: Clicks | None = None) -> torch.Tensor:
         """Logits of p(x | z = posterior mean), no dropout.  (B, I)"""
         with eval_mode(self):
-            return self(x).logits
+            return self(x, clicks).logits
 
 
 # ==================================================================================================
