@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .data.batches import DeviceCSR
+from .data.batches import Batches, DeviceCSR
 from .metrics import ndcg_from_hits, recall_from_hits, topk_hits
 
 __all__ = ["METRICS", "Evaluation", "evaluate", "summarize"]
@@ -63,22 +63,19 @@ def evaluate(
     on the device before ranking.  With ``with_clicks``, ``score(x, clicks)`` also gets where the
     rows' clicks are (:class:`~evcf.data.batches.Clicks`), as a VAE model's ``score`` takes them, so
     that its first layer need not search ``x`` for them.  Nothing here waits for the device until
-    the end: the users are copied to the device once, each batch's click counts are summed on the
-    host, and the per-user values stay on the device until one copy of each metric's column.
+    the end: the batches are cut by :class:`~evcf.data.batches.Batches` (users copied to the device
+    once, click counts from the host), and the per-user values stay on the device until one copy
+    of each metric's column.
     """
     rows_csr = fold_in if isinstance(fold_in, DeviceCSR) else DeviceCSR(fold_in, device)
     heldout = sp.csr_matrix(heldout)
     users = np.flatnonzero(np.diff(heldout.indptr) > 0)  # (n,) on the host
-    users_dev = torch.from_numpy(users).to(rows_csr.device)  # one copy for every batch
     heldout_dev = DeviceCSR(heldout, rows_csr.device)
     columns: dict[str, list[torch.Tensor]] = {name: [] for name in metrics}
-    for start in range(0, users.size, batch_size):
-        host, rows = users[start : start + batch_size], users_dev[start : start + batch_size]
-        # (batch, n_items), and where its clicks are
-        x, clicks = rows_csr.batch(rows, n_nonzeros=int(rows_csr.row_nnz_host[host].sum()))
-        scores = score(x, clicks) if with_clicks else score(x)
+    for (x, clicks), (truth, _) in zip(Batches(rows_csr, users, batch_size),
+                                       Batches(heldout_dev, users, batch_size, dtype=torch.bool)):
+        scores = score(x, clicks) if with_clicks else score(x)  # (batch, n_items)
         scores = scores.float().masked_fill_(x > 0, -torch.inf)  # fold-in items never recommended
-        truth = heldout_dev.dense(rows, dtype=torch.bool, n_nonzeros=int(heldout_dev.row_nnz_host[host].sum()))
         # one ranking for all metrics: the top max(K) items, each metric reads its first K
         hits, n_heldout = topk_hits(scores, truth, max(METRICS[name][1] for name in metrics))
         for name in metrics:

@@ -398,7 +398,7 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
     best_score, best_state, best_setting = -math.inf, None, None
     tried: list[dict] = []
     ckpt = _own_checkpoint(ckpt_path, identity)
-    if ckpt is not None and "tried" in ckpt:
+    if ckpt is not None:
         tried, best_score = ckpt["tried"], ckpt["best_score"]
         best_state, best_setting = ckpt["state"], ckpt["setting"]
         log.info("resuming %s's search after %d of %d settings (%s)", model_name, len(tried), len(candidates),

@@ -76,3 +76,14 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> su
 @pytest.fixture
 def workflow_copy(tmp_path: Path) -> Path:
     return make_workflow_copy(tmp_path / "wf")
+
+
+def write_synthetic_split(out: Path, heldout: int, **spec) -> Path:
+    """A seeded synthetic dataset (``SyntheticSpec(**spec)``), binarized (ratings > 3.5, users with
+    >= 5) and split as the pipeline does, with ``heldout`` validation and test users, in ``out``."""
+    from evcf.data.split import binarize_filter, split_users, write_split
+    from evcf.data.synthetic import SyntheticSpec, generate_ratings
+
+    raw = generate_ratings(SyntheticSpec(**spec))
+    write_split(split_users(binarize_filter(raw, 3.5, 5), heldout), out)
+    return out

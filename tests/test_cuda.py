@@ -29,10 +29,9 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import write_synthetic_split
 from evcf.data.batches import Batches, DeviceCSR
 from evcf.data.sparse import load_split
-from evcf.data.split import binarize_filter, split_users, write_split
-from evcf.data.synthetic import SyntheticSpec, generate_ratings
 from evcf.evaluate import evaluate
 from evcf.models import build_model
 from evcf.optim import make_optimizer
@@ -47,10 +46,8 @@ FAST = {"epochs": 6, "batch_size": 64, "total_anneal_steps": 100, "checkpoint_mi
 
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "toy"
-    raw = generate_ratings(SyntheticSpec(n_users=800, n_items=150, mean_items=25, n_topics=6, seed=5))
-    write_split(split_users(binarize_filter(raw, 3.5, 5), 80), out)
-    return out
+    return write_synthetic_split(tmp_path_factory.mktemp("data") / "toy", 80, n_users=800, n_items=150,
+                                 mean_items=25, n_topics=6, seed=5)
 
 
 def _run(processed, out, device="cuda", model="mult-vae", hparams=SMALL, train=FAST, seed=1):

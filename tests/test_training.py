@@ -15,10 +15,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from conftest import write_synthetic_split
 from evcf.data.batches import DeviceCSR
 from evcf.data.sparse import load_split
-from evcf.data.split import binarize_filter, split_users, write_split
-from evcf.data.synthetic import SyntheticSpec, generate_ratings
 from evcf.errors import EvcfError
 from evcf.schedules import beta_evcf, beta_liang
 from evcf.training import CHECKPOINT, TrainingDiverged, run, train_config
@@ -29,10 +28,8 @@ FAST = {"epochs": 4, "batch_size": 64, "total_anneal_steps": 100}
 
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "toy"
-    raw = generate_ratings(SyntheticSpec(n_users=500, n_items=120, mean_items=25, n_topics=6, seed=5))
-    write_split(split_users(binarize_filter(raw, 3.5, 5), 50), out)
-    return out
+    return write_synthetic_split(tmp_path_factory.mktemp("data") / "toy", 50, n_users=500, n_items=120,
+                                 mean_items=25, n_topics=6, seed=5)
 
 
 def _run(processed, out, seed=1, model="mult-vae", hparams=SMALL, train=FAST):

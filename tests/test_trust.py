@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import write_synthetic_split
 from evcf.data.sparse import load_split
-from evcf.data.split import binarize_filter, check_fingerprint, split_users, write_split
+from evcf.data.split import binarize_filter, check_fingerprint, split_users
 from evcf.data.synthetic import SyntheticSpec, generate_ratings
 from evcf.errors import EvcfError
 from evcf.evaluate import evaluate
@@ -29,9 +30,7 @@ FAST = {"epochs": 4, "batch_size": 64, "total_anneal_steps": 100}
 
 
 def make_split(out, seed):
-    raw = generate_ratings(SyntheticSpec(n_users=400, n_items=100, mean_items=25, n_topics=5, seed=seed))
-    write_split(split_users(binarize_filter(raw, 3.5, 5), 40), out)
-    return out
+    return write_synthetic_split(out, 40, n_users=400, n_items=100, mean_items=25, n_topics=5, seed=seed)
 
 
 def train(processed, out, **kw):
@@ -109,7 +108,7 @@ def test_selection_sees_only_validation_users_and_test_uses_the_best_epoch(tmp_p
     data = load_split(data_dir)
     import evcf.training
 
-    seen, states = [], []
+    seen = []
     real_evaluate = evcf.training.evaluate
 
     def spy(score, fold_in, heldout, **kw):

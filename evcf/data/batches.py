@@ -10,8 +10,10 @@ batch (the size of its scatter) is summed from a host copy of the row lengths, a
 :class:`Batches` cuts one epoch's order into batches that way, copying the order to the device once
 per epoch, and hands each batch over as a :class:`RowBatch`: the dense rows and the coordinates of
 their clicks, which the scatter computed anyway.  The models' sparse first layer reads the clicks
-from there; finding them again in the dense rows (``nonzero``) would make the host wait.  Its ``dense_on_host`` option builds each batch as the reference codes do instead (a
-scipy row slice, ``toarray()`` on the host, then a copy to the device): the baseline of ``evcf bench``.
+from there; finding them again in the dense rows (``nonzero``) would make the host wait.
+Training, evaluation and CDAE's own loop all cut their batches with :class:`Batches`.  Its
+``dense_on_host`` option builds each batch as the reference codes do instead (a scipy row slice,
+``toarray()`` on the host, then a copy to the device): the baseline of ``evcf bench``.
 """
 
 from __future__ import annotations
@@ -117,9 +119,10 @@ class Batches:
     """
 
     def __init__(self, data: DeviceCSR, order: torch.Tensor | np.ndarray, batch_size: int, *,
-                 dense_on_host: bool = False):
+                 dtype: torch.dtype = torch.float32, dense_on_host: bool = False):
         self.data = data
         self.batch_size = batch_size
+        self.dtype = dtype  # of the dense rows (the reference style's are float32)
         self.dense_on_host = dense_on_host
         host = order.numpy() if isinstance(order, torch.Tensor) else np.asarray(order)
         self.order_host = np.ascontiguousarray(host, dtype=np.int64)  # (n,)
@@ -130,12 +133,17 @@ class Batches:
     def __len__(self) -> int:
         return math.ceil(self.order_host.size / self.batch_size)
 
-    def __iter__(self) -> Iterator[RowBatch | torch.Tensor]:
+    def spans(self) -> Iterator[tuple[torch.Tensor, int]]:
+        """Each batch's rows (a slice of the order on the device) and their number of clicks."""
         for start in range(0, self.order_host.size, self.batch_size):
             stop = min(start + self.batch_size, self.order_host.size)
-            if self.dense_on_host:
-                rows = self.data.matrix[self.order_host[start:stop]].toarray().astype(np.float32)
-                yield torch.from_numpy(rows).to(self.data.device)
-            else:
-                yield self.data.batch(self.order[start:stop],
-                                      n_nonzeros=int(self.clicks_before[stop] - self.clicks_before[start]))
+            yield self.order[start:stop], int(self.clicks_before[stop] - self.clicks_before[start])
+
+    def __iter__(self) -> Iterator[RowBatch | torch.Tensor]:
+        if not self.dense_on_host:
+            for rows, n_clicks in self.spans():
+                yield self.data.batch(rows, self.dtype, n_nonzeros=n_clicks)
+            return
+        for start in range(0, self.order_host.size, self.batch_size):  # the reference style: float32
+            rows = self.data.matrix[self.order_host[start : start + self.batch_size]].toarray().astype(np.float32)
+            yield torch.from_numpy(rows).to(self.data.device)

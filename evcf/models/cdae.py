@@ -40,13 +40,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Iterator
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evcf.data.batches import DeviceCSR
+from evcf.data.batches import Batches, DeviceCSR
 from evcf.errors import EvcfError
 from evcf.models.base import ClosedFormModel
 from evcf.models.baselines import _check_train
@@ -264,16 +263,11 @@ class CDAETrainer:
     def epoch(self) -> Iterator[tuple[torch.Tensor, int]]:
         """One epoch's batches in a fresh seeded user order: (rows (B,) on the device, clicks).
 
-        The order is drawn on the host and copied once; each batch's click count comes from the
-        host, so building its dense rows never waits for the device.
+        The order is drawn on the host and cut by :class:`~evcf.data.batches.Batches` (copied once;
+        each batch's click count from the host), so building its dense rows never waits for the device.
         """
         order = torch.randperm(self.n_users, generator=self.order_gen)  # (U,)
-        clicks_before = np.concatenate([[0], np.cumsum(self.rows_of.row_nnz_host[order.numpy()])])
-        perm = order.to(self.device)
-        size = self.config.batch_size
-        for start in range(0, self.n_users, size):
-            stop = min(start + size, self.n_users)
-            yield perm[start:stop], int(clicks_before[stop] - clicks_before[start])
+        yield from Batches(self.rows_of, order, self.config.batch_size).spans()
 
     def step(self, rows: torch.Tensor, clicks: int | None = None) -> torch.Tensor:
         """One Adam step on the users ``rows`` (B,) holding ``clicks`` clicks; returns the batch's

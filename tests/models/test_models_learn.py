@@ -15,9 +15,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from conftest import write_synthetic_split
 from evcf.data.sparse import load_split
-from evcf.data.split import binarize_filter, split_users, write_split
-from evcf.data.synthetic import SyntheticSpec, generate_ratings
 from evcf.models import build_model
 from evcf.optim import make_optimizer
 from evcf.training import run
@@ -125,8 +124,7 @@ CLOSED_FORM = {
 def synthetic_split(tmp_path_factory):
     """The pipeline's default synthetic data set (3,000 users x 800 items, 300 held-out users)."""
     out = tmp_path_factory.mktemp("synthetic")
-    raw = generate_ratings(SyntheticSpec())
-    write_split(split_users(binarize_filter(raw, 3.5, 5), 300), out)
+    write_synthetic_split(out, 300)
     data = load_split(out)
     pop = run(data, dataset="synthetic", model_name="popularity", hparams={}, train={}, seed=1,
               out_dir=out / "popularity", device="cpu")
