@@ -19,13 +19,6 @@ from .errors import EvcfError
 log = logging.getLogger("evcf")
 
 
-def _write_json(path: Path, value: dict) -> None:
-    """Write ``value`` as indented JSON, atomically (a temporary name, then a rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def _json_arg(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -72,98 +65,135 @@ def cmd_split(args: argparse.Namespace) -> None:
     )
 
 
-def _apply_winner(path: Path, hparams: dict, train: dict) -> tuple[dict, dict, dict]:
-    """Apply a grid's winning setting (``winner.json`` of ``evcf tune-summary``) to the settings."""
-    from .config import apply_setting
+def _say(line: str) -> None:
+    """A line for the terminal (stdout: Snakemake shows it; the rule's log gets stderr)."""
+    print(line, flush=True)
 
-    try:
-        winner = json.loads(path.read_text())
-        setting, source = winner["setting"], winner["source"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise EvcfError(f"cannot read the tuning result ({exc})", path=path,
-                        fix="re-run the grid (snakemake tune), or delete the file to run it again") from None
-    hparams, train = apply_setting(hparams, train, setting)
-    return hparams, train, {"source": source, "setting": setting, "summary": str(path)}
+
+def _load(path: str):
+    from .data.sparse import load_split
+
+    return load_split(Path(path))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
-    from .data.sparse import load_split
+    from .io import write_json
     from .training import run
+    from .tuning import winner_for_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    hparams, train, tuning = args.hparams, args.train, None
+    hparams, train, tuning, same_as = args.hparams, args.train, None, None
     if args.tuned:
-        hparams, train, tuning = _apply_winner(Path(args.tuned), hparams, train)
-    metrics = run(
-        load_split(Path(args.data)),
-        dataset=args.dataset,
-        model_name=args.model,
-        hparams=hparams,
-        train=train,
-        seed=args.seed,
-        out_dir=Path(args.out),
-        device=args.device,
-    )
+        hparams, train, tuning, same_as = winner_for_run(Path(args.tuned), hparams, train, dataset=args.dataset,
+                                                         seed=args.seed)
+    metrics = run(_load(args.data), dataset=args.dataset, model_name=args.model, hparams=hparams, train=train,
+                  seed=args.seed, out_dir=Path(args.out), device=args.device, reuse_from=same_as, say=_say)
     if tuning is not None:  # say in the run's own record where its setting came from
         metrics["tuning"] = tuning
-        _write_json(Path(args.out) / "metrics.json", metrics)
-    print(
-        f"ok: {args.out}: test Recall@20 {metrics['recall@20']:.4f} Recall@50 {metrics['recall@50']:.4f} "
-        f"NDCG@100 {metrics['ndcg@100']:.4f} (best epoch {metrics['best_epoch']}, {metrics['wall_seconds']:.1f} s)"
-    )
+        write_json(Path(args.out) / "metrics.json", metrics)
+    _say(f"ok: {args.out}: test Recall@20 {metrics['recall@20']:.4f} Recall@50 {metrics['recall@50']:.4f} "
+         f"NDCG@100 {metrics['ndcg@100']:.4f} (best epoch {metrics['best_epoch']}, {metrics['wall_seconds']:.1f} s"
+         + (", reused" if metrics.get("reused_from") else "") + ")")
+
+
+def cmd_tune_rung(args: argparse.Namespace) -> None:
+    """One point of one rung of the halving search: train it to the rung's budget, write its standing."""
+    import torch
+
+    from .io import write_json
+    from .training import run, train_config
+    from .tuning import Halving, rung_budgets, rung_result
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rung == 0:
+        if args.hparams is None or args.train is None or args.point is None:
+            raise EvcfError("rung 0 needs --point, --hparams and --train", fix="pass the grid point's settings")
+        point = {"point": args.point, "setting": args.setting, "hparams": args.hparams, "train": args.train}
+    else:
+        try:
+            promoted = json.loads(Path(args.promoted).read_text())["promoted"]
+            point = promoted[args.slot]
+        except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+            raise EvcfError(f"cannot read slot {args.slot} of the previous rung's decision ({exc!r})",
+                            path=args.promoted, fix="re-run the previous rung (snakemake tune)") from None
+    halving = Halving(eta=args.eta, rungs=args.rungs)
+    budget = rung_budgets(train_config(point["train"]).epochs, halving)[args.rung]
+    folder = Path(args.points_dir) / f"point-{point['point']}"
+    outcome = run(_load(args.data), dataset=args.dataset, model_name=args.model, hparams=point["hparams"],
+                  train=point["train"], seed=args.seed, out_dir=folder, device=args.device, stop_at=budget,
+                  say=_say)
+    import pandas as pd
+
+    history = pd.read_csv(folder / "history.csv").to_dict("records")  # a stopped run's and a finished run's
+    before = outcome.get("resumed_from_epoch", 0)
+    result = {"point": point["point"], "folder": str(folder), "rung": args.rung, "budget": budget,
+              "setting": point["setting"], "hparams": point["hparams"], "train": point["train"],
+              **rung_result(history, budget, finished=outcome.get("finished", True)),
+              # the epochs this job trained (none when an earlier record of the same run reached the budget)
+              "trained_epochs": [] if outcome.get("reused") else
+              [h["epoch"] for h in history if before < h["epoch"] <= budget]}
+    write_json(Path(args.result), result)
+    _say(f"ok: {args.result}: point {point['point']} at {budget} epochs: validation NDCG@100 "
+         f"{result['validation_ndcg@100']:.4f}")
+
+
+def cmd_tune_decide(args: argparse.Namespace) -> None:
+    """Rank one rung's points; promote the best ``--keep``; free the eliminated points' checkpoints."""
+    from .io import write_json
+    from .training import CHECKPOINT
+    from .tuning import decide_rung
+
+    results = []
+    for path in args.results:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EvcfError(f"cannot read the rung result ({exc})", path=path, fix="re-run that point's rung") from None
+    decision = decide_rung(results, args.keep)
+    promoted = set(decision["promoted"])
+    decision["promoted"] = [next(r for r in results if r["point"] == p) for p in decision["promoted"]]
+    if not args.last:  # an eliminated point never trains again: its resumable state goes
+        for result in results:
+            if result["point"] not in promoted:
+                (Path(result["folder"]) / CHECKPOINT).unlink(missing_ok=True)
+    write_json(Path(args.out), decision)
+    _say(f"ok: {args.out}: promoted points {sorted(promoted)} of {len(results)}")
 
 
 def cmd_tune_summary(args: argparse.Namespace) -> None:
-    """The grid of one (dataset, model): every point's validation NDCG@100, and the winner.
+    """The search of one (dataset, model): every point's validation NDCG@100, and the winner.
 
-    Writes ``summary.csv`` (one row a point, ``selected`` marks the winner) and ``winner.json``
-    (``{"source": "search" | "params.yaml", "setting": {...}}``), which the Table 1 runs read.  With
+    Writes ``summary.csv`` and ``winner.json`` (evcf/tuning.py), which the Table 1 runs read.  With
     no points (no grid, or tuning off) the winner is params.yaml's setting, unchanged.
     """
-    import pandas as pd
+    from .tuning import borrow_winner, summarize_full, summarize_halving
 
-    points = args.points or []
-    if not isinstance(args.settings, list) or len(args.settings) != len(points):
-        raise EvcfError(f"--settings must be a JSON list with one setting per point ({len(points)})",
-                        fix="pass the grid points in the order of --points")
-    rows = []
-    for point, setting in zip(points, args.settings):
-        path = Path(point) / "metrics.json"
-        try:
-            metrics = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise EvcfError(f"cannot read the tuning run ({exc})", path=path,
-                            fix="re-run that grid point (snakemake tune)") from None
-        rows.append({"point": Path(point).name, **setting,
-                     "validation_ndcg@100": metrics["validation_ndcg@100"], "best_epoch": metrics["best_epoch"]})
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if rows:
-        table = pd.DataFrame(rows)
-        # selection uses validation users only; test metrics stay in the point folders, unread here
-        best = int(table["validation_ndcg@100"].idxmax())
-        table["selected"] = table.index == best
-        winner = {"source": "search", "setting": args.settings[best],
-                  "validation_ndcg@100": float(table.loc[best, "validation_ndcg@100"]), "points": len(rows)}
+    if args.borrow:
+        winner = borrow_winner(Path(args.borrow), out, dataset=args.dataset)
+    elif args.decisions:
+        winner = summarize_halving([Path(p) for p in args.decisions], out, dataset=args.dataset, seed=args.seed)
     else:
-        table = pd.DataFrame([{"point": "params.yaml", "selected": True}])
-        winner = {"source": "params.yaml", "setting": {}, "points": 0}
-    table.to_csv(out / "summary.csv.tmp", index=False, float_format="%.6f")
-    (out / "summary.csv.tmp").replace(out / "summary.csv")
-    _write_json(out / "winner.json", winner)  # last: the Table 1 runs depend on it
-    if rows:
-        print(f"ok: {out}: best {json.dumps(winner['setting'])} (validation NDCG@100 "
-              f"{winner['validation_ndcg@100']:.4f} of {len(rows)} points)")
+        if not isinstance(args.settings, list):
+            raise EvcfError("--settings must be a JSON list", fix="pass one setting per point, in the order of --points")
+        winner = summarize_full([Path(p) for p in args.points or []], args.settings, out, dataset=args.dataset,
+                                seed=args.seed)
+    if winner["source"] == "params.yaml":
+        _say(f"ok: {out}: no grid; the runs use params.yaml" + (f" (as on {winner['dataset']})" if args.borrow else ""))
     else:
-        print(f"ok: {out}: no grid; the runs use params.yaml")
+        _say(f"ok: {out}: best {json.dumps(winner['setting'])} (validation NDCG@100 "
+             f"{winner['validation_ndcg@100']:.4f} of {winner['points']} points, {winner['search']} search"
+             + (f" on {winner['dataset']}" if args.borrow else "") + ")")
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
     """One file per (dataset, model): its runs' metrics and identities, and their mean."""
     from .evaluate import METRICS
+    from .io import write_json
 
     runs = []
     for folder in args.runs:
@@ -181,7 +211,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
            "runs": {f"seed-{r['seed']}": {m: r[m] for m in (*METRICS, "validation_ndcg@100", "best_epoch")}
                     for r in runs}}
     out = Path(args.out)
-    _write_json(out, row)
+    write_json(out, row)
     print(f"ok: {out}: {model} on {dataset}, n = {len(runs)}")
 
 
@@ -191,6 +221,21 @@ def cmd_report(args: argparse.Namespace) -> None:
     written = make_report([Path(r) for r in args.runs], Path(args.out),
                           benchmarks_dir=Path(args.benchmarks) if args.benchmarks else None)
     print(f"ok: wrote {len(written)} files under {args.out}")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    """Jobs, epochs, hours and disk of the selection, before anything runs (evcf/plan.py)."""
+    from .plan import bench_figures, format_plan, load_config, make_plan
+
+    config = load_config(Path(args.params), args.config)
+    device = args.device or config.get("device", "auto")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device.split(":")[0]
+    rows = make_plan(config, device=device, figures=bench_figures(Path(args.bench)))
+    _say(format_plan(config, rows, device=device, params=args.params, figures_dir=args.bench))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,11 +280,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results/<dataset>/<model>/seed-<seed>")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("tune-summary", help="one table of a hyperparameter grid, the winner marked")
-    p.add_argument("--points", nargs="*", default=[], help="run folders of the grid points (none: no grid)")
-    p.add_argument("--settings", type=json.loads, default=[], help="JSON list: each point's setting")
+    p = sub.add_parser("tune-rung", help="one point of one rung of the halving search (tuning: halving)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--rung", type=int, required=True)
+    p.add_argument("--eta", type=int, required=True)
+    p.add_argument("--rungs", type=int, required=True)
+    p.add_argument("--point", type=int, default=None, help="rung 0: the grid point's index")
+    p.add_argument("--setting", type=_json_arg, default={}, help="rung 0: the point's grid setting")
+    p.add_argument("--hparams", type=_json_arg, default=None, help="rung 0: the point's model settings")
+    p.add_argument("--train", type=_json_arg, default=None, help="rung 0: the point's training settings")
+    p.add_argument("--promoted", default=None, help="rung > 0: the previous rung's decision.json")
+    p.add_argument("--slot", type=int, default=0, help="rung > 0: which promoted point (0 = the best)")
+    p.add_argument("--points-dir", required=True, help="results/tune/<dataset>/<model>: the point folders")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--result", required=True, help="this slot's result (JSON)")
+    p.set_defaults(func=cmd_tune_rung)
+
+    p = sub.add_parser("tune-decide", help="rank one rung of the halving search and promote the best")
+    p.add_argument("--results", nargs="+", required=True, help="the rung's slot results")
+    p.add_argument("--keep", type=int, required=True, help="how many points the next rung trains")
+    p.add_argument("--last", action="store_true", help="the last rung (nothing to free)")
+    p.add_argument("--out", required=True, help="the rung's decision.json")
+    p.set_defaults(func=cmd_tune_decide)
+
+    p = sub.add_parser("tune-summary", help="one table of a search, the winner marked")
+    p.add_argument("--points", nargs="*", default=[], help="full grid: the points' run folders (none: no grid)")
+    p.add_argument("--settings", type=json.loads, default=[], help="full grid: JSON list, each point's setting")
+    p.add_argument("--decisions", nargs="*", default=[], help="halving: every rung's decision.json, in order")
+    p.add_argument("--borrow", default=None, help="tune_from: another dataset's winner.json, taken as it is")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--seed", type=int, required=True, help="the seed the search trained with")
     p.add_argument("--out-dir", required=True, help="results/tune/<dataset>/<model>: summary.csv, winner.json")
     p.set_defaults(func=cmd_tune_summary)
+
+    p = sub.add_parser("plan", help="jobs, epochs, hours and disk of the selection in params.yaml, before running it")
+    p.add_argument("--params", default="params.yaml", help="the configuration file (default: params.yaml here)")
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides as Snakemake's --config takes them, e.g. tuning=halving 'datasets=[ml-20m]'")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="the device to cost (default: params.yaml's device; auto = CUDA when present)")
+    p.add_argument("--bench", default="results/bench", help="the folder of evcf bench JSON figures")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("collect", help="gather the runs of one (dataset, model) into one row file")
     p.add_argument("--runs", nargs="+", required=True, help="run folders of that row (one per seed)")
@@ -265,7 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except EvcfError as exc:
+        signum = getattr(exc, "signum", None)  # evcf.training.Interrupted: checkpointed, resumable
         print(f"error: {exc}", file=sys.stderr)
+        if signum is not None:
+            print(f"interrupted: {exc.problem}; run the same command again to resume", flush=True)
+            return 128 + signum
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

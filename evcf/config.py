@@ -90,7 +90,9 @@ def build_schema() -> dict[str, Any]:
                       "uniqueItems": True},
             "device": {"type": "string", "pattern": "^(auto|cpu|cuda(:[0-9]+)?)$"},
             "threads": {"type": "integer", "minimum": 1},
-            "tuning": {"type": "boolean"},
+            "tuning": {"enum": ["full", "halving", False]},
+            "halving": _closed({"eta": {"type": "integer", "minimum": 2}, "rungs": {"type": "integer", "minimum": 1}}),
+            "tune_from": {"type": "object", "additionalProperties": _NAME},
             "data": {"type": "object", "additionalProperties": dataset},
             "train": train,
             "model_params": per_model,
@@ -206,6 +208,9 @@ def _schema_error(err: jsonschema.ValidationError) -> tuple[tuple, str, str]:
                   "array": "a list", "object": "a mapping"}.get(str(err.validator_value), str(err.validator_value))
         return where, err.message, f"write {wanted} (YAML reads 2e-5 as a string: write 2.0e-5)" \
             if wanted == "a number" else f"write {wanted}"
+    if err.validator == "enum":
+        return where, f"{err.instance!r} is not allowed", \
+            "write one of: " + ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in err.validator_value)
     return where, err.message, "correct that value"
 
 
@@ -261,6 +266,25 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml",
         if dataset != DEFAULT_GRID and dataset not in config["data"]:
             raise fail(("tune", dataset), f"unknown dataset {dataset!r}",
                        f"use `{DEFAULT_GRID}` (every dataset) or one of {known_data}")
+
+    for dataset, source in config.get("tune_from", {}).items():
+        for where, name in ((("tune_from", dataset), dataset), (("tune_from", dataset), source)):
+            if name not in config["data"]:
+                raise fail(where, f"unknown dataset {name!r}", f"use one of {known_data}")
+        if source == dataset or source in config["tune_from"]:
+            raise fail(("tune_from", dataset), f"{dataset} would take its winners from {source}, which "
+                       "takes them from elsewhere itself", f"name a dataset that runs its own search")
+    if config.get("tuning", "full") == "halving":
+        from .models import model_class
+        from .models.base import VAEModel
+
+        for dataset in config["datasets"]:
+            for model in config["models"]:
+                if tune_points(config, dataset, model) and not issubclass(model_class(model), VAEModel):
+                    raise fail(("tune", grid_source(config, dataset, model), model),
+                               f"tuning: halving cuts a search by epochs, and {model} has none (it fits "
+                               "its settings in one run)", f"remove its grid, list its settings in "
+                               f"model_params.{model}.model (its in-run search), or use tuning: full")
 
     def check(where: tuple, model: str, hparams: dict, train: dict) -> None:
         try:

@@ -24,13 +24,16 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from . import __version__
@@ -38,19 +41,26 @@ from .data.batches import Batches, DeviceCSR, RowBatch
 from .data.sparse import SplitData
 from .errors import EvcfError
 from .evaluate import evaluate, summarize
+from .io import write_atomic, write_csv, write_json
 from .identity import environment, identity_diff, matrices_fingerprint, run_identity
 from .models import build_model
 from .models.base import ClosedFormModel, VAEModel
 from .optim import make_optimizer
 from .schedules import beta_evcf, beta_liang
 
-__all__ = ["TrainConfig", "TrainingDiverged", "run", "resolve_device", "train_config", "train_step",
+__all__ = ["TrainConfig", "TrainingDiverged", "Interrupted", "run", "resolve_device", "train_config", "train_step",
            "train_epoch", "numerics"]
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.pt"  # resumable training state; deleted when the run finishes
+PARTIAL = "partial.json"  # a run stopped at a halving budget: its identity and epoch (with history.csv)
+PROGRESS = "progress.json"  # epoch, ETA and state, rewritten every epoch (evcf status reads it)
+WEIGHTS_FILE = "model.pt"  # a finished run's best weights (train.weights)
 _clock = time.monotonic  # minutes between checkpoints are counted on it (tests replace it)
 SELECT_BY = "ndcg@100"
+
+
+WEIGHTS = ("fp16", "fp32", "none")  # train.weights: what a finished run keeps (model.pt)
 
 
 @dataclass(frozen=True)
@@ -78,12 +88,18 @@ class TrainConfig:
     # ours: torch.use_deterministic_algorithms(True), and CUBLAS_WORKSPACE_CONFIG=:4096:8 on CUDA
     # (when not set already): a CUDA run repeats bit for bit, somewhat slower; off = torch's defaults
     deterministic: bool = False
+    # ours (issue 18): what a finished run keeps besides its results: the best epoch's weights as
+    # model.pt in half precision ("fp16", for a reader), in full precision ("fp32"), or nothing
+    # ("none").  The resumable checkpoint is deleted when the run ends either way.  Not part of the
+    # run's identity: it does not change the numbers.
+    weights: str = "fp16"
 
     def __post_init__(self) -> None:
         choices = {
             "optimizer": ("adam", "adam-normgrad"),
             "beta_schedule": ("liang", "evcf", "none"),
             "precision": ("fp32", "bf16"),
+            "weights": WEIGHTS,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -122,7 +138,7 @@ def train_config(values: dict[str, Any]) -> TrainConfig:
 
 
 # settings that change how a run is carried out, not its numbers: left out of the run's identity
-NOT_IN_IDENTITY = ("checkpoint_minutes",)
+NOT_IN_IDENTITY = ("checkpoint_minutes", "weights")
 
 
 class TrainingDiverged(EvcfError):
@@ -204,12 +220,6 @@ def numerics(cfg: TrainConfig, device: torch.device) -> Iterator[None]:
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -301,9 +311,71 @@ def _own_checkpoint(ckpt_path: Path, identity: dict) -> dict | None:
     return ckpt
 
 
+class Interrupted(EvcfError):
+    """The run was stopped by SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) and checkpointed."""
+
+    def __init__(self, problem: str, *, path: Path, signum: int) -> None:
+        super().__init__(problem, path=path, fix="run the same command again: it resumes from the checkpoint")
+        self.signum = signum
+
+
+class _Signals:
+    """While active: the first SIGINT or SIGTERM asks the loop to stop at its next safe point (the end
+    of the epoch, or of the setting for a self-fitting model), where it checkpoints and raises
+    :class:`Interrupted`; a second one stops at once (the last checkpoint is kept).  Installed only in
+    the main thread (signal handlers cannot be set elsewhere), otherwise a no-op."""
+
+    def __init__(self, say: Callable[[str], None], where: str) -> None:
+        self.received: int | None = None
+        self._say, self._where = say, where
+        self._saved: dict = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # the second signal: stop now
+            self.__exit__()
+            raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+        self.received = signum
+        self._say(f"{signal.Signals(signum).name} received: {self._where} stops at the end of the current "
+                  f"{'epoch' if 'epoch' in self._where else 'setting'} and writes a checkpoint "
+                  f"(send it again to stop now, losing the work since the last checkpoint)")
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._saved[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        self._saved = {}
+
+
+class _Progress:
+    """``progress.json`` in the run folder, rewritten after every epoch (``evcf status`` reads it)."""
+
+    def __init__(self, out_dir: Path, *, dataset: str, model: str, seed: int, epochs: int) -> None:
+        self.path, self.epochs = out_dir / PROGRESS, epochs
+        self.base = {"dataset": dataset, "model": model, "seed": seed}
+        self.seconds: list[float] = []
+
+    def write(self, epoch: int, state: str, message: str = "", seconds: float | None = None) -> None:
+        if seconds is not None:
+            self.seconds = (self.seconds + [seconds])[-5:]
+        write_json(self.path, {**self.base, "epoch": epoch, "epochs": self.epochs,
+                               "epoch_seconds": (sum(self.seconds) / len(self.seconds)) if self.seconds else None,
+                               "updated": time.time(), "state": state, "message": message})
+
+
 def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: str, identity: dict,
-             seed: int, device: torch.device, out_dir: Path) -> tuple[dict, list[dict], int, int]:
-    """Train with per-epoch validation; return (best state, history, best epoch, epochs run)."""
+             seed: int, device: torch.device, out_dir: Path, stop_at: int | None, say: Callable[[str], None],
+             progress: _Progress) -> tuple[dict, list[dict], int, int, bool, int]:
+    """Train with per-epoch validation, up to ``stop_at`` epochs when given (a budget of the halving
+    search: the run is left resumable there).
+
+    Returns (best state, history, best epoch, epochs run, finished: the schedule ended, by its
+    last epoch or by early stopping; the epoch it resumed from, 0 for a fresh start).
+    """
     ckpt_path = out_dir / CHECKPOINT
     shuffle_gen = torch.Generator().manual_seed(seed)
     train = DeviceCSR(data.train, device)
@@ -324,9 +396,9 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
         epoch, update_count, bad_epochs = ckpt["epoch"], ckpt["update_count"], ckpt["bad_epochs"]
         best, history = ckpt["best"], ckpt["history"]
         _set_rng_state(shuffle_gen, ckpt["rng"])
-        log.info("resuming %s from epoch %d (%s)", model_name, epoch, ckpt_path)
+        say(f"{model_name}: resuming from epoch {epoch} of {cfg.epochs} ({ckpt_path})")
 
-    saved_epoch, saved_at = (epoch if ckpt is not None else None), _clock()
+    saved_epoch, saved_at, resumed_from = (epoch if ckpt is not None else None), _clock(), epoch
 
     def save() -> None:
         nonlocal saved_epoch, saved_at
@@ -338,60 +410,77 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
         )
         saved_epoch, saved_at = epoch, _clock()
 
-    while epoch < cfg.epochs:
-        # EVCF's rule (experiment.py: `if e > early_stopping_epochs: break`): stop once MORE than
-        # `patience` epochs in a row brought no improvement
-        if cfg.patience and bad_epochs > cfg.patience:
-            log.info("early stop after epoch %d: no validation improvement for %d epochs", epoch, bad_epochs)
-            break
-        epoch += 1
-        started = time.perf_counter()
-        model.train()
-        # the epoch's order on the host (its row lengths size each batch without asking the device),
-        # copied to the device once
-        batches = Batches(train, torch.randperm(train.n_rows, generator=shuffle_gen), cfg.batch_size)
-        total, n_batches, update_count, beta = train_epoch(model, optimizer, batches, cfg, epoch=epoch,
-                                                           update_count=update_count, device=device)
-        loss = float(total) / max(n_batches, 1)  # the epoch's one read-back from the device
-        if not math.isfinite(loss):
-            kept = (f"The last checkpoint (epoch {saved_epoch}) is kept" if saved_epoch is not None
-                    else "No checkpoint was written yet")
-            raise TrainingDiverged(
-                f"{model_name}: loss became {loss} at epoch {epoch} (mean over its {n_batches} steps; "
-                f"β = {beta:.4g}); likely causes: learning rate {cfg.lr} too high, bf16 overflow, "
-                f"or a degenerate batch. {kept}",
-                path=ckpt_path,
-                fix="lower train.lr (or use precision fp32) and run again; it resumes from the checkpoint",
-            )
-        model.eval()
-        val = evaluate(model.score, val_in, data.validation_te, batch_size=cfg.eval_batch_size,
-                       device=device, metrics=(SELECT_BY,), with_clicks=True).per_user[SELECT_BY].mean()
-        improved = val > best["score"]
-        if improved:
-            best = {"score": float(val), "epoch": epoch,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        bad_epochs = 0 if improved or not _warmed_up(cfg, epoch, update_count) else bad_epochs + 1
-        history.append({"epoch": epoch, "train_loss": loss, "beta": beta,
-                        f"val_{SELECT_BY}": float(val), "seconds": time.perf_counter() - started})
-        log.info("%s epoch %d: loss %.4f β %.4f val NDCG@100 %.4f%s", model_name, epoch,
-                 history[-1]["train_loss"], beta, val, " *" if improved else "")
-        if _clock() - saved_at >= 60.0 * cfg.checkpoint_minutes:
-            save()
+    last = cfg.epochs if stop_at is None else min(cfg.epochs, stop_at)
+    stopped_early = False
+    with _Signals(say, f"{model_name} (epoch {epoch + 1})") as signals:
+        while epoch < last:
+            # EVCF's rule (experiment.py: `if e > early_stopping_epochs: break`): stop once MORE than
+            # `patience` epochs in a row brought no improvement
+            if cfg.patience and bad_epochs > cfg.patience:
+                log.info("early stop after epoch %d: no validation improvement for %d epochs", epoch, bad_epochs)
+                stopped_early = True
+                break
+            epoch += 1
+            signals._where = f"{model_name} (epoch {epoch})"
+            started = time.perf_counter()
+            model.train()
+            # the epoch's order on the host (its row lengths size each batch without asking the device),
+            # copied to the device once
+            batches = Batches(train, torch.randperm(train.n_rows, generator=shuffle_gen), cfg.batch_size)
+            total, n_batches, update_count, beta = train_epoch(model, optimizer, batches, cfg, epoch=epoch,
+                                                               update_count=update_count, device=device)
+            loss = float(total) / max(n_batches, 1)  # the epoch's one read-back from the device
+            if not math.isfinite(loss):
+                kept = (f"The last checkpoint (epoch {saved_epoch}) is kept" if saved_epoch is not None
+                        else "No checkpoint was written yet")
+                progress.write(epoch - 1, "failed", f"loss became {loss} at epoch {epoch}")
+                raise TrainingDiverged(
+                    f"{model_name}: loss became {loss} at epoch {epoch} (mean over its {n_batches} steps; "
+                    f"β = {beta:.4g}); likely causes: learning rate {cfg.lr} too high, bf16 overflow, "
+                    f"or a degenerate batch. {kept}",
+                    path=ckpt_path,
+                    fix="lower train.lr (or use precision fp32) and run again; it resumes from the checkpoint",
+                )
+            model.eval()
+            val = evaluate(model.score, val_in, data.validation_te, batch_size=cfg.eval_batch_size,
+                           device=device, metrics=(SELECT_BY,), with_clicks=True).per_user[SELECT_BY].mean()
+            improved = val > best["score"]
+            if improved:
+                best = {"score": float(val), "epoch": epoch,
+                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            bad_epochs = 0 if improved or not _warmed_up(cfg, epoch, update_count) else bad_epochs + 1
+            history.append({"epoch": epoch, "train_loss": loss, "beta": beta,
+                            f"val_{SELECT_BY}": float(val), "seconds": time.perf_counter() - started})
+            log.info("%s epoch %d: loss %.4f β %.4f val NDCG@100 %.4f%s", model_name, epoch,
+                     history[-1]["train_loss"], beta, val, " *" if improved else "")
+            if signals.received is not None:
+                save()
+                progress.write(epoch, "interrupted", f"stopped by {signal.Signals(signals.received).name} "
+                               f"after epoch {epoch}; checkpoint written")
+                raise Interrupted(f"{model_name}: stopped after epoch {epoch} of {cfg.epochs} by "
+                                  f"{signal.Signals(signals.received).name}; checkpoint written",
+                                  path=ckpt_path, signum=signals.received)
+            progress.write(epoch, "running", seconds=history[-1]["seconds"])
+            if _clock() - saved_at >= 60.0 * cfg.checkpoint_minutes:
+                save()
+    finished = stopped_early or epoch >= cfg.epochs or (cfg.patience and bad_epochs > cfg.patience)
     if saved_epoch != epoch:
-        save()  # the final state, whatever the interval
-    return best["state"], history, best["epoch"], epoch
+        save()  # the last state, whatever the interval: a budget's end (the next rung resumes here), or
+        # the schedule's end (a crash before the results are written re-scores from it); a finished
+        # run deletes it once its results are written
+    return best["state"], history, best["epoch"], epoch, bool(finished), resumed_from
 
 
 def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str, identity: dict, seed: int,
                      device: torch.device, eval_batch_size: int, checkpoint_minutes: float,
-                     out_dir: Path) -> tuple[list[dict], dict]:
+                     out_dir: Path, say: Callable[[str], None]) -> tuple[list[dict], dict]:
     """Try every candidate setting; keep the best by validation NDCG@100.
 
-    The search is checkpointed as it goes (at most every ``checkpoint_minutes``, and at the end):
-    the settings tried, their scores and the best state.  A killed run started again skips the
-    settings it already tried; each fit depends only on its setting and the seed, so the result is
-    the uninterrupted run's.  Returns (the history, the in-run search: the selected setting and the
-    number of settings tried).
+    The search is checkpointed as it goes (at most every ``checkpoint_minutes``, after an interrupt,
+    and at the end): the settings tried, their scores and the best state.  A stopped run started
+    again skips the settings it already tried; each fit depends only on its setting and the seed, so
+    the result is the uninterrupted run's.  Returns (the history, the in-run search: the selected
+    setting and the number of settings tried).
     """
     ckpt_path = out_dir / CHECKPOINT
     candidates = list(model.candidates())
@@ -401,8 +490,7 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
     if ckpt is not None:
         tried, best_score = ckpt["tried"], ckpt["best_score"]
         best_state, best_setting = ckpt["state"], ckpt["setting"]
-        log.info("resuming %s's search after %d of %d settings (%s)", model_name, len(tried), len(candidates),
-                 ckpt_path)
+        say(f"{model_name}: resuming its search after {len(tried)} of {len(candidates)} settings ({ckpt_path})")
     val_in = DeviceCSR(data.validation_tr, device)
     started, saved_at = time.perf_counter(), _clock()
 
@@ -412,25 +500,98 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
                             "best_score": best_score, "tried": tried, "evcf_version": __version__}, ckpt_path)
         saved_at = _clock()
 
-    for setting in candidates[len(tried):]:
-        model.fit(data.train, seed=seed, device=device, **setting)
-        val = evaluate(model.score, val_in, data.validation_te, batch_size=eval_batch_size,
-                       device=device, metrics=(SELECT_BY,)).per_user[SELECT_BY].mean()
-        log.info("%s %s: val NDCG@100 %.4f", model_name, setting or "(no settings)", val)
-        tried.append({**setting, f"val_{SELECT_BY}": float(val)})
-        if val > best_score:
-            best_score, best_state, best_setting = float(val), model.state(), setting
-        if len(tried) == len(candidates) or _clock() - saved_at >= 60.0 * checkpoint_minutes:
-            save()  # the last setting's always: the finished search
+    with _Signals(say, f"{model_name}'s search") as signals:
+        for setting in candidates[len(tried):]:
+            model.fit(data.train, seed=seed, device=device, **setting)
+            val = evaluate(model.score, val_in, data.validation_te, batch_size=eval_batch_size,
+                           device=device, metrics=(SELECT_BY,)).per_user[SELECT_BY].mean()
+            log.info("%s %s: val NDCG@100 %.4f", model_name, setting or "(no settings)", val)
+            tried.append({**setting, f"val_{SELECT_BY}": float(val)})
+            if val > best_score:
+                best_score, best_state, best_setting = float(val), model.state(), setting
+            if signals.received is not None and len(tried) < len(candidates):
+                save()
+                raise Interrupted(f"{model_name}: stopped after {len(tried)} of {len(candidates)} settings by "
+                                  f"{signal.Signals(signals.received).name}; checkpoint written",
+                                  path=ckpt_path, signum=signals.received)
+            if len(tried) < len(candidates) and _clock() - saved_at >= 60.0 * checkpoint_minutes:
+                save()
     if hasattr(model, "clear_cache"):
         model.clear_cache()
     model.load_state(best_state)
     # what was tried and what won, so the selection can be audited from the run folder
-    pd.DataFrame(tried).assign(selected=lambda f: f[f"val_{SELECT_BY}"] == best_score).to_csv(
-        out_dir / "tuning.csv", index=False, float_format="%.6f")
+    write_csv(out_dir / "tuning.csv",
+              pd.DataFrame(tried).assign(selected=lambda f: f[f"val_{SELECT_BY}"] == best_score))
     history = [{"epoch": 0, "train_loss": None, "beta": None, f"val_{SELECT_BY}": best_score,
                 "seconds": time.perf_counter() - started}]
     return history, {"selected": best_setting, "settings_tried": len(tried)}
+
+
+def _compact(value: Any, dtype: str) -> Any:
+    """``value`` (a state: tensors, arrays, sparse matrices, nested in dicts and lists) with its
+    floating-point numbers in half precision when ``dtype`` is fp16; unchanged for fp32."""
+    if dtype == "fp32":
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float16) if value.is_floating_point() else value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        return value.astype(np.float16) if np.issubdtype(value.dtype, np.floating) else value
+    if sp.issparse(value):
+        return value.astype(np.float16) if np.issubdtype(value.dtype, np.floating) else value
+    if isinstance(value, dict):
+        return {k: _compact(v, dtype) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_compact(v, dtype) for v in value)
+    return value
+
+
+def _finish_folder(out_dir: Path, *, weights: str, state: Any, identity: dict, hparams: dict) -> None:
+    """The disk policy of a finished run: the best weights as ``model.pt`` (``train.weights``), and
+    no resumable state (checkpoint, partial record) left behind."""
+    if weights != "none":
+        _atomic_torch_save({"identity": identity, "hparams": hparams, "weights": weights,
+                            "state": _compact(state, weights), "evcf_version": __version__}, out_dir / WEIGHTS_FILE)
+    else:
+        (out_dir / WEIGHTS_FILE).unlink(missing_ok=True)
+    for name in (CHECKPOINT, PARTIAL):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _previous_record(out_dir: Path, identity: dict) -> dict | None:
+    """What an earlier execution of this same run left in its folder: a finished run's metrics.json,
+    or the partial record of a run stopped at a budget; None when absent or another run's."""
+    for name in ("metrics.json", PARTIAL):
+        path = out_dir / name
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        history = out_dir / "history.csv"
+        if record.get("identity") == identity and history.exists():
+            return {"finished": name == "metrics.json", "metrics": record,
+                    "history": pd.read_csv(history).to_dict("records")}
+    return None
+
+
+def _reuse(source: Path, out_dir: Path, identity: dict) -> dict | None:
+    """Copy the finished run in ``source`` (a grid point) into ``out_dir`` when it is this very run
+    (equal identity): the first seed's Table 1 run of a searched row is the winning point's run."""
+    try:
+        metrics = json.loads((source / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if metrics.get("identity") != identity or not all((source / n).exists() for n in ("history.csv", "per_user.csv")):
+        return None
+    for name in ("history.csv", "per_user.csv", "tuning.csv", WEIGHTS_FILE):
+        if (source / name).exists():
+            data = (source / name).read_bytes()
+            write_atomic(out_dir / name, data)
+    for name in (CHECKPOINT, PARTIAL, PROGRESS):
+        (out_dir / name).unlink(missing_ok=True)
+    metrics = {**metrics, "reused_from": str(source)}
+    metrics.pop("tuning", None)  # the caller records this run's own
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
 
 
 def run(
@@ -443,11 +604,25 @@ def run(
     seed: int,
     out_dir: Path,
     device: str = "auto",
+    stop_at: int | None = None,
+    reuse_from: Path | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Fit, select on validation, evaluate on test, write the run's three result files."""
+    """Fit, select on validation, evaluate on test, write the run's result files.
+
+    A finished run writes ``metrics.json``, ``history.csv``, ``per_user.csv`` and (``train.weights``)
+    ``model.pt``, and deletes its checkpoint.  ``stop_at``: train at most that many epochs (a rung of
+    the halving search); a run that has not finished its schedule by then writes ``history.csv`` and
+    ``partial.json`` and keeps its checkpoint, and the returned dict has ``finished: False``.  An
+    earlier record of the same run in ``out_dir`` that reaches the budget is answered from, without
+    training.  ``reuse_from``: a finished run folder that is this very run (equal identity) is copied
+    instead of training again.  ``say`` receives the lines meant for the terminal (resuming,
+    interrupts).
+    """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    say = say or log.info
     cfg = train_config(train)
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -458,17 +633,37 @@ def run(
                             seed=seed if model.seeded else None,
                             data=data.fingerprint or matrices_fingerprint(data), device=dev.type)
 
+    if reuse_from is not None:
+        reused = _reuse(Path(reuse_from), out_dir, identity)
+        if reused is not None:
+            say(f"{model_name}: the same run as {reuse_from} (equal identity): its results are reused, not retrained")
+            return reused
+    if stop_at is not None:
+        previous = _previous_record(out_dir, identity)
+        if previous is not None and (previous["finished"] or previous["history"][-1]["epoch"] >= stop_at):
+            return {"finished": previous["finished"], "history": previous["history"], "reused": True}
+
+    progress = _Progress(out_dir, dataset=dataset, model=model_name, seed=seed,
+                         epochs=0 if isinstance(model, ClosedFormModel) else cfg.epochs)
+    (out_dir / "metrics.json").unlink(missing_ok=True)  # a result of another run never stays beside this one
     with numerics(cfg, dev):
         if isinstance(model, ClosedFormModel):
+            progress.write(0, "running", "searching its settings")
             history, in_run_search = _fit_closed_form(model, data, model_name=model_name, identity=identity,
                                                       seed=seed, device=dev, eval_batch_size=cfg.eval_batch_size,
-                                                      checkpoint_minutes=cfg.checkpoint_minutes, out_dir=out_dir)
-            best_epoch, epochs_run = 0, 0
+                                                      checkpoint_minutes=cfg.checkpoint_minutes, out_dir=out_dir,
+                                                      say=say)
+            best_epoch, epochs_run, finished, best_state, resumed_from = 0, 0, True, model.state(), 0
         else:
             in_run_search = None
-            best_state, history, best_epoch, epochs_run = _fit_vae(
+            best_state, history, best_epoch, epochs_run, finished, resumed_from = _fit_vae(
                 model, data, cfg, model_name=model_name, identity=identity, seed=seed, device=dev,
-                out_dir=out_dir)
+                out_dir=out_dir, stop_at=stop_at, say=say, progress=progress)
+            if not finished:
+                write_csv(out_dir / "history.csv", pd.DataFrame(history))
+                write_json(out_dir / PARTIAL, {"identity": identity, "epoch": epochs_run, "finished": False})
+                progress.write(epochs_run, "stopped", f"budget of {stop_at} epochs reached; resumable")
+                return {"finished": False, "history": history, "reused": False, "resumed_from_epoch": resumed_from}
             model.load_state_dict(best_state)
             model.eval()
         test = evaluate(model.score, data.test_tr, data.test_te, batch_size=cfg.eval_batch_size, device=dev,
@@ -484,6 +679,7 @@ def run(
         "n_test_users": int(len(per_user)),
         "best_epoch": int(best_epoch),
         "epochs_run": int(epochs_run),
+        "resumed_from_epoch": int(resumed_from),  # 0: trained from the first epoch in this execution
         "wall_seconds": round(time.perf_counter() - started, 3),
         "device": dev.type if dev.type == "cpu" else f"{dev.type} ({torch.cuda.get_device_name(dev)})",
         "threads": torch.get_num_threads(),
@@ -497,9 +693,9 @@ def run(
         "versions": environment(),
         "identity": identity,
     }
-    per_user.to_csv(out_dir / "per_user.csv.tmp", index=False, float_format="%.6f")
-    os.replace(out_dir / "per_user.csv.tmp", out_dir / "per_user.csv")
-    pd.DataFrame(history).to_csv(out_dir / "history.csv.tmp", index=False, float_format="%.6f")
-    os.replace(out_dir / "history.csv.tmp", out_dir / "history.csv")
-    _atomic_write(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_csv(out_dir / "per_user.csv", per_user)
+    write_csv(out_dir / "history.csv", pd.DataFrame(history))
+    write_json(out_dir / "metrics.json", metrics)
+    _finish_folder(out_dir, weights=cfg.weights, state=best_state, identity=identity, hparams=hparams)
+    progress.write(epochs_run, "done", f"test NDCG@100 {metrics['ndcg@100']:.4f}")
     return metrics

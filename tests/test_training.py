@@ -38,7 +38,8 @@ def _run(processed, out, seed=1, model="mult-vae", hparams=SMALL, train=FAST):
 
 
 def _strip(metrics):
-    return {k: v for k, v in metrics.items() if k != "wall_seconds"}
+    """Everything but how this execution went (time, and the epoch it resumed from)."""
+    return {k: v for k, v in metrics.items() if k not in ("wall_seconds", "resumed_from_epoch")}
 
 
 def test_selects_best_validation_epoch_and_writes_outputs(processed, tmp_path):
@@ -86,6 +87,8 @@ def test_resume_after_kill_gives_identical_results(processed, tmp_path):
     subprocess.run([*args, "--out", str(tmp_path / "killed")], check=True, capture_output=True)
     full = json.loads((tmp_path / "full/metrics.json").read_text())
     resumed = json.loads((tmp_path / "killed/metrics.json").read_text())
+    # it resumed (a restart from scratch ends with the same numbers on the CPU: only this tells them apart)
+    assert full["resumed_from_epoch"] == 0 and resumed["resumed_from_epoch"] >= killed_at
     assert _strip(full) == _strip(resumed)
     for name in ("per_user.csv",):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes()
@@ -95,12 +98,16 @@ def test_resume_after_kill_gives_identical_results(processed, tmp_path):
 
 
 def test_checkpoint_of_another_configuration_is_set_aside(processed, tmp_path):
-    _run(processed, tmp_path, train={**FAST, "epochs": 1})
+    # a run stopped at a budget keeps its checkpoint (a finished one deletes it)
+    stopped = run(load_split(processed), dataset="toy", model_name="mult-vae", hparams=dict(SMALL),
+                  train={**FAST, "epochs": 4}, seed=1, out_dir=tmp_path, device="cpu", stop_at=1)
+    assert stopped["finished"] is False
     first = (tmp_path / CHECKPOINT).read_bytes()
     changed = _run(processed, tmp_path, train={**FAST, "epochs": 2, "lr": 0.01})
-    assert changed["epochs_run"] == 2  # trained from scratch, not resumed from the lr=0.001 run
+    assert changed["epochs_run"] == 2 and changed["resumed_from_epoch"] == 0  # not resumed from the lr=0.001 run
     assert (tmp_path / "checkpoint.stale.pt").read_bytes() == first
-    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["identity"]["train"]["lr"] == 0.01
+    assert not (tmp_path / CHECKPOINT).exists()  # finished: its resumable state is gone
+    assert torch.load(tmp_path / "model.pt", weights_only=False)["identity"]["train"]["lr"] == 0.01
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(processed, tmp_path, monkeypatch):
@@ -132,12 +139,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 
 def test_closed_form_models_pick_a_setting_on_validation(processed, tmp_path):
-    metrics = _run(processed, tmp_path, model="ease", hparams={"lambdas": [1.0, 100.0]}, train={})
+    metrics = _run(processed, tmp_path, model="ease", hparams={"lambdas": [1.0, 100.0]}, train={"weights": "fp32"})
     assert metrics["best_epoch"] == 0 and metrics["epochs_run"] == 0
-    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=False)
-    assert ckpt["setting"]["lam" if "lam" in ckpt["setting"] else next(iter(ckpt["setting"]))] in (1.0, 100.0)
+    assert not (tmp_path / CHECKPOINT).exists()
     # metrics.json says what the in-run search selected, out of how many (the report shows it)
-    assert metrics["in_run_search"] == {"selected": ckpt["setting"], "settings_tried": 2}
+    assert metrics["in_run_search"]["settings_tried"] == 2
+    assert metrics["in_run_search"]["selected"]["lambda"] in (1.0, 100.0)
+    kept = torch.load(tmp_path / "model.pt", weights_only=False)  # train.weights: fp32, the state as fitted
+    assert kept["weights"] == "fp32" and kept["identity"] == metrics["identity"]
 
 
 def test_train_config_errors():
@@ -196,7 +205,7 @@ def test_checkpoints_every_n_minutes_and_after_the_last_epoch(processed, tmp_pat
     saved = _count_saves(monkeypatch)
     _run(processed, tmp_path, train={**FAST, "checkpoint_minutes": minutes})
     assert saved == saved_epochs
-    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["epoch"] == 4
+    assert not (tmp_path / CHECKPOINT).exists()  # deleted once the results are written (train.weights keeps model.pt)
 
 
 def test_the_checkpoint_interval_is_counted_in_minutes(processed, tmp_path, monkeypatch):
@@ -210,12 +219,18 @@ def test_the_checkpoint_interval_is_counted_in_minutes(processed, tmp_path, monk
     assert saved == [3, 4]
 
 
-def test_the_checkpoint_interval_is_not_part_of_a_runs_identity(processed, tmp_path, caplog):
-    first = _run(processed, tmp_path, train={**FAST, "checkpoint_minutes": 0})
+def test_the_checkpoint_interval_and_the_kept_weights_are_not_part_of_a_runs_identity(processed, tmp_path,
+                                                                                         caplog):
+    whole = _run(processed, tmp_path / "whole", train={**FAST, "checkpoint_minutes": 0})
+    run(load_split(processed), dataset="toy", model_name="mult-vae", hparams=dict(SMALL),
+        train={**FAST, "checkpoint_minutes": 0}, seed=1, out_dir=tmp_path / "run", device="cpu", stop_at=2)
     with caplog.at_level("WARNING", logger="evcf.training"):
-        again = _run(processed, tmp_path, train={**FAST, "checkpoint_minutes": 30})
-    assert not (tmp_path / "checkpoint.stale.pt").exists() and "belongs to another run" not in caplog.text
-    assert _strip(again) == _strip(first) and "checkpoint_minutes" not in first["identity"]["train"]
+        again = _run(processed, tmp_path / "run", train={**FAST, "checkpoint_minutes": 30, "weights": "none"})
+    assert not (tmp_path / "run/checkpoint.stale.pt").exists() and "belongs to another run" not in caplog.text
+    assert again["resumed_from_epoch"] == 2  # the other interval and weights setting resumed the same run
+    assert _strip(again) == _strip(whole)
+    assert "checkpoint_minutes" not in whole["identity"]["train"] and "weights" not in whole["identity"]["train"]
+    assert not (tmp_path / "run/model.pt").exists() and (tmp_path / "whole/model.pt").exists()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from evcf.config import check_plain_yaml, raw_path, run_settings, synthetic_spec, tune_points, validate
+from evcf.tuning import halving_settings, rung_slots, tuning_mode
 from evcf.errors import EvcfError
 from evcf.identity import code_hash
 from evcf.models import model_class
@@ -37,8 +38,9 @@ wildcard_constraints:
 
 
 def q(value):
-    """A value as one shell word (JSON for dicts)."""
-    return shlex.quote(json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    """A value as one shell word (JSON with sorted keys for dicts: the same settings always give the
+    same command, so a no-op override reschedules nothing)."""
+    return shlex.quote(json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value))
 
 
 def run_dir(dataset, model, seed):
@@ -135,6 +137,11 @@ def get_train_input(wildcards):
     return expand("data/processed/{dataset}/{name}", dataset=wildcards.dataset, name=SPLIT_OUTPUTS)
 
 
+def get_code(wildcards):
+    """The source hash a run depends on (a param: changing it reruns the run)."""
+    return CODE
+
+
 def get_train_args(wildcards):
     hparams, train = run_settings(config, wildcards.dataset, wildcards.model)
     return f"--hparams {q(hparams)} --train {q(train)}"
@@ -191,19 +198,76 @@ def tune_outputs():
     return [f"results/tune/{d}/{m}/winner.json" for d in DATASETS for m in MODELS]
 
 
+# ---- the search (tune.smk; evcf/tuning.py) ------------------------------------------------------
+TUNING = tuning_mode(config)  # "full", "halving", or None (tuning: false)
+TUNE_FROM = config.get("tune_from", {})  # dataset -> the dataset whose winners it takes
+
+
+def tune_dir(wildcards):
+    return f"results/tune/{wildcards.dataset}/{wildcards.model}"
+
+
+def _points(wildcards):
+    return tune_points(config, wildcards.dataset, wildcards.model)
+
+
+def _slots(wildcards):
+    """Points trained at each rung of the halving search of (dataset, model)."""
+    return rung_slots(len(_points(wildcards)), halving_settings(config))
+
+
 def get_tune_args(wildcards):
-    point = tune_points(config, wildcards.dataset, wildcards.model)[int(wildcards.point)]
+    point = _points(wildcards)[int(wildcards.point)]
     return f"--hparams {q(point['hparams'])} --train {q(point['train'])}"
 
 
-def get_tune_point_dirs(wildcards):
-    n = len(tune_points(config, wildcards.dataset, wildcards.model))
-    return " ".join(f"results/tune/{wildcards.dataset}/{wildcards.model}/point-{i}" for i in range(n))
+def get_rung_promoted(wildcards):
+    """Rung r > 0 reads which points rung r - 1 promoted."""
+    rung = int(wildcards.rung)
+    return [] if rung == 0 else [f"{tune_dir(wildcards)}/rung-{rung - 1}/decision.json"]
+
+
+def get_rung_args(wildcards):
+    halving, rung, slot = halving_settings(config), int(wildcards.rung), int(wildcards.slot)
+    args = f"--eta {halving.eta} --rungs {halving.rungs}"
+    if rung == 0:  # slot s of the first rung is grid point s
+        point = _points(wildcards)[slot]
+        return (f"{args} --point {slot} --setting {q(point['setting'])} --hparams {q(point['hparams'])} "
+                f"--train {q(point['train'])}")
+    return f"{args} --promoted {tune_dir(wildcards)}/rung-{rung - 1}/decision.json --slot {slot}"
+
+
+def get_decide_input(wildcards):
+    rung = int(wildcards.rung)
+    return [f"{tune_dir(wildcards)}/rung-{rung}/slot-{s}.json" for s in range(_slots(wildcards)[rung])]
+
+
+def get_decide_args(wildcards):
+    slots, rung = _slots(wildcards), int(wildcards.rung)
+    last = rung == len(slots) - 1
+    return f"--keep {1 if last else slots[rung + 1]}" + (" --last" if last else "")
 
 
 def get_tune_summary_input(wildcards):
-    return [f"{d}/metrics.json" for d in get_tune_point_dirs(wildcards).split()]
+    """What a (dataset, model)'s winner is made from: another dataset's winner (tune_from), every
+    rung's decision (halving), every point's run (full), or nothing (no grid)."""
+    if wildcards.dataset in TUNE_FROM:
+        return [f"results/tune/{TUNE_FROM[wildcards.dataset]}/{wildcards.model}/winner.json"]
+    n = len(_points(wildcards))
+    if n and TUNING == "halving":
+        return [f"{tune_dir(wildcards)}/rung-{r}/decision.json" for r in range(len(_slots(wildcards)))]
+    return [f"{tune_dir(wildcards)}/point-{i}/metrics.json" for i in range(n)]
 
 
-def get_tune_settings(wildcards):
-    return q([p["setting"] for p in tune_points(config, wildcards.dataset, wildcards.model)])
+def get_tune_summary_args(wildcards):
+    inputs = get_tune_summary_input(wildcards)
+    if wildcards.dataset in TUNE_FROM:
+        return f"--borrow {inputs[0]}"
+    if inputs and TUNING == "halving":
+        return "--decisions " + " ".join(inputs)
+    settings = [p["setting"] for p in _points(wildcards)]
+    return f"--points {' '.join(str(Path(i).parent) for i in inputs)} --settings {q(settings)}"
+
+
+def get_tuned_input(wildcards):
+    return f"results/tune/{wildcards.dataset}/{wildcards.model}/winner.json"
