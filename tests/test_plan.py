@@ -1,0 +1,99 @@
+"""`evcf plan`: jobs, epochs, hours and disk of a selection, from bench figures, before anything runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evcf.errors import EvcfError
+from evcf.plan import bench_figures, load_config, make_plan
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "params.yaml"
+
+
+def _bench(folder: Path, device: str = "cpu", **models) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{device}.json").write_text(json.dumps({"device": device, "shape": {"name": "ml-20m"},
+                                                       "eval_users": 1000, "models": models}))
+    return folder
+
+
+def _plan(*overrides: str, bench: Path | None = None, device: str = "cpu") -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "evcf.cli", "plan", "--params", str(PARAMS), "--device", device]
+    if bench is not None:
+        args += ["--bench", str(bench)]
+    if overrides:
+        args += ["--config", *overrides]
+    return subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+FIGURE = {"epoch_s": 100.0, "eval_s": 10.0, "batch_size": 200, "fused_optimizer": False, "precision": "fp32"}
+
+
+def test_hours_are_epochs_times_the_measured_epoch_and_its_validation(tmp_path):
+    """By hand: an epoch costs 100 s + 10 s x 10,000 / 1,000 validation users = 200 s.  Mult-VAE: 2 seeds
+    x 200 epochs.  Vamp under halving: 16 points (2 likelihoods x 4 beta caps x 2 batch sizes), 400
+    epochs, budgets 45 / 134 / 400 for 16 / 6 / 2 points = 1,786 epochs, then the second seed's
+    400 (the first seed's run is the winner's)."""
+    bench = _bench(tmp_path / "bench", **{"mult-vae": {**FIGURE, "batch_size": 500}, "vamp": FIGURE})
+    config = load_config(PARAMS, ["datasets=[ml-20m]", "models=[mult-vae, vamp, hvamp]", "seeds=[1, 2]",
+                                  "tuning=halving"])
+    rows = {r.model: r for r in make_plan(config, device="cpu", figures=bench_figures(bench))}
+    epoch_h = 200 / 3600
+    assert rows["mult-vae"].search_jobs == 0 and rows["mult-vae"].table_epochs == 400
+    assert rows["mult-vae"].epoch_h == pytest.approx(epoch_h)
+    vamp = rows["vamp"]
+    assert vamp.search_epochs == {"full": 16 * 400, "halving": 16 * 45 + 6 * 89 + 2 * 266}
+    assert vamp.search_jobs == 16 + 6 + 2 and vamp.table_jobs == 1 and vamp.table_epochs == 400
+    assert vamp.epoch_h == pytest.approx(epoch_h)
+    assert rows["hvamp"].epoch_h is None and "no figure" in rows["hvamp"].note
+    out = _plan("datasets=[ml-20m]", "models=[mult-vae, vamp, hvamp]", "seeds=[1, 2]", "tuning=halving",
+                bench=bench)
+    assert out.returncode == 0, out.stderr
+    expected = (400 + 1786 + 400) * epoch_h
+    assert f"hours on cpu: {expected:,.1f} under tuning: halving" in out.stdout
+    assert f"{(400 + 16 * 400 + 400) * epoch_h:,.1f} under tuning: full" in out.stdout
+    assert "1 of 3 rows have no figure and are not counted" in out.stdout
+    # H+Vamp has the same 16-point grid (no figure: its epochs count, its hours cannot)
+    assert "search epochs: 12,800 under tuning: full, 3,572 under tuning: halving (28% of full)" in out.stdout
+
+
+def test_a_figure_of_another_network_is_not_used(tmp_path):
+    bench = _bench(tmp_path / "bench", vamp={**FIGURE, "hparams": {"hidden_size": 50}})
+    config = load_config(PARAMS, ["datasets=[ml-20m]", "models=[vamp]"])
+    (row,) = make_plan(config, device="cpu", figures=bench_figures(bench))
+    assert row.epoch_h is None and "model.hidden_size" in row.note
+
+
+def test_the_papers_defaults(tmp_path):
+    out = _plan()
+    assert out.returncode == 0, out.stderr
+    # 256 grid points; 12 rows x 2 datasets: 9 seeded x 3 seeds + 3 seedless, minus the 10 searched
+    # rows' first seeds (the winners' runs)
+    assert "jobs: 256 search (tune_point), 50 Table 1 runs" in out.stdout
+    assert re.search(r"hours on cpu: [\d,.]+ under tuning: full, [\d,.]+ under tuning: halving", out.stdout)
+    kept, before = map(float, re.search(r"disk kept by finished runs \(train.weights\): ([\d.,]+) GB; the same "
+                                        r"runs' checkpoints before this policy: ([\d.,]+) GB",
+                                        out.stdout.replace(",", "")).groups())
+    assert 0 < kept < before / 4
+
+
+def test_a_device_without_figures_is_refused(tmp_path):
+    out = _plan(bench=_bench(tmp_path / "bench", **{"mult-vae": FIGURE}), device="cuda")
+    assert out.returncode == 2 and out.stdout == ""
+    assert "no evcf bench figures for device 'cuda'" in out.stderr and "gpu_check.sh" in out.stderr
+
+
+def test_bad_overrides_are_refused():
+    out = _plan("tuning=maybe")
+    assert out.returncode == 2 and "tuning: 'maybe' is not allowed" in out.stderr and "full, halving, false" in out.stderr
+    with pytest.raises(EvcfError, match="halving cuts a search by epochs, and ease has none"):
+        load_config(PARAMS, ["tuning=halving", "tune={default: {ease: {model.lambdas: [[1.0], [2.0]]}}}"])
+    with pytest.raises(EvcfError, match="unknown dataset 'nope'"):
+        load_config(PARAMS, ["tune_from={netflix: nope}"])
