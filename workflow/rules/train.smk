@@ -21,7 +21,7 @@ rule train_model:
     params:
         args=get_train_args,
         device=get_device,
-        code=CODE,
+        code=get_code,
     threads: config.get("threads", 2)
     resources:
         mem_mb=4000,
