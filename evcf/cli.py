@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    from .status import add_parser as add_status_parser  # evcf status (evcf/status.py)
+
+    add_status_parser(sub)
     return parser
 
 
