@@ -65,7 +65,7 @@ def test_changed_code_or_device_does_not_reuse_a_checkpoint(tmp_path, monkeypatc
     train(data, tmp_path / "run")
     import evcf.identity
 
-    monkeypatch.setattr(evcf.identity, "code_hash", lambda: "another version of the code")
+    monkeypatch.setattr(evcf.identity, "code_hash", lambda model=None: "another version of the code")
     with caplog.at_level(logging.WARNING, logger="evcf.training"):
         again = train(data, tmp_path / "run")
     assert any("differs in code" in r.getMessage() for r in caplog.records)
@@ -85,7 +85,7 @@ def test_metrics_record_the_identity_and_the_library_versions(tmp_path):
     metrics = train(data, tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["identity"] == metrics["identity"]
-    assert set(on_disk["identity"]) == {"model", "hparams", "train", "seed", "data", "code", "torch", "device"}
+    assert set(on_disk["identity"]) == {"model", "hparams", "train", "seed", "data", "code", "libraries", "device"}
     assert on_disk["identity"]["data"] == load_split(data).fingerprint and len(on_disk["identity"]["data"]) == 64
     assert {"numpy", "scipy", "pandas", "torch", "python", "evcf", "implicit", "scikit-learn"} <= set(on_disk["versions"])
     assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["identity"] == on_disk["identity"]
