@@ -90,6 +90,15 @@ def test_a_model_file_edit_reruns_only_that_models_jobs(finished):
         counts = jobs(root)
         assert counts["train_model"] == 1 and counts["tune_point"] == 2, counts
         multvae.write_text(saved)
+        # a row without a grid (nothing upstream reruns): the rule's own code param alone reruns it
+        baselines = root / "evcf/models/baselines.py"
+        kept = baselines.read_text()
+        try:
+            edit(baselines, "\n\nclass ", "\n\n_EDITED = 1\n\n\nclass ")
+            assert trained_models(root) == {"popularity"}
+            assert jobs(root).get("train_model") == 1
+        finally:
+            baselines.write_text(kept)
         # a docstring- or comment-only edit: nothing
         edit(multvae, '"""', '"""(edited docstring) ')
         edit(multvae, "\n\nclass ", "\n\n# an added comment\n\n\nclass ")
