@@ -146,3 +146,22 @@ def test_dvc_set_param_reaches_a_row_without_a_train_block(tmp_path):
     config["datasets"] = ["synthetic"]
     validate(config, committed=PARAMS)
     assert run_settings(config, "synthetic", "mult-vae")[1]["lr"] == 0.002
+
+
+def test_the_table_credits_command_line_values_to_the_command_line():
+    """'What each row ran with' says which values the command line changed (metrics.json's settings_source)."""
+    import pandas as pd
+
+    from evcf.report import _command_line
+    from evcf.report.table import settings_rows
+
+    typed = {"settings_source": {"train.lr": {"from": "command line: model_params.mult-vae.train", "value": 0.002}}}
+    assert _command_line(typed) == "train.lr = 0.002" and _command_line({}) == ""
+    runs = pd.DataFrame([
+        {"dataset": "synthetic", "model": "mult-vae", "seed": s, "setting_source": "params.yaml", "setting": "{}",
+         "in_run_selected": "null", "in_run_tried": None, "command_line": _command_line(typed)} for s in (1, 2)
+    ] + [{"dataset": "synthetic", "model": "popularity", "seed": 1, "setting_source": "params.yaml",
+          "setting": "{}", "in_run_selected": "null", "in_run_tried": None, "command_line": ""}])
+    rows = {model: source for _, model, source, _ in settings_rows(runs)}
+    assert rows["Mult-VAE"] == "params.yaml (no grid); command line: train.lr = 0.002"
+    assert rows["Popularity"] == "params.yaml (no grid)"
