@@ -165,3 +165,17 @@ def test_the_table_credits_command_line_values_to_the_command_line():
     rows = {model: source for _, model, source, _ in settings_rows(runs)}
     assert rows["Mult-VAE"] == "params.yaml (no grid); command line: train.lr = 0.002"
     assert rows["Popularity"] == "params.yaml (no grid)"
+
+
+def test_evcf_train_records_the_settings_source(tmp_path):
+    import json
+
+    from conftest import write_synthetic_split
+    from evcf.cli import main
+
+    data = write_synthetic_split(tmp_path / "data", 20, n_users=200, n_items=60, mean_items=20, n_topics=4, seed=1)
+    typed = {"train.eval_batch_size": {"from": "command line: train", "value": 50}}
+    assert main(["train", "--data", str(data), "--dataset", "toy", "--model", "popularity", "--seed", "1",
+                 "--train", json.dumps({"eval_batch_size": 50}), "--settings-source", json.dumps(typed),
+                 "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["settings_source"] == typed
