@@ -32,7 +32,7 @@ def _json_arg(text: str) -> dict:
 def cmd_download(args: argparse.Namespace) -> None:
     from .data.download import fetch_archive
 
-    path = fetch_archive(args.url, Path(args.dest), md5=args.md5, sha256=args.sha256)
+    path = fetch_archive(args.url, Path(args.dest), md5=args.md5, sha256=args.sha256, unverified=args.unverified)
     print(f"ok: {path}")
 
 
@@ -46,10 +46,12 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
+    from .data.download import verify_file
     from .data.readers import read_ratings
     from .data.split import binarize_filter, check_fingerprint, split_users, write_split
 
     started = time.perf_counter()
+    verify_file(Path(args.raw), md5=args.md5, sha256=args.sha256)  # a file placed by hand is checked too
     ratings = read_ratings(Path(args.raw), args.format)
     read_s = time.perf_counter() - started
     filtered = binarize_filter(ratings, args.threshold, args.min_items)
@@ -91,8 +93,11 @@ def cmd_train(args: argparse.Namespace) -> None:
                                                          seed=args.seed)
     metrics = run(_load(args.data), dataset=args.dataset, model_name=args.model, hparams=hparams, train=train,
                   seed=args.seed, out_dir=Path(args.out), device=args.device, reuse_from=same_as, say=_say)
+    if args.settings_source:  # the values the command line changed (workflow/rules/common.smk)
+        metrics["settings_source"] = args.settings_source
     if tuning is not None:  # say in the run's own record where its setting came from
         metrics["tuning"] = tuning
+    if tuning is not None or args.settings_source:
         write_json(Path(args.out) / "metrics.json", metrics)
     _say(f"ok: {args.out}: test Recall@20 {metrics['recall@20']:.4f} Recall@50 {metrics['recall@50']:.4f} "
          f"NDCG@100 {metrics['ndcg@100']:.4f} (best epoch {metrics['best_epoch']}, {metrics['wall_seconds']:.1f} s"
@@ -249,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", required=True, help="e.g. data/raw/ml-20m/ml-20m.zip")
     p.add_argument("--md5")
     p.add_argument("--sha256")
+    p.add_argument("--unverified", action="store_true", help="no checksum (params.yaml: unverified: true)")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("synth", help="generate the seeded synthetic rating data")
@@ -263,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-items", type=int, required=True)
     p.add_argument("--heldout", type=int, required=True, help="validation users = test users = this many")
     p.add_argument("--fingerprint", type=_json_arg, default=None, help="JSON of the known split fingerprint")
+    p.add_argument("--md5", help="the raw archive's pinned md5: checked before it is read")
+    p.add_argument("--sha256", help="the raw archive's pinned sha256: checked before it is read")
+    p.add_argument("--unverified", action="store_true", help="no pinned checksum (params.yaml: unverified: true)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_split)
 
@@ -277,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--tuned", default=None,
                    help="winner.json of the (dataset, model) grid: its setting is applied on top")
+    p.add_argument("--settings-source", type=_json_arg, default={},
+                   help="JSON: the settings the command line changed, credited in metrics.json")
     p.add_argument("--out", required=True, help="results/<dataset>/<model>/seed-<seed>")
     p.set_defaults(func=cmd_train)
 
@@ -340,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    from .status import add_parser as add_status_parser  # evcf status (evcf/status.py)
+
+    add_status_parser(sub)
     return parser
 
 

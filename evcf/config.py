@@ -22,9 +22,16 @@ import yaml
 from .data.readers import RAW_FORMATS
 from .data.split import FINGERPRINT_KEYS
 from .errors import EvcfError
+from .identity import CLOSED_FORM_TRAIN
 
 __all__ = ["build_schema", "check_plain_yaml", "apply_cli_types", "validate", "grid_source", "tune_grid",
-           "apply_setting", "raw_path", "run_settings", "synthetic_spec", "tune_points"]
+           "apply_setting", "raw_path", "run_settings", "settings_sources", "synthetic_spec", "tune_points",
+           "COMMAND_LINE", "CLOSED_FORM_TRAIN"]
+
+# where validate() keeps the values typed on the command line (typed), so that every resolution of a
+# run's settings (Table 1 runs and grid points alike) applies them after every file layer
+COMMAND_LINE = "_command_line"
+
 
 _NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"}
 SYNTHETIC_KEYS = {"n_users": "integer", "n_items": "integer", "mean_items": "number", "n_topics": "integer",
@@ -57,12 +64,19 @@ def build_schema() -> dict[str, Any]:
     from .training import TrainConfig
 
     train = _fields_schema(TrainConfig)
-    per_model = _closed({name: _closed({"model": _fields_schema(model_class(name).Config), "train": train})
+
+    def train_of(name: str) -> dict[str, Any]:
+        """The training settings a model reads (a closed-form model: only CLOSED_FORM_TRAIN)."""
+        if not _closed_form(name):
+            return train
+        return _closed({k: v for k, v in train["properties"].items() if k in CLOSED_FORM_TRAIN})
+
+    per_model = _closed({name: _closed({"model": _fields_schema(model_class(name).Config), "train": train_of(name)})
                          for name in MODEL_NAMES})
     grid = {}
     for name in MODEL_NAMES:
         keys = {f"model.{k}": v for k, v in _fields_schema(model_class(name).Config)["properties"].items()}
-        keys.update({f"train.{k}": v for k, v in train["properties"].items()})
+        keys.update({f"train.{k}": v for k, v in train_of(name)["properties"].items()})
         grid[name] = _closed({k: {"type": "array", "minItems": 1, "items": v} for k, v in keys.items()})
     dataset = _closed(
         {
@@ -70,6 +84,8 @@ def build_schema() -> dict[str, Any]:
             "md5": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
             "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "local": {"type": "boolean"},
+            # true: accept the archive at `url` without a pinned checksum (README, Download); never the default
+            "unverified": {"type": "boolean"},
             "synthetic": _closed({k: {"type": t} for k, t in SYNTHETIC_KEYS.items()}),
             "format": {"enum": list(RAW_FORMATS)},
             "threshold": {"type": "number"},
@@ -215,15 +231,20 @@ def _schema_error(err: jsonschema.ValidationError) -> tuple[tuple, str, str]:
 
 
 def validate(config: dict[str, Any], *, source: str = "params.yaml",
-             overrides: dict[str, Any] | None = None) -> None:
+             overrides: dict[str, Any] | None = None, committed: dict[str, Any] | None = None) -> None:
     """Raise one EvcfError for the first problem in ``config``; otherwise every run is buildable.
 
     ``overrides`` are the values given on the command line (Snakemake's ``--config``): they are
-    typed in place first (see :func:`apply_cli_types`), and errors in them say so.  Then: the
-    schema (every key known, every type right), the cross-references, and finally every run and
-    every grid point of the selection is resolved and built (model and training configs), so a bad
-    value fails here, before any job starts.
+    typed in place first (see :func:`apply_cli_types`), errors in them say so, and they are kept in
+    ``config[COMMAND_LINE]`` so that :func:`run_settings` applies them after every file layer (a
+    value typed on the command line wins).  ``committed`` is the config file as last committed
+    (``git show HEAD:params.yaml``), when known: a setting changed since then (by hand, or by
+    ``dvc exp run -S``, which writes params.yaml) that a more specific layer or a grid overrides is
+    refused, naming that layer.  Then: the schema (every key known, every type right), the
+    cross-references, and every run and grid point of the selection is resolved and built (model
+    and training configs), so a bad value fails here, before any job starts.
     """
+    config.pop(COMMAND_LINE, None)
     cli_paths = apply_cli_types(config, overrides)
     errors = sorted(jsonschema.Draft202012Validator(build_schema()).iter_errors(config),
                     key=lambda e: [str(p) for p in e.absolute_path])
@@ -252,9 +273,10 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml",
         if len(sources) != 1:
             raise fail(("data", name), "must have exactly one of url, local: true, synthetic",
                        f"give data.{name} one source")
-        if entry.get("url") and not (entry.get("md5") or entry.get("sha256")):
+        if entry.get("url") and not (entry.get("md5") or entry.get("sha256")) and not entry.get("unverified"):
             raise fail(("data", name), "a downloaded dataset needs a pinned checksum (md5 or sha256)",
-                       f"add data.{name}.md5 (the value its publisher gives) so the download is verified")
+                       f"add data.{name}.md5 (the value its publisher gives) so the download is verified "
+                       f"(or, knowingly, data.{name}.unverified: true)")
         if entry.get("url") and entry["format"] == "csv":
             raise fail(("data", name, "format"), "a csv dataset cannot be downloaded (the download step "
                        "fetches archives: .zip, .tar, .tar.gz, .gz)",
@@ -286,17 +308,23 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml",
                                "its settings in one run)", f"remove its grid, list its settings in "
                                f"model_params.{model}.model (its in-run search), or use tuning: full")
 
-    def check(where: tuple, model: str, hparams: dict, train: dict) -> None:
+    def check(where: tuple, model: str | None, hparams: dict, train: dict) -> None:
         try:
             train_config(train)
-            build_model(model, 2, **hparams)  # validates names, types and values of the Config
+            if model is not None:
+                build_model(model, 2, **hparams)  # validates names, types and values of the Config
         except EvcfError as exc:
             raise fail(where, exc.problem, exc.fix or "correct that value") from None
 
     # each layer alone first, so that the error names the layer that holds the bad value
+    check(("train",), None, {}, config["train"])
+    for dataset, entry in config["data"].items():
+        if entry.get("train"):
+            check(("data", dataset, "train"), None, {}, _merge(config["train"], entry["train"]))
     for name, section in config["model_params"].items():
         check(("model_params", name), name, section.get("model", {}),
               _merge(config["train"], section.get("train")))
+    config[COMMAND_LINE] = _typed(_setting_tree(overrides or {}))
     for dataset in config["datasets"]:
         for model in config["models"]:
             hparams, train = run_settings(config, dataset, model)
@@ -304,6 +332,90 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml",
             for point in tune_points(config, dataset, model):
                 where = ("tune", grid_source(config, dataset, model) or DEFAULT_GRID, model)
                 check(where, model, point["hparams"], point["train"])
+    # nothing typed is dropped: a command-line value lost to a grid, a changed file value lost to a
+    # more specific layer or a grid, is an error naming what overrides it
+    for path in sorted(_setting_paths(config[COMMAND_LINE]), key=str):
+        _check_applied(config, path, COMMAND_LINE_LABEL, "--config (command line)")
+    if committed is not None:
+        for path in sorted(_changed_paths(config, committed), key=str):
+            _check_applied(config, path, "", f"{source} (changed since the last commit, e.g. by `dvc exp run -S`)")
+
+
+COMMAND_LINE_LABEL = "command line: "
+
+
+def _setting_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a config that hold settings (``train``, ``model_params``, ``data``)."""
+    return {k: copy.deepcopy(v) for k, v in tree.items() if k in ("train", "model_params", "data")}
+
+
+def _setting_paths(tree: dict[str, Any]) -> Iterator[tuple]:
+    """The key paths of the training settings and model hyperparameters in ``tree``."""
+    for path, _ in _leaves(_setting_tree(tree)):
+        if (path[0] == "train" and len(path) == 2
+                or path[0] == "model_params" and len(path) == 4 and path[2] in ("model", "train")
+                or path[0] == "data" and len(path) == 4 and path[2] == "train"
+                or path[0] == "data" and len(path) == 6 and path[2] == "model_params"
+                and path[4] in ("model", "train")):
+            yield path
+
+
+def _changed_paths(config: dict[str, Any], committed: dict[str, Any]) -> list[tuple]:
+    changed = []
+    for path in _setting_paths(config):
+        try:
+            before = _get(committed, path)
+        except (KeyError, TypeError):
+            before = _MISSING
+        if before != _get(config, path):
+            changed.append(path)
+    return changed
+
+
+_MISSING = object()
+
+
+def _check_applied(config: dict[str, Any], path: tuple, prefix: str, origin: str) -> None:
+    """Raise if the setting at ``path`` (a layer of ``prefix``) is overridden where it should apply.
+
+    A key of one model's row (``model_params.<m>``, ``data.<d>.model_params.<m>``) must reach every
+    run of that model in the selection; a shared key (``train``, ``data.<d>.train``) is a default
+    by design, and is refused only when no run of the selection gets it.
+    """
+    layer, key = ".".join(path[:-1]), path[-1]
+    if path[0] == "train":
+        datasets, models, section, specific = config["datasets"], config["models"], "train", False
+    elif path[0] == "model_params":
+        datasets, models, section, specific = config["datasets"], [path[1]], path[2], True
+    elif len(path) == 4:
+        datasets, models, section, specific = [path[1]], config["models"], "train", False
+    else:
+        datasets, models, section, specific = [path[1]], [path[3]], path[4], True
+    datasets = [d for d in datasets if d in config["datasets"]]
+    models = [m for m in models if m in config["models"]]
+    lost = []
+    for dataset in datasets:
+        for model in models:
+            name = f"{section}.{key}"
+            if section == "train" and _closed_form(model):
+                continue  # a closed-form model does not read the VAE loop's settings
+            grid = tune_grid(config, dataset, model)
+            if name in grid:
+                lost.append((dataset, model, f"tune.{grid_source(config, dataset, model)}.{model}.{name} (the grid's "
+                             "winner replaces it)",
+                             f"give that grid the one value ({name}: [{_get(config[COMMAND_LINE] if prefix else config, path)}])"
+                             " or switch tuning off (tuning: false)"))
+                continue
+            winner = _resolve(config, dataset, model)[2].get(name)
+            if winner is not None and winner != prefix + layer:
+                shadow = winner[len(COMMAND_LINE_LABEL):] if winner.startswith(COMMAND_LINE_LABEL) else winner
+                lost.append((dataset, model, f"{winner} (more specific)",
+                             f"set {shadow}.{key} instead, or remove it there"))
+    runs = [(d, m) for d in datasets for m in models if not (section == "train" and _closed_form(m))]
+    if lost and (specific or len(lost) == len(runs)):
+        dataset, model, by, fix = lost[0]
+        raise EvcfError(f"{_where(path)}: overridden by {by} for {model} on {dataset}, so it would not be applied",
+                        path=origin, fix=fix)
 
 
 def _merge(base: dict, override: dict | None) -> dict:
@@ -313,19 +425,80 @@ def _merge(base: dict, override: dict | None) -> dict:
     return out
 
 
+def _closed_form(model: str) -> bool:
+    from .models import ClosedFormModel, MODEL_NAMES, model_class
+
+    return model in MODEL_NAMES and issubclass(model_class(model), ClosedFormModel)
+
+
+def _layers(config: dict[str, Any], dataset: str, model: str) -> list[tuple[str, str, dict]]:
+    """(layer name, "model" | "train", its values) for one run, lowest precedence first.
+
+    The file's layers, then the same layers of the values typed on the command line.
+    """
+    out = []
+    for tree, prefix in ((config, ""), (config.get(COMMAND_LINE) or {}, COMMAND_LINE_LABEL)):
+        entry = (tree.get("data") or {}).get(dataset) or {}
+        per_model = (tree.get("model_params") or {}).get(model) or {}
+        per_both = (entry.get("model_params") or {}).get(model) or {}
+        out += [(f"{prefix}train", "train", tree.get("train")),
+                (f"{prefix}model_params.{model}.train", "train", per_model.get("train")),
+                (f"{prefix}data.{dataset}.train", "train", entry.get("train")),
+                (f"{prefix}data.{dataset}.model_params.{model}.train", "train", per_both.get("train")),
+                (f"{prefix}model_params.{model}.model", "model", per_model.get("model")),
+                (f"{prefix}data.{dataset}.model_params.{model}.model", "model", per_both.get("model"))]
+    return [(name, section, values) for name, section, values in out if isinstance(values, dict) and values]
+
+
+def _resolve(config: dict[str, Any], dataset: str, model: str) -> tuple[dict, dict, dict[str, str]]:
+    """(hparams, train, {"model.x" | "train.y": the layer that set it})."""
+    hparams: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for name, section, values in _layers(config, dataset, model):
+        for key, value in values.items():
+            (hparams if section == "model" else train)[key] = copy.deepcopy(value)
+            source[f"{section}.{key}"] = name
+    if _closed_form(model):
+        train = {k: v for k, v in train.items() if k in CLOSED_FORM_TRAIN}
+        source = {k: v for k, v in source.items() if not k.startswith("train.") or k[6:] in CLOSED_FORM_TRAIN}
+    return hparams, train, source
+
+
 def run_settings(config: dict[str, Any], dataset: str, model: str) -> tuple[dict, dict]:
     """(model hyperparameters, training settings) for one run.
 
     Later layers win: ``train`` → ``model_params.<model>.train`` → ``data.<dataset>.train`` →
     ``data.<dataset>.model_params.<model>.train``; model hyperparameters likewise from
-    ``model_params.<model>.model`` and ``data.<dataset>.model_params.<model>.model``.
+    ``model_params.<model>.model`` and ``data.<dataset>.model_params.<model>.model``.  Values typed
+    on the command line (``config[COMMAND_LINE]``, see :func:`validate`) come after every file
+    layer, in the same order among themselves.  A closed-form model gets only the training
+    settings it reads (:data:`CLOSED_FORM_TRAIN`).
     """
-    entry = config["data"][dataset]
-    per_model = config["model_params"].get(model, {})
-    per_both = entry.get("model_params", {}).get(model, {})
-    train = _merge(_merge(_merge(config["train"], per_model.get("train")), entry.get("train")), per_both.get("train"))
-    hparams = _merge(per_model.get("model", {}), per_both.get("model"))
+    hparams, train, _ = _resolve(config, dataset, model)
     return hparams, train
+
+
+def settings_sources(config: dict[str, Any], dataset: str, model: str,
+                     file_config: dict[str, Any] | None) -> dict[str, dict]:
+    """The settings of one run that the command line changed: ``{"train.lr": {"from", "value"}}``.
+
+    ``file_config`` is the config file(s) as read, before ``--config``: a typed value equal to what
+    the file gives is credited to the file (and changes nothing, not even the rule's params).
+    """
+    hparams, train, source = _resolve(config, dataset, model)
+    try:
+        file_h, file_t, _ = _resolve({k: v for k, v in (file_config or {}).items() if k != COMMAND_LINE},
+                                     dataset, model)
+    except (KeyError, TypeError, AttributeError):
+        file_h, file_t = {}, {}
+    out = {}
+    for name, layer in sorted(source.items()):
+        section, key = name.split(".", 1)
+        value, before = (hparams, file_h) if section == "model" else (train, file_t)
+        if layer.startswith(COMMAND_LINE_LABEL) and before.get(key, _MISSING) != value[key]:
+            out[name] = {"from": layer, "value": value[key]}
+    return out
 
 
 DEFAULT_GRID = "default"  # tune.default.<model>: the grid of every dataset without its own

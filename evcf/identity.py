@@ -3,39 +3,165 @@
 A run folder (``results/<dataset>/<model>/seed-<seed>/``) may hold a checkpoint from an earlier
 execution.  It is reused (resumed, or re-scored when training had finished) only when the identity
 stored in it equals the identity of the run about to start; any difference (a setting, one byte of
-the processed split, one byte of the package's source, the torch version, the device type) means the
-run trains from scratch.  :func:`run_identity` builds that identity, :func:`identity_diff` names what
+the processed split, a statement of the code that runs for that model, a version of a numeric library
+it uses, the device type) means the run trains from scratch.  :func:`run_identity` builds that identity, :func:`identity_diff` names what
 changed so that the log can say why a checkpoint was set aside.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import platform
+import sys
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SPLIT_FILES", "code_hash", "split_fingerprint", "matrices_fingerprint", "environment", "run_identity", "identity_diff"]
+__all__ = ["SPLIT_FILES", "CLOSED_FORM_TRAIN", "code_hash", "code_modules", "libraries", "split_fingerprint", "matrices_fingerprint",
+           "environment", "run_identity", "identity_diff"]
 
 # the processed files a run reads (stats.json holds the sizes the loader uses)
 SPLIT_FILES = ("train.csv", "validation_tr.csv", "validation_te.csv", "test_tr.csv", "test_te.csv",
                "unique_sid.txt", "stats.json")
+# the training settings a closed-form model (WMF, SLIM, CDAE, EASE, popularity) reads: its fit has its
+# own settings under `model`; the VAE loop's (epochs, lr, β...) never reach it (evcf/training.py:
+# _fit_closed_form, numerics), so they are neither in its identity nor in its rule's params
+CLOSED_FORM_TRAIN = ("eval_batch_size", "checkpoint_minutes", "tf32", "deterministic", "weights")
 _PACKAGE = Path(__file__).resolve().parent
-_CODE_SUFFIXES = (".py", ".yaml", ".json")
+# what `evcf train` runs for every model: the loop and, through its imports, data loading, batching,
+# evaluation, metrics, the optimizers, the β schedules and the model registry
+_RUN_ROOTS = ("evcf.training", "evcf.data.sparse")
+# the registry imports every model file; a run depends only on its own model's file (and its imports)
+_REGISTRY = "evcf.models"
+# the libraries that compute a run's numbers (import name -> distribution name), when its modules import them
+_NUMERIC = {"torch": "torch", "numpy": "numpy", "scipy": "scipy", "pandas": "pandas", "implicit": "implicit",
+            "sklearn": "scikit-learn"}
 
 
-@lru_cache(maxsize=1)
-def code_hash() -> str:
-    """sha256 over the package's source files (relative path and bytes, in sorted path order)."""
+def _module_path(name: str) -> Path | None:
+    """The source file of an evcf module name (``evcf.data.split``), or None."""
+    parts = name.split(".")[1:]
+    base = _PACKAGE.joinpath(*parts)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(_PACKAGE.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+@lru_cache(maxsize=None)
+def _parsed(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _imports(name: str) -> tuple[set[str], set[str]]:
+    """(evcf modules, top-level third-party packages) that module ``name`` imports, anywhere in it."""
+    path = _module_path(name)
+    package = name if path is not None and path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    ours, theirs = set(), set()
+    for node in ast.walk(_parsed(path)):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            # `from . import x` may import a module x or a name x of the package
+            targets = [module] + [f"{module}.{alias.name}" for alias in node.names]
+        for target in targets:
+            if target == "evcf" or target.startswith("evcf."):
+                while target and _module_path(target) is None:
+                    target = target.rpartition(".")[0]
+                if target:
+                    ours.add(target)
+            elif target:
+                theirs.add(target.split(".")[0])
+    return ours, theirs
+
+
+@lru_cache(maxsize=None)
+def code_modules(model: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the evcf modules a run of ``model`` executes, the third-party packages they import).
+
+    Found by import analysis from the training loop (:data:`_RUN_ROOTS`) and the model's own
+    module; the registry's imports of the other model files are not followed.  ``model`` None:
+    the shared modules only.
+    """
+    roots = list(_RUN_ROOTS)
+    if model is not None:
+        from .models import model_class
+
+        roots.append(model_class(model).__module__)
+    seen: set[str] = set()
+    packages: set[str] = set()
+    todo = ["evcf", *roots]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        ours, theirs = _imports(name)
+        packages |= theirs
+        if name == _REGISTRY:
+            ours = {m for m in ours if m == "evcf.models.base" or not m.startswith(_REGISTRY + ".")}
+        # a module's parent packages run first (their __init__)
+        for m in list(ours):
+            parts = m.split(".")
+            ours |= {".".join(parts[:i]) for i in range(1, len(parts))}
+        todo.extend(sorted(ours - seen))
+    return tuple(sorted(seen)), tuple(sorted(packages))
+
+
+def _code_text(path: Path) -> str:
+    """The module's syntax tree without docstrings: comments, docstrings and layout do not count."""
+    tree = _parsed(path)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
+@lru_cache(maxsize=None)
+def code_hash(model: str | None = None) -> str:
+    """sha256 over the code that computes a run of ``model``: each module of :func:`code_modules`
+    (its name and its syntax tree without docstrings), in sorted order.
+
+    Editing the report, the bench, the CLI's printing, another model's file, a comment or a
+    docstring leaves it unchanged; editing a statement of a module the run executes changes it.
+    """
     digest = hashlib.sha256()
-    for path in sorted(p for p in _PACKAGE.rglob("*") if p.suffix in _CODE_SUFFIXES and p.is_file()
-                       and "__pycache__" not in p.parts):
-        digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
+    for name in code_modules(model)[0]:
+        digest.update(name.encode() + b"\0")
+        digest.update(_code_text(_module_path(name)).encode())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def libraries(model: str | None = None) -> dict[str, str]:
+    """Versions of the numeric libraries the run's modules import (torch, numpy, scipy, and pandas,
+    implicit or scikit-learn where used)."""
+    found = {}
+    for package in code_modules(model)[1]:
+        if package in _NUMERIC:
+            try:
+                found[_NUMERIC[package]] = metadata.version(_NUMERIC[package])
+            except metadata.PackageNotFoundError:
+                found[_NUMERIC[package]] = "not installed"
+    return dict(sorted(found.items()))
 
 
 def split_fingerprint(processed: Path | str) -> str:
@@ -90,12 +216,17 @@ def run_identity(*, model: str, hparams: dict[str, Any], train: dict[str, Any], 
     """The identity of one run; two runs with equal identities must give the same numbers.
 
     ``seed`` is None for a model whose result does not depend on it; ``device`` is the device type
-    (``cpu`` or ``cuda``), so that a run started on a GPU never silently finishes on a CPU.
+    (``cpu`` or ``cuda``), so that a run started on a GPU never silently finishes on a CPU.  ``code``
+    covers only the modules that run for ``model`` (:func:`code_hash`); ``libraries`` the versions of
+    the numeric libraries they import.  A closed-form model's identity holds only the training
+    settings it reads (:data:`CLOSED_FORM_TRAIN`; ``checkpoint_minutes`` never is: the caller leaves it out).
     """
-    import torch
+    from .models import ClosedFormModel, model_class
 
+    if issubclass(model_class(model), ClosedFormModel):
+        train = {k: v for k, v in train.items() if k in CLOSED_FORM_TRAIN}
     return {"model": model, "hparams": hparams, "train": train, "seed": seed, "data": data,
-            "code": code_hash(), "torch": torch.__version__, "device": device}
+            "code": code_hash(model), "libraries": libraries(model), "device": device}
 
 
 def identity_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:

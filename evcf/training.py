@@ -536,8 +536,8 @@ def _compact(value: Any, dtype: str) -> Any:
         return value.detach().to("cpu", torch.float16) if value.is_floating_point() else value.detach().cpu()
     if isinstance(value, np.ndarray):
         return value.astype(np.float16) if np.issubdtype(value.dtype, np.floating) else value
-    if sp.issparse(value):
-        return value.astype(np.float16) if np.issubdtype(value.dtype, np.floating) else value
+    if sp.issparse(value):  # scipy's sparse matrices have no float16: float32 at most
+        return value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value
     if isinstance(value, dict):
         return {k: _compact(v, dtype) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -638,10 +638,16 @@ def run(
         if reused is not None:
             say(f"{model_name}: the same run as {reuse_from} (equal identity): its results are reused, not retrained")
             return reused
-    if stop_at is not None:
-        previous = _previous_record(out_dir, identity)
-        if previous is not None and (previous["finished"] or previous["history"][-1]["epoch"] >= stop_at):
-            return {"finished": previous["finished"], "history": previous["history"], "reused": True}
+    # this same run, finished by an earlier execution (its results in place: a run folder Snakemake
+    # did not clear, or a halving point), or stopped at a budget at least as far as this one
+    previous = _previous_record(out_dir, identity)
+    if previous is not None and previous["finished"] and (out_dir / "per_user.csv").exists():
+        say(f"{model_name}: already finished in {out_dir} (same identity): nothing to train")
+        if stop_at is None:
+            return previous["metrics"]
+        return {"finished": True, "history": previous["history"], "reused": True}
+    if stop_at is not None and previous is not None and previous["history"][-1]["epoch"] >= stop_at:
+        return {"finished": previous["finished"], "history": previous["history"], "reused": True}
 
     progress = _Progress(out_dir, dataset=dataset, model=model_name, seed=seed,
                          epochs=0 if isinstance(model, ClosedFormModel) else cfg.epochs)

@@ -66,8 +66,10 @@ def make_workflow_copy(dest: Path, **overrides) -> Path:
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     env_path = f"{BIN}:{Path('/usr/bin')}:{Path('/bin')}"
+    # this checkout's package first, also in the `evcf` commands that Snakemake and DVC start: the
+    # tests check the code beside them, whichever checkout the environment's editable install points to
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={"PATH": env_path, "HOME": str(cwd), "LC_ALL": "C.UTF-8"})
+                          env={"PATH": env_path, "HOME": str(cwd), "LC_ALL": "C.UTF-8", "PYTHONPATH": str(REPO)})
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

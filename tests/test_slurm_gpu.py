@@ -6,6 +6,7 @@ arguments from the SLURM executor plugin's own functions (the code that builds t
 
 from __future__ import annotations
 
+import os
 import re
 from types import SimpleNamespace
 
@@ -13,7 +14,16 @@ import pytest
 
 from conftest import make_workflow_copy, run, tool
 
-pytest.importorskip("snakemake_executor_plugin_slurm", reason="the plugin is missing: pip install -e '.[slurm]'")
+# the plugin is an optional extra for users (pip install -e '.[slurm]'), but the test environment
+# (requirements.lock, what CI installs) has it: there, and wherever SLURM tests are asked for, a
+# missing or broken plugin fails; on a plain `pip install -e .` these tests are skipped, saying why
+try:
+    import snakemake_executor_plugin_slurm  # noqa: F401
+except ImportError:
+    if os.environ.get("CI") == "true" or os.environ.get("EVCF_TEST_SLURM") == "1":
+        raise
+    pytest.skip("the SLURM executor plugin is missing: pip install -e '.[slurm]' (or requirements.lock)",
+                allow_module_level=True)
 
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command  # noqa: E402
 from snakemake_executor_plugin_slurm.utils import set_gres_string  # noqa: E402

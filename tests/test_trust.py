@@ -46,7 +46,8 @@ def train(processed, out, **kw):
 def test_a_new_split_in_the_same_folder_retrains_from_scratch(tmp_path, caplog):
     data = tmp_path / "processed"
     make_split(data, seed=1)
-    first = train(data, tmp_path / "run")
+    train(data, tmp_path / "run", stop_at=2)  # unfinished: its checkpoint stays (a finished run deletes it)
+    first = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
     shutil.rmtree(data)
     make_split(data, seed=2)  # another split, same folder: only its content differs
     with caplog.at_level(logging.WARNING, logger="evcf.training"):
@@ -62,14 +63,16 @@ def test_a_new_split_in_the_same_folder_retrains_from_scratch(tmp_path, caplog):
 
 def test_changed_code_or_device_does_not_reuse_a_checkpoint(tmp_path, monkeypatch, caplog):
     data = make_split(tmp_path / "processed", seed=1)
-    train(data, tmp_path / "run")
+    train(data, tmp_path / "run", stop_at=2)
     import evcf.identity
 
-    monkeypatch.setattr(evcf.identity, "code_hash", lambda: "another version of the code")
+    monkeypatch.setattr(evcf.identity, "code_hash", lambda model=None: "another version of the code")
     with caplog.at_level(logging.WARNING, logger="evcf.training"):
-        again = train(data, tmp_path / "run")
+        again = train(data, tmp_path / "run", stop_at=2)
     assert any("differs in code" in r.getMessage() for r in caplog.records)
-    assert again["identity"]["code"] == "another version of the code"
+    assert again["resumed_from_epoch"] == 0
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["identity"]["code"] == \
+        "another version of the code"
     # a checkpoint written on a GPU is never finished on the CPU
     ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
     ckpt["identity"]["device"] = "cuda"
@@ -85,19 +88,20 @@ def test_metrics_record_the_identity_and_the_library_versions(tmp_path):
     metrics = train(data, tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["identity"] == metrics["identity"]
-    assert set(on_disk["identity"]) == {"model", "hparams", "train", "seed", "data", "code", "torch", "device"}
+    assert set(on_disk["identity"]) == {"model", "hparams", "train", "seed", "data", "code", "libraries", "device"}
     assert on_disk["identity"]["data"] == load_split(data).fingerprint and len(on_disk["identity"]["data"]) == 64
     assert {"numpy", "scipy", "pandas", "torch", "python", "evcf", "implicit", "scikit-learn"} <= set(on_disk["versions"])
-    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["identity"] == on_disk["identity"]
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=False)["identity"] == on_disk["identity"]
 
 
 def test_a_resumed_checkpoint_of_the_same_run_is_still_used(tmp_path):
     data = make_split(tmp_path / "processed", seed=1)
-    first = train(data, tmp_path / "run")
+    first = train(data, tmp_path / "whole")
+    train(data, tmp_path / "run", stop_at=2)
     again = train(data, tmp_path / "run")
-    assert not (tmp_path / "run" / "checkpoint.stale.pt").exists()
-    assert {k: v for k, v in again.items() if k != "wall_seconds"} == \
-        {k: v for k, v in first.items() if k != "wall_seconds"}
+    assert not (tmp_path / "run" / "checkpoint.stale.pt").exists() and again["resumed_from_epoch"] == 2
+    moment = ("wall_seconds", "resumed_from_epoch")
+    assert {k: v for k, v in again.items() if k not in moment} == {k: v for k, v in first.items() if k not in moment}
 
 
 # -- model selection: validation users only; test = the best epoch's weights -------------------------
@@ -127,10 +131,10 @@ def test_selection_sees_only_validation_users_and_test_uses_the_best_epoch(tmp_p
     best = int(history["val_ndcg@100"].idxmax()) + 1
     assert metrics["best_epoch"] == best and best < settings["epochs"], history
     # the reported test metrics equal a fresh evaluation of the best epoch's weights (refit to there)
-    refit = run(data, dataset="toy", model_name="mult-vae", hparams=dict(SMALL), train={**settings, "epochs": best},
-                seed=3, out_dir=tmp_path / "refit", device="cpu")
+    refit = run(data, dataset="toy", model_name="mult-vae", hparams=dict(SMALL),
+                train={**settings, "epochs": best, "weights": "fp32"}, seed=3, out_dir=tmp_path / "refit", device="cpu")
     model = build_model("mult-vae", data.n_items, **SMALL)
-    model.load_state_dict(torch.load(tmp_path / "refit" / CHECKPOINT, weights_only=False)["model"])
+    model.load_state_dict(torch.load(tmp_path / "refit" / "model.pt", weights_only=False)["state"])
     model.eval()
     fresh = real_evaluate(model.score, data.test_tr, data.test_te, device="cpu").per_user.mean()
     for key in ("recall@20", "recall@50", "ndcg@100"):
@@ -146,8 +150,7 @@ def test_closed_form_setting_is_the_argmax_of_tuning_csv(tmp_path):
     assert tuning["selected"].sum() == 1
     winner = tuning.loc[tuning["val_ndcg@100"].idxmax(), "lambda"]
     assert tuning.loc[tuning["selected"], "lambda"].item() == winner
-    state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
-    assert state["setting"] == {"lambda": winner}
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["in_run_search"]["selected"] == {"lambda": winner}
 
 
 # -- seedless models run once -----------------------------------------------------------------------
@@ -229,7 +232,8 @@ def test_a_checkpoint_is_loaded_to_the_cpu_whatever_the_runs_device(tmp_path, mo
     load that honours a non-CPU map_location hands back RNG states that set_rng_state rejects."""
     data = make_split(tmp_path / "processed", seed=1)
     settings = {**FAST, "checkpoint_minutes": 0}
-    first = train(data, tmp_path / "run", train=settings)
+    first = train(data, tmp_path / "whole", train=settings)
+    train(data, tmp_path / "run", train=settings, stop_at=2)  # unfinished: its checkpoint stays
     real_load, seen = torch.load, []
 
     def load(path, *args, map_location=None, **kw):
@@ -244,5 +248,5 @@ def test_a_checkpoint_is_loaded_to_the_cpu_whatever_the_runs_device(tmp_path, mo
     monkeypatch.setattr(evcf.training.torch, "load", load)
     resumed = train(data, tmp_path / "run", train=settings)  # the same run: its checkpoint is resumed
     assert seen and all(m == "cpu" for m in seen)
-    assert not (tmp_path / "run" / "checkpoint.stale.pt").exists()
+    assert not (tmp_path / "run" / "checkpoint.stale.pt").exists() and resumed["resumed_from_epoch"] == 2
     assert resumed["ndcg@100"] == first["ndcg@100"]

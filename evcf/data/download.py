@@ -4,7 +4,9 @@
 or changes a file the user already had).  A new download streams into ``<dest>.part-<random>`` in the same
 directory and is renamed onto ``dest`` only after the byte count and the checksum check out; on any
 failure the temporary file is removed.  A checksum is required: params.yaml pins each archive's MD5 (as
-its publisher gives it), and nothing unverified is ever used.
+its publisher gives it), and nothing unverified is ever used, unless params.yaml says so in words
+(``unverified: true`` for that dataset).  :func:`verify_file` checks a raw file in place (the split step
+calls it before reading the file, so that an archive put there by hand is checked too).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..errors import EvcfError
 
-__all__ = ["fetch_archive", "file_md5", "file_sha256"]
+__all__ = ["fetch_archive", "file_md5", "file_sha256", "verify_file"]
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +98,11 @@ class _Expected:
 
 
 def fetch_archive(url: str, dest: Path, *, md5: str | None = None, sha256: str | None = None,
-                  progress: bool | None = None, timeout: float = 60) -> Path:
+                  unverified: bool = False, progress: bool | None = None, timeout: float = 60) -> Path:
     """Download ``url`` to ``dest`` unless a verified copy is already there; return ``dest``.
 
-    At least one of ``md5`` and ``sha256`` is required, and every one given must match.
+    At least one of ``md5`` and ``sha256`` is required (``unverified=True``: none, said explicitly),
+    and every one given must match.
     ``progress`` shows a tqdm bar; by default only when stderr is a terminal.  Raises ``EvcfError``
     for a missing checksum, a failed download or a checksum mismatch, leaving nothing behind.
     """
@@ -107,9 +110,12 @@ def fetch_archive(url: str, dest: Path, *, md5: str | None = None, sha256: str |
     md5 = _check_hex(md5, "md5", 32)
     sha256 = _check_hex(sha256, "sha256", 64)
     expected = _Expected(md5, sha256)
-    if not expected:
+    if not expected and not unverified:
         raise EvcfError(f"no checksum given for {url}: an unverified download is never used", path=dest,
-                        fix="pin the archive's md5 (or sha256) in params.yaml under data.<dataset>")
+                        fix="pin the archive's md5 (or sha256) in params.yaml under data.<dataset> "
+                            "(or, knowingly, set data.<dataset>.unverified: true)")
+    if not expected:
+        log.warning("%s: no pinned checksum; used unverified because params.yaml says `unverified: true`", url)
 
     if dest.exists():
         return _reuse_existing(dest, expected)
@@ -132,6 +138,20 @@ def fetch_archive(url: str, dest: Path, *, md5: str | None = None, sha256: str |
     return dest
 
 
+def verify_file(path: Path, *, md5: str | None = None, sha256: str | None = None) -> Path:
+    """Check a raw file in place against its pinned checksum(s); raise ``EvcfError`` naming the file,
+    the expected and the actual value, and the fix.  Nothing to check (no checksum): returned as is."""
+    path = Path(path)
+    expected = _Expected(_check_hex(md5, "md5", 32), _check_hex(sha256, "sha256", 64))
+    if not expected:
+        return path
+    if not path.exists():
+        raise EvcfError("the raw file is missing", path=path,
+                        fix="run the download step (snakemake), or place the archive there by hand: "
+                            "it is checked against the pinned checksum before use")
+    return _reuse_existing(path, expected)
+
+
 def _reuse_existing(dest: Path, expected: _Expected) -> Path:
     if not dest.is_file():
         raise EvcfError("exists but is not a file", path=dest, fix="move it away, or choose another destination")
@@ -145,7 +165,7 @@ def _reuse_existing(dest: Path, expected: _Expected) -> Path:
     if problem:
         raise EvcfError(f"the existing file's {problem}", path=dest,
                         fix=f"it is incomplete, damaged or another version: delete {dest} and run again to "
-                            f"re-download it")
+                            f"re-download it, or put the archive with the pinned checksum there")
     log.info("%s already present, checksum verified", dest)
     return dest
 
@@ -157,7 +177,7 @@ class _Failed(Exception):
 def _download(url: str, dest: Path, expected: _Expected, *, progress: bool, timeout: float) -> None:
     tmp = dest.with_name(f"{dest.name}.part-{secrets.token_hex(4)}")
     fix = (f"check the network connection and the URL, then run again; or download {url} by hand and place "
-           f"it at {dest}")
+           f"it at {dest}: it is checked against the pinned checksum before it is used")
     log.info("downloading %s to %s", url, dest)
     try:
         try:

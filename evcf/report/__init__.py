@@ -52,6 +52,12 @@ class RunData:
     per_user: pd.DataFrame  # dataset, model, seed, uid, metrics
 
 
+def _command_line(metrics: dict) -> str:
+    """(issue 19) ``train.lr = 0.002, ...`` for the settings the command line changed, or ''."""
+    typed = metrics.get("settings_source") or {}
+    return ", ".join(f"{key} = {entry['value']}" for key, entry in sorted(typed.items()))
+
+
 def _fix(folder: Path) -> str:
     return (f"re-run the training for this run ({folder}) so that it writes complete "
             "metrics.json, history.csv and per_user.csv, or leave the run out of the report")
@@ -193,7 +199,9 @@ def load_runs(runs: list[Path], benchmarks_dir: Path | None = None) -> RunData:
                          # a model's own search inside the run (WMF, SLIM, CDAE, EASE): its pick
                          "in_run_selected": json.dumps((metrics.get("in_run_search") or {}).get("selected"),
                                                        sort_keys=True),
-                         "in_run_tried": (metrics.get("in_run_search") or {}).get("settings_tried")})
+                         "in_run_tried": (metrics.get("in_run_search") or {}).get("settings_tried"),
+                         # (issue 19) values typed on the command line, credited as such in the table
+                         "command_line": _command_line(metrics)})
         ids = {"dataset": dataset, "model": model, "seed": seed}
         histories.append(history.assign(**ids))
         per_users.append(per_user.assign(**ids))

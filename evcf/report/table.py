@@ -347,6 +347,10 @@ def settings_rows(runs: pd.DataFrame) -> list[tuple[str, str, str, str]]:
             shown = _values(json.loads(setting))
             label = {"search": "grid search (validation NDCG@100)", "params.yaml": "params.yaml (no grid)",
                      "as given": "as given (not run through the tuning step)"}.get(source, source)
+            # (issue 19) settings typed on the command line are credited to it, not to params.yaml
+            typed = sorted(set(mine["command_line"].fillna(""))) if "command_line" in mine else [""]
+            if typed != [""]:
+                label += "; command line: " + " | ".join(t or "(none)" for t in typed)
             picks = _in_run_picks(mine)
             if picks:
                 tried, selected = picks

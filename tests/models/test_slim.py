@@ -12,7 +12,7 @@ from evcf.errors import EvcfError
 from evcf.models import SLIM, build_model
 from evcf.models.slim import slim_weights
 
-pytest.importorskip("sklearn")
+import sklearn  # noqa: E402,F401  a required dependency (pyproject.toml): a broken install fails, never skips
 
 X = np.array([
     [1, 1, 0, 0, 1],

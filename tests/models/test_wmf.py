@@ -11,7 +11,7 @@ from evcf.errors import EvcfError
 from evcf.models import WMF, build_model
 from evcf.models.wmf import fold_in_factors
 
-pytest.importorskip("implicit")
+import implicit  # noqa: E402,F401  a required dependency (pyproject.toml): a broken install fails, never skips
 
 # 6 fold-in users x 5 items; row 3 has no clicks, row 5 has a count of 2 (confidence 1 + 2α)
 X = np.array([

@@ -1,24 +1,49 @@
 # Config validation and the input/params functions of the rules.
 import json
 import shlex
+import subprocess
 import sys
 
 from pathlib import Path
 
-from evcf.config import check_plain_yaml, raw_path, run_settings, synthetic_spec, tune_points, validate
+import yaml
+
+from evcf.config import check_plain_yaml, raw_path, run_settings, settings_sources, synthetic_spec, tune_points, validate
 from evcf.tuning import halving_settings, rung_slots, tuning_mode
 from evcf.errors import EvcfError
 from evcf.identity import code_hash
 from evcf.models import model_class
 from snakemake.io import report as in_report  # `report` alone is a keyword of the Snakefile grammar
 
+
+
+def _read_configfiles(revision=None):
+    """The config file(s) as written (before --config), or as committed at ``revision`` (git), or
+    None where that is unknown (not a git checkout, the file not committed)."""
+    merged = {}
+    for path in workflow.configfiles:
+        try:
+            if revision is None:
+                text = Path(path).read_text()
+            else:
+                text = subprocess.run(["git", "show", f"{revision}:./{Path(path).as_posix()}"], check=True,
+                                      capture_output=True, text=True).stdout
+            merged.update(yaml.safe_load(text) or {})
+        except (OSError, subprocess.CalledProcessError, yaml.YAMLError):
+            return None
+    return merged
+
+
 # Everything is checked before any job starts: no anchors in the config file, every key known,
 # every value typed and valid, every run and grid point buildable.  Values typed with --config are
-# read as YAML (numbers arrive as numbers) and errors in them name the command line.
+# read as YAML (numbers arrive as numbers), win over every layer of the file, and errors in them
+# name the command line.  A setting changed in params.yaml since the last commit (`dvc exp run -S`
+# writes there) that a more specific layer or a grid would override is refused (evcf/config.py).
 try:
     for _configfile in workflow.configfiles:
         check_plain_yaml(_configfile)
-    validate(config, overrides=workflow.config_settings.config)
+    FILE_CONFIG = _read_configfiles()
+    validate(config, overrides=workflow.config_settings.config, committed=_read_configfiles("HEAD"))
 except EvcfError as exc:
     sys.stderr.write(f"error: {exc}\n")
     sys.exit(2)
@@ -26,8 +51,16 @@ except EvcfError as exc:
 DATASETS = config["datasets"]
 MODELS = config["models"]
 SEEDS = config["seeds"]
-# the package's source hash is a param of every training rule: changing the code reruns the runs
-CODE = code_hash()
+
+
+def get_code(wildcards):
+    """The hash of the code that runs for this model (evcf/identity.py: its modules by import
+    analysis, docstrings and comments left out): a param of the training rules, so that editing
+    that code reruns this model's jobs, and editing the report, the bench or another model's file
+    reruns none."""
+    return code_hash(wildcards.model)
+
+
 
 
 wildcard_constraints:
@@ -35,6 +68,8 @@ wildcard_constraints:
     model="[a-z0-9][a-z0-9-]*",
     seed="[0-9]+",
     point="[0-9]+",
+    rung="[0-9]+",
+    slot="[0-9]+",
 
 
 def q(value):
@@ -109,10 +144,17 @@ def get_raw_input(wildcards):
 def get_download_args(wildcards):
     entry = config["data"][wildcards.dataset]
     args = [f"--url {q(entry['url'])}"]
-    for key in ("md5", "sha256"):
-        if entry.get(key):
-            args.append(f"--{key.replace('_', '-')} {q(entry[key])}")
-    return " ".join(args)
+    return " ".join(args + get_checksum_args(wildcards))
+
+
+def get_checksum_args(wildcards):
+    """The pinned checksum of a downloaded archive (download and split check it), or --unverified
+    where params.yaml says so explicitly; none for local and synthetic data."""
+    entry = config["data"][wildcards.dataset]
+    if not entry.get("url"):
+        return []
+    args = [f"--{key} {q(entry[key])}" for key in ("md5", "sha256") if entry.get(key)]
+    return args or (["--unverified"] if entry.get("unverified") else [])
 
 
 def get_synth_spec(wildcards):
@@ -127,6 +169,7 @@ def get_split_args(wildcards):
         f"--threshold {entry['threshold']}",
         f"--min-items {entry['min_items']}",
         f"--heldout {entry['heldout_users']}",
+        *get_checksum_args(wildcards),
     ]
     if entry.get("fingerprint"):
         args.append(f"--fingerprint {q(entry['fingerprint'])}")
@@ -137,14 +180,12 @@ def get_train_input(wildcards):
     return expand("data/processed/{dataset}/{name}", dataset=wildcards.dataset, name=SPLIT_OUTPUTS)
 
 
-def get_code(wildcards):
-    """The source hash a run depends on (a param: changing it reruns the run)."""
-    return CODE
-
-
 def get_train_args(wildcards):
     hparams, train = run_settings(config, wildcards.dataset, wildcards.model)
-    return f"--hparams {q(hparams)} --train {q(train)}"
+    args = f"--hparams {q(hparams)} --train {q(train)}"
+    # the values the command line changed, credited in metrics.json and the report (none: no argument)
+    typed = settings_sources(config, wildcards.dataset, wildcards.model, FILE_CONFIG)
+    return f"{args} --settings-source {q(typed)}" if typed else args
 
 
 PLOTS = {"metrics": "test metrics", "learning_curves": "learning curves",

@@ -2,8 +2,9 @@
 # file that gathers a (dataset, model)'s seeds.
 # The checkpoint beside the results is not a declared output: Snakemake deletes the outputs of a
 # failed job, and the checkpoint is what a rerun resumes from.  `evcf train` reuses it only when it
-# was written by the same run (settings, split, code, torch, device: evcf/identity.py); `code` below
-# makes Snakemake itself rerun every run when the package's source changes.
+# was written by the same run (settings, split, code, libraries, device: evcf/identity.py); `code`
+# below (the hash of the code that runs for this model: get_code in common.smk) makes Snakemake itself
+# rerun exactly the runs whose code changed.
 
 
 rule train_model:

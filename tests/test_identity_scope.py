@@ -1,0 +1,86 @@
+"""A run's identity covers exactly what decides its numbers (issue 19): the code of the modules that
+run for that model (found by import analysis), without docstrings and comments; the versions of the
+libraries they import; the device; for closed-form models only the training settings they read."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+import evcf.identity as identity
+from conftest import REPO
+
+MODELS = ("mult-vae", "vamp", "wmf", "slim", "ease", "popularity", "cdae")
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A copy of the package that code_hash reads; edits to it never touch the repository."""
+    copy = tmp_path / "evcf"
+    shutil.copytree(REPO / "evcf", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(identity, "_PACKAGE", copy)
+
+    def hashes():
+        for cached in (identity._parsed, identity.code_modules, identity.code_hash):
+            cached.cache_clear()
+        return {m: identity.code_hash(m) for m in MODELS}
+
+    yield copy, hashes
+    for cached in (identity._parsed, identity.code_modules, identity.code_hash):
+        cached.cache_clear()
+
+
+def edit(path, old, new):
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_report_bench_cli_comments_and_docstrings_change_no_code_hash(package):
+    root, hashes = package
+    before = hashes()
+    (root / "report/table.py").write_text((root / "report/table.py").read_text() + "\nX = 1  # a change\n")
+    (root / "bench.py").write_text((root / "bench.py").read_text() + "\nY = 2\n")
+    (root / "cli.py").write_text((root / "cli.py").read_text() + "\nZ = 3\n")
+    edit(root / "training.py", '"""Fit, select on validation', '"""Fit (docstring edited), select on validation')
+    edit(root / "metrics.py", "\n", "\n# a comment added\n\n")
+    assert hashes() == before
+
+
+def test_a_statement_of_the_shared_loop_changes_every_models_hash(package):
+    root, hashes = package
+    before = hashes()
+    edit(root / "metrics.py", "\n\ndef ", "\n\n_EDITED = 1\n\n\ndef ")
+    after = hashes()
+    assert all(after[m] != before[m] for m in MODELS)
+
+
+def test_one_models_file_changes_only_the_models_that_run_it(package):
+    root, hashes = package
+    before = hashes()
+    edit(root / "models/multvae.py", "\n\nclass ", "\n\n_EDITED = 1\n\n\nclass ")
+    after = hashes()
+    # vamp subclasses Mult-VAE's file (it imports it); the closed-form models do not run it
+    assert {m for m in MODELS if after[m] != before[m]} == {"mult-vae", "vamp"}
+    before = after
+    edit(root / "models/wmf.py", "\n\nclass ", "\n\n_EDITED = 1\n\n\nclass ")
+    after = hashes()
+    assert {m for m in MODELS if after[m] != before[m]} == {"wmf"}
+
+
+def test_libraries_follow_the_models_imports():
+    assert {"torch", "numpy", "scipy"} <= set(identity.libraries("mult-vae"))
+    assert "implicit" in identity.libraries("wmf") and "implicit" not in identity.libraries("mult-vae")
+    assert "scikit-learn" in identity.libraries("slim") and "scikit-learn" not in identity.libraries("ease")
+
+
+def test_the_identity_holds_device_libraries_and_only_what_a_closed_form_model_reads():
+    train = {"epochs": 5, "lr": 0.002, "eval_batch_size": 100, "tf32": False, "deterministic": False}
+    vae = identity.run_identity(model="mult-vae", hparams={}, train=train, seed=1, data="d", device="cpu")
+    ease = identity.run_identity(model="ease", hparams={}, train=train, seed=None, data="d", device="cpu")
+    assert vae["train"] == train
+    assert ease["train"] == {"eval_batch_size": 100, "tf32": False, "deterministic": False}
+    assert vae["libraries"] == identity.libraries("mult-vae") and vae["code"] == identity.code_hash("mult-vae")
+    on_gpu = identity.run_identity(model="mult-vae", hparams={}, train=train, seed=1, data="d", device="cuda")
+    assert on_gpu != vae and identity.identity_diff(vae, on_gpu) == ["device"]
