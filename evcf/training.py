@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .data.batches import Batches, DeviceCSR, RowBatch
+from .batches import Batches, DeviceCSR, RowBatch
 from .data.sparse import SplitData
 from .errors import EvcfError
 from .evaluate import evaluate, summarize
@@ -248,8 +248,8 @@ def train_step(model: VAEModel, optimizer: torch.optim.Optimizer, batch: RowBatc
                *, autocast: bool = False) -> torch.Tensor:
     """One gradient step on ``batch``; returns the batch's loss, detached, on the device.
 
-    ``batch`` is a :class:`~evcf.data.batches.RowBatch` (the rows and their clicks, as
-    :class:`~evcf.data.batches.Batches` makes them) or the dense rows (B, I) alone.
+    ``batch`` is a :class:`~evcf.batches.RowBatch` (the rows and their clicks, as
+    :class:`~evcf.batches.Batches` makes them) or the dense rows (B, I) alone.
     evcf's one training step: ``evcf train`` (:func:`train_epoch`) and ``evcf bench`` call it.  The
     forward pass runs under bf16 autocast when ``autocast``.  Given a ``RowBatch``, nothing here
     reads a value back from the device, so on a GPU the host queues the next step while this one

@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from conftest import write_synthetic_split
-from evcf.data.batches import Batches, DeviceCSR
+from evcf.batches import Batches, DeviceCSR
 from evcf.data.sparse import load_split
 from evcf.evaluate import evaluate
 from evcf.models import build_model

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from evcf.data.batches import Batches, DeviceCSR
+from evcf.batches import Batches, DeviceCSR
 from evcf.data.shapes import synthetic_matrix
 from evcf.models import build_model
 from evcf.optim import make_optimizer
