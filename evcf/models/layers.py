@@ -357,15 +357,15 @@ def _nll_from_clicks(logits: torch.Tensor, x: torch.Tensor, likelihood: str, ber
                      clicks: Clicks) -> torch.Tensor:
     """:func:`nll` as one pass over the logits plus sums over the clicks.  (B, I) -> (B,)"""
     batch_row, cols, values = clicks
+    # float32 at least (as log_softmax under autocast), before the clicks are read: the gradients of
+    # the full pass and of the click terms then add up in float32 (in bf16 they would cancel)
+    logits = at_least_float32(logits)  # (B, I)
     at_clicks = logits[batch_row, cols]  # (n,)
-    per_row = torch.zeros(logits.shape[0], dtype=torch.promote_types(logits.dtype, torch.float32),
-                          device=logits.device)  # (B,)
+    per_row = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)  # (B,)
     if likelihood == "multinomial":  # -Σ x log_softmax(l) = Σx · logsumexp(l) - Σ_clicks x l
-        logits, at_clicks = at_least_float32(logits), at_least_float32(at_clicks)  # as log_softmax under autocast
         n_clicks = per_row.index_add(0, batch_row, values.to(per_row.dtype))  # (B,)
         return n_clicks * torch.logsumexp(logits, dim=1) - per_row.index_add(0, batch_row, values * at_clicks)
     # clamped Bernoulli: -log(1 - p) over every item, then -log p + log(1 - p) at the clicks
-    logits, at_clicks = at_least_float32(logits), at_least_float32(at_clicks)
     lo, hi = -math.log1p(-bernoulli_clamp), -math.log(bernoulli_clamp)  # the bounds of -log p
     neg_log_not_p = F.softplus(logits).clamp(lo, hi).sum(1)  # (B,)  Σ_i -log(1 - p_i)
     soft = F.softplus(at_clicks)  # (n,)  -log(1 - p) = softplus(l), -log p = softplus(l) - l
