@@ -263,8 +263,8 @@ def compiled_loss(model: VAEModel) -> Any:
     """``torch.compile(model.loss)``, made once per model: one graph (``fullgraph``), static shapes.
 
     The padded click lists (:func:`~evcf.batches.padded_size`) and the fixed batch size leave a few
-    shapes per run (a bucket or two of click counts, the last batch), each compiled once; β is a
-    Python float, which torch treats as an input (one more graph for β = 0 at the first steps).
+    shapes per run (a bucket or two of click counts, the last batch), each compiled once; β comes
+    in as a 0-d tensor (:func:`train_step`), an input of the graph rather than a constant in it.
     """
     if model not in _compiled:
         _compiled[model] = torch.compile(model.loss, fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
@@ -284,6 +284,8 @@ def train_step(model: VAEModel, optimizer: torch.optim.Optimizer, batch: RowBatc
     """
     x, clicks = batch if isinstance(batch, RowBatch) else (batch, None)
     loss = compiled_loss(model) if compile else model.loss
+    if compile:  # a 0-d CPU tensor (a scalar argument of the kernels): a float would be compiled in
+        beta = torch.tensor(beta, dtype=torch.float32)
     with torch.autocast(x.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
         parts = loss(x, beta, clicks)
     optimizer.zero_grad(set_to_none=True)
