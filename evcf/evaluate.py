@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .data.batches import Batches, DeviceCSR
+from .batches import Batches, DeviceCSR
 from .metrics import ndcg_from_hits, recall_from_hits, topk_hits
 
 __all__ = ["METRICS", "Evaluation", "evaluate", "summarize"]
@@ -61,9 +61,9 @@ def evaluate(
 
     ``score(x)`` maps dense fold-in rows (batch, n_items) to scores; fold-in items are set to −inf
     on the device before ranking.  With ``with_clicks``, ``score(x, clicks)`` also gets where the
-    rows' clicks are (:class:`~evcf.data.batches.Clicks`), as a VAE model's ``score`` takes them, so
+    rows' clicks are (:class:`~evcf.batches.Clicks`), as a VAE model's ``score`` takes them, so
     that its first layer need not search ``x`` for them.  Nothing here waits for the device until
-    the end: the batches are cut by :class:`~evcf.data.batches.Batches` (users copied to the device
+    the end: the batches are cut by :class:`~evcf.batches.Batches` (users copied to the device
     once, click counts from the host), and the per-user values stay on the device until one copy
     of each metric's column.
     """

@@ -96,13 +96,14 @@ def recall_from_hits(hits: torch.Tensor, n_heldout: torch.Tensor, k: int) -> tor
 def ndcg_from_hits(hits: torch.Tensor, n_heldout: torch.Tensor, k: int) -> torch.Tensor:
     """NDCG@k (users,) float64, on ``hits``' device, from :func:`topk_hits` (its first k columns)."""
     hits = hits[:, :k]
-    # the k discounts and their running sums, built on the CPU (a float cumsum on CUDA is not
-    # deterministic, and refused under torch.use_deterministic_algorithms), then copied over
-    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))  # (k,)
-    ideal = torch.cumsum(discount, 0).to(hits.device)  # ideal[j] = IDCG with j+1 relevant items
-    dcg = (hits.double() * discount[: hits.shape[1]].to(hits.device)).sum(dim=1)
-    n_rel = torch.clamp(n_heldout, max=k).long()
-    idcg = ideal[torch.clamp(n_rel - 1, min=0)]
+    # the k discounts, made on hits' device (no copy from the host per batch)
+    rank = torch.arange(k, device=hits.device)  # (k,) 0-based rank
+    discount = 1.0 / torch.log2(rank.double() + 2.0)  # (k,)
+    dcg = (hits.double() * discount[: hits.shape[1]]).sum(dim=1)
+    # IDCG: the first min(k, held-out) discounts, summed per user (a masked row sum: a float cumsum
+    # on CUDA is not deterministic, and refused under torch.use_deterministic_algorithms)
+    n_rel = torch.clamp(n_heldout, max=k).unsqueeze(1)  # (users, 1)
+    idcg = torch.where(rank < n_rel, discount, 0.0).sum(dim=1)  # (users,)
     return torch.where(n_heldout == 0, torch.nan, dcg / idcg)
 
 

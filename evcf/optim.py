@@ -1,9 +1,14 @@
 """Optimisers: plain Adam (Liang et al. 2018) and EVCF's AdamNormGrad (Kim & Suh 2019).
 
-Both have a ``fused`` form (``train.fused_optimizer``): torch's fused Adam kernel, one pass over each
-parameter instead of a chain of elementwise operations (about 10x less time on a CPU, at ML-20M's
-24-44M parameters a sizeable part of a step).  The update is the same up to float rounding, not bit
-for bit, so it is an option, off by default.
+Both have a ``fused`` form (``train.fused_optimizer``, on by default): torch's fused Adam kernel, one
+pass over each parameter instead of a chain of elementwise operations (about 7x less time on a CPU
+at ML-20M's 24-44M parameters, a sizeable part of a step).  The update is the same up to float
+rounding, not bit for bit (tests/test_optim.py compares the two over several steps); off, each
+optimizer runs the elementwise form of its reference code.
+
+AdamNormGrad's elementwise form is written as multi-tensor operations (``torch._foreach_*``: a few
+kernels for all parameters instead of a dozen per parameter) with its step count and bias
+corrections on the parameters' device, so a step neither reads a value back nor copies one over.
 """
 
 from __future__ import annotations
@@ -30,14 +35,19 @@ class AdamNormGrad(torch.optim.Optimizer):
     m ← β₁m + (1−β₁)ĝ, v ← β₂v + (1−β₂)ĝ², p ← p − lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + eps).
     That differs from today's ``torch.optim.Adam`` only in where eps enters (here it is added before
     the bias correction of v).  The norm is over the whole parameter tensor (``torch.norm(grad, 2)``
-    flattens).  ``p.grad`` itself is left untouched.  The state (``step``, ``exp_avg``,
-    ``exp_avg_sq`` per parameter) round-trips through ``state_dict`` / ``load_state_dict``.
+    flattens).  The state (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter) round-trips through
+    ``state_dict`` / ``load_state_dict``.
 
-    ``fused``: the same update through torch's fused Adam kernel, which divides the gradient by
-    ``grad_scale`` = ‖g‖₂ + 1e-7 (a float32 scalar, as the kernel takes it) on the way (and leaves
-    ``p.grad`` so divided) and takes
-    eps / √(1−β₂ᵗ) for eps: torch's p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + eps') is then the formula
-    above.  Equal up to float rounding; the state also holds the step as a tensor (``fused_step``).
+    Unfused: multi-tensor operations over all parameters of a group; ``step`` is a float64 0-d
+    tensor on the parameter's device and the bias corrections are computed there, so nothing is
+    read back or copied over (a CUDA graph could capture it).  ``p.grad`` is left untouched.
+
+    ``fused``: the gradients are divided by their norms in place (multi-tensor; ``p.grad`` is left
+    so divided), then torch's fused Adam kernel takes every parameter in one call with
+    eps / √(1−β₂ᵗ) for eps: torch's p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + eps') is then the
+    formula above.  That eps depends on t, which the host counts (``step``, a Python int; the
+    kernel's own float32 count is ``fused_step`` on the device): no value is read back.  Equal to
+    the unfused update up to float rounding.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3,
@@ -57,46 +67,87 @@ class AdamNormGrad(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("AdamNormGrad does not support sparse gradients")
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("AdamNormGrad does not support sparse gradients")
+            if not params:
+                continue
+            for p in params:
                 state = self.state[p]
                 if len(state) == 0:
-                    state["step"] = 0
+                    state["step"] = 0 if group.get("fused") else torch.zeros((), dtype=torch.float64, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                state["step"] = int(state["step"]) + 1
-                t = state["step"]
-                if group.get("fused"):
-                    self._fused_step(p, state, group, t)
-                    continue
-                grad = p.grad / (torch.linalg.vector_norm(p.grad) + GRAD_NORM_EPS)
-                exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                step_size = group["lr"] * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
-                p.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"]), value=-step_size)
+            if group.get("fused"):
+                self._fused_step(params, group)
+            else:
+                self._foreach_step(params, group)
         return loss
 
-    @staticmethod
-    def _fused_step(p: torch.Tensor, state: dict, group: dict, t: int) -> None:
+    def _foreach_step(self, params: list[torch.Tensor], group: dict) -> None:
         beta1, beta2 = group["betas"]
-        if "fused_step" not in state:  # made on the device, so no host-to-device copy per step
-            state["fused_step"] = torch.full((), t - 1, dtype=torch.float32, device=p.device)
-        adam_update(
-            [p], [p.grad], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["fused_step"]],
-            foreach=None, capturable=False, differentiable=False, fused=True,
-            grad_scale=(torch.linalg.vector_norm(p.grad) + GRAD_NORM_EPS).float(), found_inf=None, has_complex=False,
-            amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=0.0,
-            eps=group["eps"] / math.sqrt(1.0 - beta2**t), maximize=False)
+        states = [self.state[p] for p in params]
+        for state, p in zip(states, params):
+            step = state["step"]
+            # a host count (a fused run's state), or a count loaded on the CPU (load_state_dict leaves
+            # "step" where the checkpoint put it): moved to the device once
+            if not isinstance(step, torch.Tensor) or step.device != p.device or step.dtype != torch.float64:
+                state["step"] = torch.as_tensor(step, dtype=torch.float64).to(p.device)
+        steps = [s["step"] for s in states]  # (), float64, on each parameter's device
+        exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        grads = [p.grad for p in params]
+        norms = torch._foreach_norm(grads)  # ‖g‖₂ per parameter
+        torch._foreach_add_(norms, GRAD_NORM_EPS)
+        grads = torch._foreach_div(grads, norms)  # ĝ (new tensors: p.grad untouched)
+        torch._foreach_add_(steps, 1.0)
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        # −lr·√(1−β₂ᵗ)/(1−β₁ᵗ), in float64 on the device
+        bias1 = torch._foreach_pow(beta1, steps)
+        torch._foreach_sub_(bias1, 1.0)  # β₁ᵗ − 1
+        bias2 = torch._foreach_pow(beta2, steps)
+        torch._foreach_sub_(bias2, 1.0)
+        torch._foreach_neg_(bias2)  # 1 − β₂ᵗ
+        torch._foreach_sqrt_(bias2)
+        step_sizes = torch._foreach_div(bias2, bias1)
+        torch._foreach_mul_(step_sizes, group["lr"])  # negative
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denoms, group["eps"])
+        torch._foreach_div_(denoms, step_sizes)
+        torch._foreach_addcdiv_(params, exp_avgs, denoms)  # p + m / (denom / step) = p − |step|·m/denom
+
+    def _fused_step(self, params: list[torch.Tensor], group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        grads = [p.grad for p in params]
+        norms = torch._foreach_norm(grads)
+        torch._foreach_add_(norms, GRAD_NORM_EPS)
+        torch._foreach_div_(grads, norms)  # ĝ, in p.grad
+        by_step: dict[int, list[torch.Tensor]] = {}  # parameters at the same count share one kernel call
+        for p in params:
+            state = self.state[p]
+            if isinstance(state["step"], torch.Tensor):  # an unfused run's state: read once
+                state["step"] = int(state["step"])
+            if "fused_step" not in state:  # made on the device, so no host-to-device copy per step
+                state["fused_step"] = torch.full((), state["step"], dtype=torch.float32, device=p.device)
+            state["step"] += 1
+            by_step.setdefault(state["step"], []).append(p)
+        for t, ps in by_step.items():
+            states = [self.state[p] for p in ps]
+            adam_update(
+                ps, [p.grad for p in ps], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+                [s["fused_step"] for s in states], foreach=None, capturable=False, differentiable=False,
+                fused=True, grad_scale=None, found_inf=None, has_complex=False, amsgrad=False, beta1=beta1,
+                beta2=beta2, lr=group["lr"], weight_decay=0.0, eps=group["eps"] / math.sqrt(1.0 - beta2**t),
+                maximize=False)
 
 
 def make_optimizer(name: str, params: Iterable, lr: float, *, fused: bool = False) -> torch.optim.Optimizer:
     """``"adam"``: ``torch.optim.Adam`` (Liang: Adam, β = (0.9, 0.999), eps 1e-8);
-    ``"adam-normgrad"``: :class:`AdamNormGrad` (EVCF).  ``fused``: torch's fused kernel for either."""
+    ``"adam-normgrad"``: :class:`AdamNormGrad` (EVCF).  ``fused``: torch's fused kernel for either;
+    unfused, Adam is torch's default form for the device (per parameter on a CPU, multi-tensor on
+    CUDA) and AdamNormGrad its multi-tensor form."""
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if fused else {}))
     if name == "adam-normgrad":

@@ -27,6 +27,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -37,7 +38,7 @@ import scipy.sparse as sp
 import torch
 
 from . import __version__
-from .data.batches import Batches, DeviceCSR, RowBatch
+from .batches import Batches, DeviceCSR, RowBatch
 from .data.sparse import SplitData
 from .errors import EvcfError
 from .evaluate import evaluate, summarize
@@ -82,8 +83,12 @@ class TrainConfig:
     # after every epoch.  Not part of the run's identity: it does not change the numbers.
     checkpoint_minutes: float = 10.0
     # ours: the optimizer step as torch's fused Adam kernel (for Adam and AdamNormGrad), one pass over
-    # each parameter: the same update up to float rounding; off = the elementwise loop of the reference codes
-    fused_optimizer: bool = False
+    # each parameter: the same update up to float rounding (tests/test_optim.py), 7x less optimizer
+    # time on a CPU (evcf bench); off = the elementwise form of the reference codes
+    fused_optimizer: bool = True
+    # ours: torch.compile of the model's loss (forward and backward; one graph, static shapes thanks
+    # to the padded click lists).  Opt-in until measured on a GPU; recorded in metrics.json
+    compile: bool = False
     tf32: bool = False  # ours: CUDA float32 matmuls in TF32 (faster, ~1e-3 relative error); no effect on CPU
     # ours: torch.use_deterministic_algorithms(True), and CUBLAS_WORKSPACE_CONFIG=:4096:8 on CUDA
     # (when not set already): a CUDA run repeats bit for bit, somewhat slower; off = torch's defaults
@@ -223,18 +228,24 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _rng_state(gen: torch.Generator) -> dict:
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict:
+    """The random generators a run draws from: the CPU's, the shuffle's and, for a CUDA run, its own
+    device's (not every visible GPU's: a CPU run never opens a CUDA context, and a resume on a
+    node with fewer GPUs finds the state it needs)."""
     state = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(gen: torch.Generator, state: dict) -> None:
+def _set_rng_state(gen: torch.Generator, state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     gen.set_state(state["shuffle"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # written by evcf <= 0.x: every visible GPU's state
+            cuda = cuda[device.index if device.index is not None else 0]
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def _beta(cfg: TrainConfig, epoch: int, update_count: int) -> float:
@@ -254,20 +265,39 @@ def _warmed_up(cfg: TrainConfig, epoch: int, update_count: int) -> bool:
     return True
 
 
+COMPILE_BACKEND = "inductor"  # torch.compile's default (the CPU tests trace with "aot_eager": no C++ build)
+_compiled: "weakref.WeakKeyDictionary[VAEModel, Any]" = weakref.WeakKeyDictionary()  # model -> its compiled loss
+
+
+def compiled_loss(model: VAEModel) -> Any:
+    """``torch.compile(model.loss)``, made once per model: one graph (``fullgraph``), static shapes.
+
+    The padded click lists (:func:`~evcf.batches.padded_size`) and the fixed batch size leave a few
+    shapes per run (a bucket or two of click counts, the last batch), each compiled once; β comes
+    in as a 0-d tensor (:func:`train_step`), an input of the graph rather than a constant in it.
+    """
+    if model not in _compiled:
+        _compiled[model] = torch.compile(model.loss, fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
+    return _compiled[model]
+
+
 def train_step(model: VAEModel, optimizer: torch.optim.Optimizer, batch: RowBatch | torch.Tensor, beta: float,
-               *, autocast: bool = False) -> torch.Tensor:
+               *, autocast: bool = False, compile: bool = False) -> torch.Tensor:
     """One gradient step on ``batch``; returns the batch's loss, detached, on the device.
 
-    ``batch`` is a :class:`~evcf.data.batches.RowBatch` (the rows and their clicks, as
-    :class:`~evcf.data.batches.Batches` makes them) or the dense rows (B, I) alone.
+    ``batch`` is a :class:`~evcf.batches.RowBatch` (the rows and their clicks, as
+    :class:`~evcf.batches.Batches` makes them) or the dense rows (B, I) alone.
     evcf's one training step: ``evcf train`` (:func:`train_epoch`) and ``evcf bench`` call it.  The
-    forward pass runs under bf16 autocast when ``autocast``.  Given a ``RowBatch``, nothing here
-    reads a value back from the device, so on a GPU the host queues the next step while this one
-    runs.
+    forward pass runs under bf16 autocast when ``autocast``, and through :func:`compiled_loss` when
+    ``compile``.  Given a ``RowBatch``, nothing here reads a value back from the device or copies
+    one to it, so on a GPU the host queues the next step while this one runs.
     """
     x, clicks = batch if isinstance(batch, RowBatch) else (batch, None)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        parts = model.loss(x, beta, clicks)
+    loss = compiled_loss(model) if compile else model.loss
+    if compile:  # a 0-d CPU tensor (a scalar argument of the kernels): a float would be compiled in
+        beta = torch.tensor(beta, dtype=torch.float32)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+        parts = loss(x, beta, clicks)
     optimizer.zero_grad(set_to_none=True)
     parts.loss.backward()
     optimizer.step()
@@ -287,7 +317,7 @@ def train_epoch(model: VAEModel, optimizer: torch.optim.Optimizer, batches: Iter
     n_batches, beta = 0, _beta(cfg, epoch, update_count)
     for x in batches:
         beta = _beta(cfg, epoch, update_count)
-        total += train_step(model, optimizer, x, beta, autocast=cfg.precision == "bf16")
+        total += train_step(model, optimizer, x, beta, autocast=cfg.precision == "bf16", compile=cfg.compile)
         update_count += 1
         n_batches += 1
     return total, n_batches, update_count, beta
@@ -395,7 +425,7 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
         optimizer.load_state_dict(ckpt["optimizer"])
         epoch, update_count, bad_epochs = ckpt["epoch"], ckpt["update_count"], ckpt["bad_epochs"]
         best, history = ckpt["best"], ckpt["history"]
-        _set_rng_state(shuffle_gen, ckpt["rng"])
+        _set_rng_state(shuffle_gen, ckpt["rng"], device)
         say(f"{model_name}: resuming from epoch {epoch} of {cfg.epochs} ({ckpt_path})")
 
     saved_epoch, saved_at, resumed_from = (epoch if ckpt is not None else None), _clock(), epoch
@@ -405,7 +435,7 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
         _atomic_torch_save(
             {"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "epoch": epoch, "update_count": update_count, "bad_epochs": bad_epochs, "best": best,
-             "history": history, "rng": _rng_state(shuffle_gen), "evcf_version": __version__},
+             "history": history, "rng": _rng_state(shuffle_gen, device), "evcf_version": __version__},
             ckpt_path,
         )
         saved_epoch, saved_at = epoch, _clock()
@@ -689,9 +719,11 @@ def run(
         "wall_seconds": round(time.perf_counter() - started, 3),
         "device": dev.type if dev.type == "cpu" else f"{dev.type} ({torch.cuda.get_device_name(dev)})",
         "threads": torch.get_num_threads(),
-        # how the numbers were computed: training precision, TF32 matmuls (CUDA only), deterministic algorithms
+        # how the numbers were computed: training precision, TF32 matmuls (CUDA only), compiled loss,
+        # deterministic algorithms
         "precision": cfg.precision,
         "tf32": bool(cfg.tf32 and dev.type == "cuda"),
+        "compile": bool(cfg.compile and isinstance(model, VAEModel)),  # torch.compile of the training loss
         "deterministic": cfg.deterministic,
         "seeded": bool(model.seeded),
         # a model that searches its own settings inside the run (tuning.csv): what it selected

@@ -9,7 +9,8 @@ Skipped without CUDA (CI never depends on a GPU); ``scripts/gpu_check.sh`` runs 
 * a whole run on CPU against one on CUDA: their random streams differ (dropout, ε), so they are two
   draws of the same training: test NDCG@100 within 0.03, about three times the seed-to-seed spread
   of this toy set;
-* bf16 against fp32 on CUDA: test NDCG@100 within 0.03.
+* bf16 against fp32 on CUDA: test NDCG@100 within 0.03;
+* train.compile (inductor) against eager, in eval mode: losses to 1e-4.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pytest
 import torch
 
 from conftest import write_synthetic_split
-from evcf.data.batches import Batches, DeviceCSR
+from evcf.batches import Batches, DeviceCSR
 from evcf.data.sparse import load_split
 from evcf.evaluate import evaluate
 from evcf.models import build_model
@@ -248,3 +249,28 @@ def test_evaluation_syncs_do_not_grow_with_the_batches_on_cuda(processed, name):
 
     n_users = int((np.diff(data.test_te.indptr) > 0).sum())
     assert syncs(-(-n_users // 2)) == syncs(-(-n_users // 12))
+
+
+def test_compiled_training_on_cuda_matches_eager(processed):
+    """train.compile with inductor (the option's backend): two epochs in eval mode (no random draw)
+    give the eager losses to float32 rounding; the graphs are one per (batch size, click bucket)."""
+    from torch._dynamo.utils import counters
+
+    data = load_split(processed)
+    train = DeviceCSR(data.train, "cuda")
+    results, shapes = [], set()
+    for compile in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = build_model("vamp", data.n_items, **{**SMALL, "n_pseudo": 10}).to("cuda").eval()
+        optimizer = make_optimizer("adam-normgrad", model.parameters(), 1e-3)
+        losses = []
+        for epoch in range(2):
+            for k, batch in enumerate(Batches(train, torch.randperm(train.n_rows), 64)):
+                shapes.add((batch.x.shape[0], batch.clicks.batch_row.numel()))
+                losses.append(train_step(model, optimizer, batch, 0.1 * (k + 1), compile=compile))
+        results.append(torch.stack(losses).cpu())
+        graphs = counters["stats"]["unique_graphs"]
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-4)
+    assert graphs <= len(shapes), (graphs, shapes)

@@ -1,4 +1,5 @@
-"""A training step never waits for the device: no host synchronisation inside an epoch.
+"""A training step never waits for the device and never copies to it: no host synchronisation and
+no host-to-device copy inside an epoch or an evaluation batch.
 
 On a GPU, reading a value back (``.item()``, ``float()``, a tensor in an ``if``), or an operation
 whose output size depends on the data (``nonzero``, ``bincount``, ``repeat_interleave`` without
@@ -7,12 +8,20 @@ whose output size depends on the data (``nonzero``, ``bincount``, ``repeat_inter
 CPU, the Python entry points of those operations are wrapped and every call made directly from
 evcf's code during an epoch is recorded.  Calls from torch's own Python code (the optimizers read
 their CPU-side step counters) are not syncs on a GPU and are not recorded.
+
+Host-to-device copies (each one blocks the host on a GPU when its source is pageable memory) are
+counted by running the same epochs and evaluations on torch's ``meta`` device, a device without
+data: every tensor that goes from the CPU to it passes through the dispatcher as a ``_to_copy`` or
+``copy_`` from a CPU tensor (caught by a ``TorchDispatchMode``, wherever the call comes from:
+evcf, torch's optimizers, the metrics), or through ``torch.tensor``/``as_tensor`` with a device
+(wrapped here, as they bypass the dispatcher).
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,7 +29,10 @@ import pandas as pd
 import pytest
 import torch
 
-from evcf.data.batches import Batches, DeviceCSR
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from evcf.batches import Batches, DeviceCSR
 from evcf.data.shapes import synthetic_matrix
 from evcf.models import build_model
 from evcf.optim import make_optimizer
@@ -167,3 +179,139 @@ def test_evaluation_waits_for_the_device_only_for_the_final_copies(train, name):
     assert len(calls) == 2 * len(METRICS)  # .cpu() and .numpy() of each metric's column
     assert len({c.split()[1] for c in calls}) == 1, calls  # all on evaluate's final line
     assert {c.split()[0] for c in calls} == {"cpu", "numpy"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Host-to-device copies, counted on the meta device
+
+META = torch.device("meta")
+
+
+def _where() -> str:
+    """The innermost frame of evcf's code (or of this test) on the stack, as ``file:line``."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        path = Path(frame.filename)
+        if path.is_relative_to(EVCF) or path == Path(__file__):
+            return f"{path.name}:{frame.lineno}"
+    return "?"
+
+
+class HostCopies(TorchDispatchMode):
+    """Records every copy from a CPU tensor into a tensor on another device (``to_device``), and
+    every copy back (``to_host``: answered with zeros, as a meta tensor has no values)."""
+
+    def __init__(self):
+        super().__init__()
+        self.to_device: list[str] = []
+        self.to_host: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        aten = torch.ops.aten
+        if func is aten._to_copy.default:
+            source, target = args[0].device, torch.device(kwargs.get("device") or args[0].device)
+            if source.type == "cpu" and target.type != "cpu":
+                self.to_device.append(f"to {_where()}")
+            elif source.type == "meta" and target.type == "cpu":
+                self.to_host.append(f"to {_where()}")
+                return torch.zeros(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
+        elif func is aten.copy_.default and args[1].device.type == "cpu" and args[0].device.type != "cpu":
+            self.to_device.append(f"copy_ {_where()}")
+        else:  # an operation that reads a CPU tensor (more than a 0-d scalar) into a device result
+            tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            if any(t.device.type != "cpu" for t in tensors) and any(t.device.type == "cpu" and t.dim() > 0
+                                                                    for t in tensors):
+                self.to_device.append(f"{func} {_where()}")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def host_copies() -> Iterator[HostCopies]:
+    """:class:`HostCopies`, plus ``torch.tensor``/``as_tensor``/``asarray`` given a device other than
+    the CPU (they build the tensor on the host and copy it below the dispatcher)."""
+    mode = HostCopies()
+
+    def wrap(real: Callable, name: str) -> Callable:
+        def wrapper(*args, **kwargs):
+            device = kwargs.get("device")
+            if device is not None and torch.device(device).type != "cpu":
+                mode.to_device.append(f"torch.{name} {_where()}")
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("tensor", "as_tensor", "asarray"):
+            patch.setattr(torch, name, wrap(getattr(torch, name), name))
+        with mode:
+            yield mode
+
+
+def test_the_copy_counter_sees_what_it_should():
+    on_device = torch.zeros(3, device=META)
+    with host_copies() as copies:
+        torch.ones(3).to(META)
+        on_device.copy_(torch.ones(3))
+        torch.tensor([1.0, 2.0], device=META)
+        with pytest.raises(RuntimeError):  # a CPU tensor read by a device operation (an error on meta)
+            on_device + torch.ones(3)
+        on_device * 2.0 + torch.tensor(1.0)  # a 0-d CPU tensor: a scalar argument, not a copy
+        torch.arange(3, device=META) + 1  # made on the device: nothing copied
+        host = on_device.cpu()
+    assert [c.split()[0] for c in copies.to_device] == ["to", "copy_", "torch.tensor", "aten.add.Tensor"]
+    assert len(copies.to_host) == 1 and host.shape == (3,)
+
+
+# the models' optimizers as the loop builds them; torch's fused Adam refuses the meta device, so
+# plain Adam is checked in its unfused form (its fused kernel keeps its step count on the device)
+def _optimizers(name: str) -> list[tuple[str, bool]]:
+    optimizer = SMALL[name][1]
+    return [(optimizer, False)] if optimizer == "adam" else [(optimizer, True), (optimizer, False)]
+
+
+@pytest.fixture(scope="module")
+def train_meta(train) -> DeviceCSR:
+    return DeviceCSR(train.matrix, META)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_an_epoch_copies_nothing_to_the_device(train_meta, name):
+    """train_epoch and train_step, with the models and the optimizers: no host-to-device copy."""
+    for optimizer_name, fused in _optimizers(name):
+        torch.manual_seed(0)
+        model = build_model(name, N_ITEMS, **SMALL[name][0]).to(META).train()
+        optimizer = make_optimizer(optimizer_name, model.parameters(), 1e-3, fused=fused)
+        cfg = train_config({"batch_size": 40, "beta_schedule": "liang", "total_anneal_steps": 10})
+        # built outside the watch, as once per epoch in the loop: the order goes to the device here
+        epochs = [Batches(train_meta, torch.randperm(120, generator=torch.Generator().manual_seed(e)), 40)
+                  for e in range(2)]
+        with host_copies() as copies:
+            for epoch, batches in enumerate(epochs, start=1):  # the first allocates the optimizer's state
+                total, n_batches, _, _ = train_epoch(model, optimizer, batches, cfg, epoch=epoch,
+                                                     update_count=3 * (epoch - 1), device=META)
+        assert n_batches == 3 and total.device == META
+        assert copies.to_device == [], (optimizer_name, fused, copies.to_device)
+        assert copies.to_host == []
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_evaluation_copies_to_the_device_only_while_setting_up(train_meta, name):
+    """Scoring and ranking a batch copies nothing over: 1 batch or 5 of the same users make the
+    same copies (the held-out rows and the users, once), and each metric's column comes back once."""
+    from evcf.evaluate import METRICS, evaluate
+
+    torch.manual_seed(0)
+    model = build_model(name, N_ITEMS, **SMALL[name][0]).to(META).eval()
+    heldout = synthetic_matrix(120, N_ITEMS, 600, seed=5)
+
+    def copies(batch_size: int) -> HostCopies:
+        with host_copies() as seen:
+            result = evaluate(model.score, train_meta, heldout, batch_size=batch_size, device=META,
+                              with_clicks=True)
+        assert len(result.per_user) == 120
+        return seen
+
+    one, five = copies(120), copies(25)
+    assert len(five.to_device) == len(one.to_device) <= 8, five.to_device
+    assert {c.split()[1].split(":")[0] for c in five.to_device} == {"batches.py"}  # DeviceCSR, Batches
+    assert len(five.to_host) == len(one.to_host) == len(METRICS)  # each column's .cpu(), once

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from conftest import write_synthetic_split
-from evcf.data.batches import DeviceCSR
+from evcf.batches import DeviceCSR
 from evcf.data.sparse import load_split
 from evcf.errors import EvcfError
 from evcf.schedules import beta_evcf, beta_liang

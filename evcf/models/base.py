@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from evcf.data.batches import Clicks
+from evcf.batches import Clicks
 
 __all__ = ["VAEModel", "ClosedFormModel", "LossParts"]
 
@@ -54,7 +54,7 @@ class VAEModel(nn.Module):
         """Training-mode loss for a batch ``x`` (batch, n_items); ``beta`` weights the KL term.
 
         ``clicks``, where given, are the coordinates of ``x``'s non-zeros (a training batch brings
-        them: :class:`~evcf.data.batches.RowBatch`); a model whose first layer reads the non-zeros
+        them: :class:`~evcf.batches.RowBatch`); a model whose first layer reads the non-zeros
         uses them instead of searching ``x``, which would make the host wait for a GPU.
         """
         raise NotImplementedError

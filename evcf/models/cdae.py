@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evcf.data.batches import Batches, DeviceCSR
+from evcf.batches import Batches, DeviceCSR
 from evcf.errors import EvcfError
 from evcf.models.base import ClosedFormModel
 from evcf.models.baselines import _check_train

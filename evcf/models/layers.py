@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evcf.data.batches import Clicks
+from evcf.batches import Clicks, clicks_of
 from evcf.errors import EvcfError
 
 __all__ = [
     "LIKELIHOODS",
     "INITS",
     "LOG_2PI",
+    "ItemsFirstLinear",
     "Dense",
     "GatedDense",
     "hidden_layer",
@@ -54,12 +55,50 @@ LOG_2PI = math.log(2.0 * math.pi)
 # Hidden layers
 
 
-class Dense(nn.Module):
-    """A plain hidden layer: ``tanh(W x + b)`` (Liang et al. 2018; EVCF's ungated ``NonLinear``)."""
+class ItemsFirstLinear(nn.Linear):
+    """``nn.Linear`` whose weight is stored as (d_in, d_out): the layout the sparse first layer reads.
+
+    :func:`first_layer_from_rows` multiplies the clicks with rows of an (items × hidden) table
+    (``embedding_bag``); a plain ``nn.Linear`` holds (hidden × items), so every step would copy its
+    transpose (48 MB at ML-20M's shape) forward and the gradient's back.  Here the parameter is
+    ``weight_t`` (d_in, d_out) and ``weight`` its transposed view (d_out, d_in), so everything that
+    reads ``weight`` (dense products, init, penalty) is unchanged.  The values and their random
+    draws are nn.Linear's; ``state_dict`` holds ``weight`` (d_out, d_in) as nn.Linear's does, so
+    checkpoints and the reference re-implementations read it alike.  AdamNormGrad's norm and
+    Adam's elementwise update do not depend on the layout.
+    """
 
     def __init__(self, d_in: int, d_out: int):
+        nn.Module.__init__(self)
+        plain = nn.Linear(d_in, d_out)  # nn.Linear's default init, with the same random draws
+        self.in_features, self.out_features = d_in, d_out
+        self.weight_t = nn.Parameter(plain.weight.detach().t().contiguous())  # (d_in, d_out)
+        self.bias = plain.bias  # (d_out,)
+
+    @property
+    def weight(self) -> torch.Tensor:  # (d_out, d_in), a view of weight_t
+        return self.weight_t.t()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        weight_t = self.weight_t if keep_vars else self.weight_t.detach()
+        destination[prefix + "weight"] = weight_t.t()
+        destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "weight" in state_dict:
+            state_dict[prefix + "weight_t"] = state_dict.pop(prefix + "weight").t()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class Dense(nn.Module):
+    """A plain hidden layer: ``tanh(W x + b)`` (Liang et al. 2018; EVCF's ungated ``NonLinear``).
+
+    ``items_first``: W stored as (d_in, d_out) (:class:`ItemsFirstLinear`), for a first layer.
+    """
+
+    def __init__(self, d_in: int, d_out: int, items_first: bool = False):
         super().__init__()
-        self.linear = nn.Linear(d_in, d_out)
+        self.linear = (ItemsFirstLinear if items_first else nn.Linear)(d_in, d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (n, d_in) -> (n, d_out)
         return torch.tanh(self.linear(x))
@@ -69,25 +108,30 @@ class GatedDense(nn.Module):
     """A gated linear unit: ``(W x + b) ⊗ σ(V x + c)``, with no tanh on top.
 
     This is what EVCF's ``NonLinear(..., gated=True)`` computes: when gated, its ``activation``
-    argument (tanh) is skipped.  ``linear`` holds (W, b), ``gate`` holds (V, c).
+    argument (tanh) is skipped.  ``linear`` holds (W, b), ``gate`` holds (V, c).  ``items_first``:
+    W and V stored as (d_in, d_out) (:class:`ItemsFirstLinear`), for a first layer.
     """
 
-    def __init__(self, d_in: int, d_out: int):
+    def __init__(self, d_in: int, d_out: int, items_first: bool = False):
         super().__init__()
-        self.linear = nn.Linear(d_in, d_out)
-        self.gate = nn.Linear(d_in, d_out)
+        linear = ItemsFirstLinear if items_first else nn.Linear
+        self.linear = linear(d_in, d_out)
+        self.gate = linear(d_in, d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (n, d_in) -> (n, d_out)
         return self.linear(x) * torch.sigmoid(self.gate(x))
 
 
-def hidden_layer(d_in: int, d_out: int, gated: bool) -> nn.Module:
-    return GatedDense(d_in, d_out) if gated else Dense(d_in, d_out)
+def hidden_layer(d_in: int, d_out: int, gated: bool, items_first: bool = False) -> nn.Module:
+    """A GLU or a tanh layer; ``items_first`` for a layer that reads user rows (weights (d_in, d_out))."""
+    return GatedDense(d_in, d_out, items_first) if gated else Dense(d_in, d_out, items_first)
 
 
-def mlp(d_in: int, width: int, depth: int, gated: bool) -> nn.Sequential:
-    """``depth`` hidden layers: d_in → width, then (depth − 1) × width → width."""
-    layers = [hidden_layer(d_in, width, gated)]
+def mlp(d_in: int, width: int, depth: int, gated: bool, items_first: bool = False) -> nn.Sequential:
+    """``depth`` hidden layers: d_in → width, then (depth − 1) × width → width.
+
+    ``items_first``: the first layer reads user rows (:class:`ItemsFirstLinear`)."""
+    layers = [hidden_layer(d_in, width, gated, items_first)]
     layers += [hidden_layer(width, width, gated) for _ in range(depth - 1)]
     return nn.Sequential(*layers)
 
@@ -131,7 +175,7 @@ class GaussianEncoder(nn.Module):
                  dropout: float, logvar_clamp: bool):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.layers = mlp(d_in, hidden, num_layers, gated)
+        self.layers = mlp(d_in, hidden, num_layers, gated, items_first=True)  # the first reads user rows
         self.head = GaussianHead(hidden, latent, logvar_clamp)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,21 +234,20 @@ def first_layer_from_rows(dropout: nn.Dropout, layer: nn.Module | JointInput,
     replaces two dense (B, I) x (I, H) products (forward and weight gradient) — see ``evcf bench``.
     ``layer`` may be a :class:`JointInput`: then its extra columns join the product undropped.
 
-    ``clicks`` says where the non-zeros of ``x`` are (a training batch brings them, see
-    :class:`~evcf.data.batches.RowBatch`).  Without it they are found with ``nonzero``, whose output
-    size depends on the data: on a GPU the host then waits for the device.  With it, nothing here
-    does.
+    ``clicks`` says where the non-zeros of ``x`` are and their values (a training batch brings
+    them, see :class:`~evcf.batches.RowBatch`; padding entries have value 0 and add nothing).
+    Without it they are found with ``nonzero``, whose output size depends on the data: on a GPU
+    the host then waits for the device.  With it, nothing here does.  The product reads the
+    weight as an (items × H) table: an :class:`ItemsFirstLinear` holds it so; a plain
+    ``nn.Linear`` is transposed (a copy) each call.
     """
     extra = None
     if isinstance(layer, JointInput):
         layer, extra = layer.layer, layer.extra
     n_items = x.shape[1]
-    if clicks is None:
-        batch_row, cols = torch.nonzero(x, as_tuple=True)  # (nnz,) each, row-major
-    else:
-        batch_row, cols = clicks
+    batch_row, cols, entries = clicks if clicks is not None else clicks_of(x)  # (n,) each, row-major
     norm = x.norm(2.0, dim=1).clamp_min(1e-12)  # (B,) F.normalize's denominator
-    values = x[batch_row, cols] / norm[batch_row]  # (nnz,)
+    values = entries / norm[batch_row]  # (nnz,)
     if dropout.training and dropout.p > 0:
         keep = torch.empty_like(values).bernoulli_(1.0 - dropout.p)
         values = values * keep / (1.0 - dropout.p)
@@ -218,9 +261,12 @@ def first_layer_from_rows(dropout: nn.Dropout, layer: nn.Module | JointInput,
         if m.in_features != n_items + n_extra:  # a joint layer passed without its JointInput
             raise ValueError(f"first_layer_from_rows: layer reads {m.in_features} inputs, "
                              f"got {n_items} items and {n_extra} extra columns")
-        # embedding_bag reads rows of an (I, H) table: the transposed item columns of the weight
-        out = F.embedding_bag(cols, m.weight[:, :n_items].t().contiguous(), offsets, mode="sum",
-                              per_sample_weights=values.to(m.weight.dtype)) + m.bias
+        # embedding_bag reads rows of an (I, H) table: the item rows of weight_t, or the transposed
+        # item columns of a plain weight
+        table = (m.weight_t[:n_items] if isinstance(m, ItemsFirstLinear)
+                 else m.weight[:, :n_items].t().contiguous())  # (I, H)
+        out = F.embedding_bag(cols, table, offsets, mode="sum",
+                              per_sample_weights=values.to(table.dtype)) + m.bias
         if extra is not None:
             out = out + F.linear(extra, m.weight[:, n_items:])  # (B, E) x (E, H)
         return out
@@ -272,7 +318,7 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def nll(logits: torch.Tensor, x: torch.Tensor, likelihood: str,
-        bernoulli_clamp: float = 0.0) -> torch.Tensor:
+        bernoulli_clamp: float = 0.0, clicks: Clicks | None = None) -> torch.Tensor:
     """Negative log-likelihood of the raw 0/1 rows ``x`` per user.  (B, I) x2 -> (B,)
 
     * multinomial (Liang): −Σ_i x_i · log_softmax(logits)_i;
@@ -284,18 +330,47 @@ def nll(logits: torch.Tensor, x: torch.Tensor, likelihood: str,
       increasing and 1 − clamp(σ(l), c, 1 − c) = clamp(σ(−l), c, 1 − c) — in float32 at least,
       without forming 1 − p.
     ``bernoulli_clamp`` is ignored by the multinomial likelihood.
+
+    ``clicks`` (where given: the non-zeros of ``x`` and their values, padding allowed) turn the
+    sums over x's entries into sums over the clicks, with one pass over the (B, I) logits:
+    multinomial, n_u · logsumexp(l_u) − Σ_clicks l (n_u = Σ x_u); clamped Bernoulli,
+    Σ_i −log(1 − p_i) + Σ_clicks [−log p + log(1 − p)], with −log(1 − p) = clamp(softplus(l),
+    −log(1 − c), −log c) and −log p = the same of softplus(l) − l.  The same values as the dense
+    formulas up to float rounding (tests/models/test_layers.py writes those out).
     """
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}")
+    if clicks is not None and (likelihood == "multinomial" or bernoulli_clamp > 0):
+        return _nll_from_clicks(logits, x, likelihood, bernoulli_clamp, clicks)
     if likelihood == "multinomial":
         return -(F.log_softmax(logits, dim=1) * x).sum(1)
-    if likelihood == "bernoulli":
-        if bernoulli_clamp == 0:
-            return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
-        logits = at_least_float32(logits)
-        lo, hi = math.log(bernoulli_clamp), math.log1p(-bernoulli_clamp)
-        log_p = F.logsigmoid(logits).clamp(lo, hi)  # (B, I)  log p
-        log_not_p = F.logsigmoid(-logits).clamp(lo, hi)  # (B, I)  log(1 - p)
-        return -(x * log_p + (1.0 - x) * log_not_p).sum(1)
-    raise ValueError(f"unknown likelihood {likelihood!r}")
+    if bernoulli_clamp == 0:
+        return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+    logits = at_least_float32(logits)
+    lo, hi = math.log(bernoulli_clamp), math.log1p(-bernoulli_clamp)
+    log_p = F.logsigmoid(logits).clamp(lo, hi)  # (B, I)  log p
+    log_not_p = F.logsigmoid(-logits).clamp(lo, hi)  # (B, I)  log(1 - p)
+    return -(x * log_p + (1.0 - x) * log_not_p).sum(1)
+
+
+def _nll_from_clicks(logits: torch.Tensor, x: torch.Tensor, likelihood: str, bernoulli_clamp: float,
+                     clicks: Clicks) -> torch.Tensor:
+    """:func:`nll` as one pass over the logits plus sums over the clicks.  (B, I) -> (B,)"""
+    batch_row, cols, values = clicks
+    # float32 at least (as log_softmax under autocast), before the clicks are read: the gradients of
+    # the full pass and of the click terms then add up in float32 (in bf16 they would cancel)
+    logits = at_least_float32(logits)  # (B, I)
+    at_clicks = logits[batch_row, cols]  # (n,)
+    per_row = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)  # (B,)
+    if likelihood == "multinomial":  # -Σ x log_softmax(l) = Σx · logsumexp(l) - Σ_clicks x l
+        n_clicks = per_row.index_add(0, batch_row, values.to(per_row.dtype))  # (B,)
+        return n_clicks * torch.logsumexp(logits, dim=1) - per_row.index_add(0, batch_row, values * at_clicks)
+    # clamped Bernoulli: -log(1 - p) over every item, then -log p + log(1 - p) at the clicks
+    lo, hi = -math.log1p(-bernoulli_clamp), -math.log(bernoulli_clamp)  # the bounds of -log p
+    neg_log_not_p = F.softplus(logits).clamp(lo, hi).sum(1)  # (B,)  Σ_i -log(1 - p_i)
+    soft = F.softplus(at_clicks)  # (n,)  -log(1 - p) = softplus(l), -log p = softplus(l) - l
+    correction = (soft - at_clicks).clamp(lo, hi) - soft.clamp(lo, hi)  # (n,)
+    return neg_log_not_p + per_row.index_add(0, batch_row, values.to(per_row.dtype) * correction)
 
 
 @contextlib.contextmanager
@@ -327,19 +402,23 @@ def init_weights(module: nn.Module, scheme: str) -> None:
     for m in module.modules():
         if isinstance(m, GaussianHead):
             fan_out[m.mu] = fan_out[m.logvar] = 2 * m.latent
+    if scheme not in INITS:
+        raise ValueError(f"unknown init {scheme!r}")
     for m in module.modules():
         if not isinstance(m, nn.Linear):
             continue
+        # drawn as a contiguous (d_out, d_in) matrix whatever the storage (ItemsFirstLinear): the
+        # same random stream, and so the same values, in either layout
+        weight = torch.empty(m.weight.shape, dtype=m.weight.dtype, device=m.weight.device)
         if scheme == "xavier":
             bound = math.sqrt(6.0 / (m.in_features + fan_out.get(m, m.out_features)))
-            nn.init.uniform_(m.weight, -bound, bound)
-            if m.bias is not None:
-                nn.init.trunc_normal_(m.bias, mean=0.0, std=0.001, a=-0.002, b=0.002)
-        elif scheme == "he":
-            with torch.no_grad():
-                m.weight.normal_(0.0, math.sqrt(2.0 / m.in_features))
+            nn.init.uniform_(weight, -bound, bound)
         else:
-            raise ValueError(f"unknown init {scheme!r}")
+            weight.normal_(0.0, math.sqrt(2.0 / m.in_features))
+        with torch.no_grad():
+            m.weight.copy_(weight)
+        if scheme == "xavier" and m.bias is not None:
+            nn.init.trunc_normal_(m.bias, mean=0.0, std=0.001, a=-0.002, b=0.002)
 
 
 def weight_penalty(module: nn.Module) -> torch.Tensor:

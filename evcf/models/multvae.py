@@ -16,7 +16,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from evcf.data.batches import Clicks
+from evcf.batches import Clicks, clicks_of
 from evcf.models.base import LossParts, VAEModel
 from evcf.models.layers import (
     Dense,
@@ -63,7 +63,7 @@ class MultDAE(VAEModel):
         c = self.config
         self.n_items = n_items
         self.dropout = nn.Dropout(c.dropout)
-        self.encoder = Dense(n_items, c.hidden_size)  # I -> H, tanh
+        self.encoder = Dense(n_items, c.hidden_size, items_first=True)  # I -> H, tanh; W stored (I, H)
         self.decoder = nn.Linear(c.hidden_size, n_items)  # H -> I, logits
         init_weights(self, c.init)
 
@@ -78,7 +78,8 @@ class MultDAE(VAEModel):
         it back).
         """
         c = self.config
-        rec = nll(self(x, clicks), x, c.likelihood, c.bernoulli_clamp).mean()
+        clicks = clicks if clicks is not None else clicks_of(x)  # (found once, for both uses)
+        rec = nll(self(x, clicks), x, c.likelihood, c.bernoulli_clamp, clicks).mean()
         penalty = c.weight_decay * weight_penalty(self)
         total = rec + penalty
         return LossParts(loss=total, nll=rec.detach(), kl=rec.new_zeros(()),
@@ -171,8 +172,9 @@ class MultVAE(VAEModel):
         EVCF's validation loss), no dropout and z = posterior mean.
         """
         c = self.config
+        clicks = clicks if clicks is not None else clicks_of(x)  # (found once, for both uses)
         out = self(x, clicks)
-        rec = nll(out.logits, x, c.likelihood, c.bernoulli_clamp).mean()
+        rec = nll(out.logits, x, c.likelihood, c.bernoulli_clamp, clicks).mean()
         kl = self.kl(out).mean()
         total = rec + beta * kl
         penalty = rec.new_zeros(())

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evcf.data.batches import Clicks
+from evcf.batches import Clicks, clicks_of
 from evcf.errors import EvcfError
 from evcf.models.base import VAEModel
 from evcf.models.layers import (
@@ -259,9 +259,9 @@ class HVamp(VAEModel):
         # q(z1 | x, z2)
         if self.one_layer:  # one layer over [dropout(x) ⊕ z2]
             self.q_z1_x = nn.Dropout(c.dropout)
-            self.q_z1_joint = hidden_layer(n_items + c.z2_size, h, g)
+            self.q_z1_joint = hidden_layer(n_items + c.z2_size, h, g, items_first=True)  # W stored (I+Z2, H)
         else:  # a branch for each input, then 2H->H and (L-2) H->H
-            self.q_z1_x = nn.Sequential(nn.Dropout(c.dropout), hidden_layer(n_items, h, g))
+            self.q_z1_x = nn.Sequential(nn.Dropout(c.dropout), hidden_layer(n_items, h, g, items_first=True))
             self.q_z1_z2 = hidden_layer(c.z2_size, h, g)
             self.q_z1_joint = mlp(2 * h, h, n_layers - 1, g)
         self.q_z1_head = GaussianHead(h, c.z1_size, c.logvar_clamp)
@@ -302,6 +302,7 @@ class HVamp(VAEModel):
         return self.p_x_out(h)
 
     def forward(self, x: torch.Tensor, clicks: Clicks | None = None) -> HVampOutput:
+        clicks = clicks if clicks is not None else clicks_of(x)  # (found once, for both first layers)
         z2_mu, z2_logvar = self.q_z2.forward_rows(x, clicks)  # (B, Z2): q_z2(l2_normalise(x))
         z2 = reparameterise(z2_mu, z2_logvar, self.training)
         z1_mu, z1_logvar = self.q_z1(x, z2, clicks)  # (B, Z1)

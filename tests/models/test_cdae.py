@@ -128,7 +128,7 @@ def test_bad_settings_are_errors():
 def loop_before_the_trainer(model, train, seed, weight_decay):
     """CDAE.fit as it was written before CDAETrainer (one loop, the loss read back every step),
     kept here to pin that the refactored fit trains exactly the same network."""
-    from evcf.data.batches import DeviceCSR
+    from evcf.batches import DeviceCSR
     from evcf.models.cdae import CDAENetwork
 
     c = model.config

@@ -280,3 +280,124 @@ def test_weight_penalty_excludes_biases():
             p.fill_(2.0)
     # weights: 4 + 2 + 2 = 8 entries of 2.0 -> 8 * 4 = 32; biases (2 + 1 + 1) are ignored
     assert weight_penalty(net).item() == pytest.approx(32.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The likelihoods from the clicks (one pass over the logits) against the dense formulas
+
+
+def _old_nll(logits: torch.Tensor, x: torch.Tensor, likelihood: str, clamp: float) -> torch.Tensor:
+    """The dense formulas as evcf computed them before the clicks were used (two log-sigmoids)."""
+    logits = logits.float() if logits.dtype == torch.bfloat16 else logits
+    if likelihood == "multinomial":
+        return -(torch.log_softmax(logits, dim=1) * x).sum(1)
+    lo, hi = math.log(clamp), math.log1p(-clamp)
+    log_p = torch.nn.functional.logsigmoid(logits).clamp(lo, hi)
+    log_not_p = torch.nn.functional.logsigmoid(-logits).clamp(lo, hi)
+    return -(x * log_p + (1.0 - x) * log_not_p).sum(1)
+
+
+@pytest.mark.parametrize("likelihood", ["multinomial", "bernoulli"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pad", [False, True])
+def test_nll_from_the_clicks_equals_the_dense_formula(likelihood, dtype, pad):
+    """Values and gradients, with and without padded click lists; logits out to ±25 so that the
+    clamp (c = 1e-5, |l| > 11.5) binds for many items; a user without clicks included."""
+    from evcf.batches import clicks_of
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(6, 50, generator=g) < 0.2).to(torch.float64)
+    x[2] = 0  # no clicks
+    logits64 = torch.randn(6, 50, generator=g, dtype=torch.float64) * 8.0
+    clicks = clicks_of(x, pad=pad)
+    assert pad == (clicks.batch_row.numel() > int(x.sum()))
+    results = []
+    for use_clicks in (False, True):
+        logits = logits64.to(dtype).requires_grad_()
+        xx = x.to(torch.float32 if dtype == torch.bfloat16 else dtype)
+        if use_clicks:
+            clk = clicks._replace(values=clicks.values.to(xx.dtype))
+            got = nll(logits, xx, likelihood, 1e-5, clk)
+        else:
+            got = _old_nll(logits, xx, likelihood, 1e-5)
+        (grad,) = torch.autograd.grad(got.sum(), logits)
+        results.append((got.detach(), grad))
+    (want, want_grad), (got, got_grad) = results
+    assert got.dtype == want.dtype
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-5}[dtype]
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * 10)
+    torch.testing.assert_close(got_grad.double(), want_grad.double(), rtol=tol, atol=tol)
+
+
+# --------------------------------------------------------------------------------------------------
+# The first layer's weight stored (items x hidden): same values, outputs and gradients as nn.Linear
+
+
+VAE_NAMES = ["mult-dae", "mult-vae", "mult-vae-gated", "vamp", "hvamp", "hvamp-gated"]
+
+
+@pytest.mark.parametrize("name", VAE_NAMES + ["hvamp-2"])
+def test_items_first_weights_give_the_old_layouts_outputs(name, monkeypatch):
+    """The same model built with every first layer an ``nn.Linear`` (the old layout) and with the
+    (items × hidden) storage: equal state_dicts (same init draws), equal loss and gradients up to
+    rounding, and each other's checkpoints load."""
+    from evcf.batches import clicks_of
+    from evcf.models import build_model, layers
+
+    n_items = 40
+    hparams = {"hidden_size": 12, **({"n_pseudo": 4} if "vamp" in name else {}),
+               **({"num_layers": 2} if name == "hvamp-2" else {})}
+    model_name = name.replace("-2", "")
+    x = (torch.rand(9, n_items, generator=torch.Generator().manual_seed(1)) < 0.2).float()
+    clicks = clicks_of(x)
+
+    def build(old_layout: bool):
+        with monkeypatch.context() as m:
+            if old_layout:
+                m.setattr(layers, "ItemsFirstLinear", nn.Linear)
+            torch.manual_seed(5)
+            return build_model(model_name, n_items, **hparams)
+
+    def loss_and_grads(model):
+        model.train()
+        torch.manual_seed(6)
+        parts = model.loss(x, 0.3, clicks)
+        parts.loss.backward()
+        grads = {}
+        for key, p in model.named_parameters():  # weight_t's gradient, read as the weight's
+            grads[key.replace("weight_t", "weight")] = p.grad.t() if key.endswith("weight_t") else p.grad
+        return parts.loss.detach(), grads
+
+    old, new = build(old_layout=True), build(old_layout=False)
+    items_first = [m for m in new.modules() if isinstance(m, layers.ItemsFirstLinear)]
+    assert items_first and not any(isinstance(m, layers.ItemsFirstLinear) for m in old.modules())
+    for m in items_first:  # the table the sparse product reads: contiguous (items (+ extra), hidden)
+        assert m.weight_t.is_contiguous() and m.weight_t.shape == (m.in_features, m.out_features)
+    old_state, new_state = old.state_dict(), new.state_dict()
+    assert list(old_state) == list(new_state)
+    for key in old_state:
+        assert torch.equal(old_state[key], new_state[key]), key
+    (old_loss, old_grads), (new_loss, new_grads) = loss_and_grads(old), loss_and_grads(new)
+    torch.testing.assert_close(new_loss, old_loss, rtol=1e-6, atol=1e-6)
+    assert old_grads.keys() == new_grads.keys()
+    for key in old_grads:
+        torch.testing.assert_close(new_grads[key], old_grads[key], rtol=1e-5, atol=1e-6, msg=key)
+    with torch.no_grad():  # a checkpoint of one layout loads into the other
+        for p in old.parameters():
+            p.add_(0.01)
+    new.load_state_dict(old.state_dict())
+    torch.testing.assert_close(new.score(x), old.score(x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_padded_click_list_changes_nothing_in_the_first_layer():
+    from evcf.batches import clicks_of
+
+    torch.manual_seed(0)
+    layer = Dense(30, 8, items_first=True)
+    x = (torch.rand(5, 30, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    dropout = nn.Dropout(0.0)
+    exact = first_layer_from_rows(dropout, layer, x, clicks_of(x, pad=False))
+    padded = clicks_of(x, pad=True)
+    assert padded.batch_row.numel() == 64 > int(x.sum())
+    torch.testing.assert_close(first_layer_from_rows(dropout, layer, x, padded), exact, rtol=0, atol=0)
+    torch.testing.assert_close(exact, layer(torch.nn.functional.normalize(x, dim=1)), rtol=1e-6, atol=1e-6)

@@ -69,7 +69,8 @@ def test_gated_models_have_gates_and_plain_models_none():
     assert not any("gate" in n for n, _ in plain.named_parameters())
     assert not any("gate" in n for n, _ in build_model("mult-dae", I).named_parameters())
     assert {n for n, _ in gated.named_parameters() if "gate" in n} == {
-        "encoder.layers.0.gate.weight", "encoder.layers.0.gate.bias",
+        "encoder.layers.0.gate.weight_t",  # stored (I, H): ItemsFirstLinear
+        "encoder.layers.0.gate.bias",
         "decoder.0.0.gate.weight", "decoder.0.0.gate.bias"}
 
 
@@ -176,7 +177,7 @@ def test_mult_vae_analytic_kl_and_nll_by_hand_in_eval_mode():
     model = build_model("mult-vae", I, hidden_size=5, latent_size=3)
     model.eval()  # no dropout, z = mu: everything deterministic
     x = rows(4)
-    p = {n: t.detach().numpy() for n, t in model.named_parameters()}
+    p = {n: t.detach().numpy() for n, t in model.state_dict().items()}  # weights (out, in)
     xn = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
     h = np.tanh(xn @ p["encoder.layers.0.linear.weight"].T + p["encoder.layers.0.linear.bias"])
     mu = h @ p["encoder.head.mu.weight"].T + p["encoder.head.mu.bias"]
