@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-import evcf.bench_baselines
 import evcf.models.slim
 import evcf.training
-from evcf.bench import _fmt, format_table, gemm_rate, load_params, run_bench, step_flops
-from evcf.bench_baselines import SLIM_CHUNKS
+from evcf.bench import format_table, gemm_rate, load_params, run_bench, step_flops
+from evcf.bench.baselines import SLIM_CHUNKS
+from evcf.bench.table import fmt
 from evcf.data.readers import read_ratings
 from evcf.data.shapes import SHAPES, synthetic_matrix, write_ml20m_ratings
 from evcf.errors import EvcfError
@@ -137,7 +137,7 @@ def test_run_bench_skips_preprocessing_and_reference_when_asked():
     ({"hparams": {"vamp": {}}, "models": ["mult-vae"]}, "not benchmarked"),
     ({"reference_hparams": {"vamp": {}}, "models": ["mult-vae"]}, "not benchmarked"),
     ({"users": 10, "items": 4, "nnz": 100}, "cannot make a 10 x 4 matrix"),
-    ({"precision": "fp8"}, "fp32 or bf16"),
+    ({"precision": "fp8"}, "is not one of fp32, tf32, bf16"),
     ({"models": ["vamp"], "hparams": {"vamp": {"n_pseudoinputs": 5}}}, "has no hyperparameter 'n_pseudoinputs'"),
     ({"models": ["vamp"], "train": {"optimiser": "adam"}}, "unknown training setting 'optimiser'"),
     ({"dataset": "ml-1b", "params": {"data": {"ml-20m": {}}}}, "--dataset 'ml-1b' is not in the params file"),
@@ -230,8 +230,8 @@ def test_the_table_marks_what_is_extrapolated(baselines):
     assert set(rows) == {"wmf", "slim", "cdae"}
     for name, row in rows.items():
         m = baselines["models"][name]
-        assert f"~{_fmt(m['fit_s_extrapolated'])}" in row, (name, row)
-        assert f"~grid of {m['grid_points']} points {_fmt(m['grid_s_extrapolated'])} s" in row, (name, row)
+        assert f"~{fmt(m['fit_s_extrapolated'])}" in row, (name, row)
+        assert f"~grid of {m['grid_points']} points {fmt(m['grid_s_extrapolated'])} s" in row, (name, row)
     assert "reference s / epoch" not in table  # no model filled it: the empty columns are left out
 
 
