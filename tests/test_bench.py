@@ -104,6 +104,42 @@ def test_the_bench_times_the_training_step_of_evcf_train(monkeypatch):
     assert len(result["models"]["mult-vae"]["step_times_s"]) == 3
 
 
+def test_pipelined_steps_are_more_training_steps_timed_in_rounds(monkeypatch):
+    """--pipelined-steps takes that many more real train_step calls, after the synchronised ones."""
+    calls = []
+    real = evcf.training.train_step
+
+    def counting(model, optimizer, batch, beta, *, autocast=False):
+        calls.append(autocast)
+        return real(model, optimizer, batch, beta, autocast=autocast)
+
+    monkeypatch.setattr(evcf.training, "train_step", counting)
+    result = run_bench(**{**TINY_ARGS, "steps": 2, "warmup": 1}, models=["mult-vae"], batch_size=20,
+                       reference_steps=0, pipelined_steps=7, precision="bf16")
+    m = result["models"]["mult-vae"]
+    assert len(calls) == 1 + 2 + 7 and all(calls)  # warm-up, timed, pipelined; bf16 autocast in each
+    assert sorted(m["pipelined_round_steps"]) == [1, 1, 1, 2, 2] and len(m["pipelined_round_step_s"]) == 5
+    assert m["pipelined_step_s"] == pytest.approx(sorted(m["pipelined_round_step_s"])[2], rel=1e-3)  # the median
+    assert m["pipelined_users_per_s"] == pytest.approx(20 / m["pipelined_step_s"], rel=1e-3)
+    assert m["pipelined_steps_per_s"] == pytest.approx(1 / m["pipelined_step_s"], rel=1e-3)
+    assert m["pipelined_epoch_s"] == pytest.approx(m["pipelined_step_s"] * m["steps_per_epoch"], rel=1e-3)
+    assert m["pipelined_x_floor"] == pytest.approx(m["pipelined_epoch_s"] / m["floor_epoch_s"], rel=1e-3)
+    assert (result["precision"], m["precision"], m["tf32"], result["gemm"]["dtype"]) == ("bf16", "bf16", False,
+                                                                                         "bfloat16")
+    assert "pipelined s / epoch" in format_table(result)
+    assert "pipelined_steps" not in run_bench(**TINY_ARGS, models=["mult-vae"], reference_steps=0)["models"][
+        "mult-vae"]  # off by default
+
+
+@pytest.mark.parametrize("precision, want", [("tf32", ("fp32", True)), ("fp32", ("fp32", False))])
+def test_precision_names_set_the_training_settings(precision, want):
+    result = run_bench(**TINY_ARGS, models=["mult-vae"], reference_steps=0, precision=precision,
+                       train={"tf32": not want[1]})  # --precision wins over the recipe
+    m = result["models"]["mult-vae"]
+    assert (m["precision"], m["tf32"]) == want and result["precision"] == precision
+    assert (result["gemm"]["dtype"], result["gemm"]["tf32"]) == ("float32", want[1])
+
+
 def test_recipes_come_from_params_yaml_and_overrides_apply():
     params = load_params(PARAMS)
     result = run_bench(**TINY_ARGS, models=["mult-dae", "hvamp-gated"], params=params, dataset="ml-20m",

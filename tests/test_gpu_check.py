@@ -181,3 +181,22 @@ def test_a_stage_that_wrote_nothing_leaves_a_stand_in_and_its_status(tmp_path):
     stand_in = json.loads((tmp_path / "bench-fp32.json").read_text())
     assert stand_in["measured"] is False and stand_in["status"] == "timed out after 90 s"
     assert stand_in["log_tail"].endswith("CUDA out of memory\n")
+
+
+def test_a_failing_stage_does_not_stop_the_later_ones(tmp_path):
+    """Without pandas, training cannot import: each bench fails, and the stages after it still run."""
+    tree = copy_tree(tmp_path / "tree")
+    dest = tmp_path / "out"
+    proc = subprocess.run(["bash", str(tree / "scripts" / "gpu_check.sh"), str(dest), "--device", "cpu"],
+                          cwd=tmp_path, env=bare_env(tmp_path, ("pandas",)), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stages = load(dest, "summary.json")["stages"]
+    assert list(stages) == ["env", "gemm", "bench-fp32", "bench-tf32", "bench-bf16", "tests", "numerics"]
+    assert stages["gemm"]["status"] == "ok"
+    for name in ("bench-fp32", "bench-bf16", "numerics"):
+        assert stages[name]["status"].startswith("failed (exit ") and stages[name]["stand_in"] is True, name
+        stand_in = load(dest, f"{name}.json")
+        assert stand_in["measured"] is False and "No module named 'pandas'" in stand_in["log_tail"]
+    assert stages["tests"]["status"] == "ok" and load(dest, "tests.json")["pytest_exit_code"] != 0  # recorded
+    assert load(dest, "env.json")["packages"]["pandas"] is False

@@ -96,7 +96,7 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
     steps_per_epoch = math.ceil(train.n_rows / batch)
     out: dict[str, Any] = {"batch_size": batch, "optimizer": cfg.optimizer, "fused_optimizer": cfg.fused_optimizer,
                            "lr": cfg.lr, "beta": beta,
-                           "precision": cfg.precision, "hparams": hparams,
+                           "precision": cfg.precision, "tf32": cfg.tf32, "hparams": hparams,
                            "reference_hparams": reference_hparams, "steps_per_epoch": steps_per_epoch,
                            "load_average_start": load_average()}
 
