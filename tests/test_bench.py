@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import evcf.models.slim
+import evcf.optim
 import evcf.training
 from evcf.bench import format_table, gemm_rate, load_params, run_bench, step_flops
 from evcf.bench.baselines import SLIM_CHUNKS
@@ -138,6 +139,39 @@ def test_precision_names_set_the_training_settings(precision, want):
     m = result["models"]["mult-vae"]
     assert (m["precision"], m["tf32"]) == want and result["precision"] == precision
     assert (result["gemm"]["dtype"], result["gemm"]["tf32"]) == ("float32", want[1])
+
+
+def test_the_reference_path_can_be_todays_step_with_its_own_settings(monkeypatch):
+    """--reference-batches device and --reference-train: the reference takes ours's batches and its own
+    optimizer settings (by default: the reference codes' way, densified on the host and unfused)."""
+    seen = []
+    real_step, real_optimizer = evcf.training.train_step, evcf.optim.make_optimizer
+
+    def counting(model, optimizer, batch, beta, *, autocast=False):
+        seen.append(("step", type(batch).__name__))
+        return real_step(model, optimizer, batch, beta, autocast=autocast)
+
+    def optimizer(name, params, lr, *, fused=False):
+        seen.append(("optimizer", name, fused))
+        return real_optimizer(name, params, lr, fused=fused)
+
+    monkeypatch.setattr(evcf.training, "train_step", counting)
+    monkeypatch.setattr(evcf.optim, "make_optimizer", optimizer)
+    args = {**TINY_ARGS, "steps": 1, "warmup": 1, "models": ["mult-vae"], "batch_size": 20}
+    result = run_bench(**args, train={"fused_optimizer": True}, reference_batches="device",
+                       reference_train={"fused_optimizer": False, "optimizer": "adam-normgrad"})
+    m = result["models"]["mult-vae"]
+    assert {s[1] for s in seen if s[0] == "step"} == {"RowBatch"}  # no dense batch on either path
+    assert ("optimizer", "adam", True) in seen and ("optimizer", "adam-normgrad", False) in seen
+    assert m["reference_train"]["optimizer"] == "adam-normgrad" and m["reference_batches"] == "device"
+    assert m["reference_x_floor"] == pytest.approx(m["reference_epoch_s"] / m["floor_epoch_s"], rel=1e-3)
+    assert result["reference_style"] == "batches built on the device, as ours"
+    seen.clear()
+    run_bench(**args, train={"fused_optimizer": True})  # the default reference: dense rows, unfused
+    assert {s[1] for s in seen if s[0] == "step"} == {"RowBatch", "Tensor"}
+    assert sorted(s[2] for s in seen if s[0] == "optimizer") == [False, False, False, True, True]
+    with pytest.raises(EvcfError, match="--reference-train sets batch_size"):
+        run_bench(**args, reference_train={"batch_size": 10})
 
 
 def test_recipes_come_from_params_yaml_and_overrides_apply():

@@ -109,6 +109,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         threads=args.threads, eval_users=args.eval_users, gemm_size=args.gemm_size,
         preprocess_rows=args.preprocess_rows, skip_preprocess=args.skip_preprocess, wmf_sweeps=args.wmf_sweeps,
         slim_items=args.slim_items, seed=args.seed, pipelined_steps=args.pipelined_steps, params_check=params_check,
+        reference_train=args.reference_train, reference_batches=args.reference_batches,
     )
     result["command"] = " ".join(["evcf", *map(shlex.quote, sys.argv[1:])])  # what wrote this file
     out = Path(args.out) if args.out else Path("results") / "bench" / f"{result['device']}.json"
@@ -151,6 +152,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help='JSON per model, on top of the recipe, e.g. \'{"vamp": {"n_pseudo": 500}}\'')
     p.add_argument("--reference-hparams", type=_json_object, default=None,
                    help="JSON per model: model options of the reference-style model only")
+    p.add_argument("--reference-train", type=_json_settings, default=None,
+                   help='JSON training settings of the reference path only, on top of ours with the optimizer '
+                        'unfused, e.g. \'{"fused_optimizer": true}\' (not batch_size, tf32, deterministic)')
+    p.add_argument("--reference-batches", choices=["host", "device"], default="host",
+                   help="the reference path's batches: densified on the host (the reference codes' way, default) "
+                        "or built on the device as ours (today's evcf step against a change)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16"],
                    help="fp32 (TF32 off), tf32 (float32, TF32 matrix products on CUDA) or bf16 (autocast); "

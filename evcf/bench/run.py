@@ -83,7 +83,8 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
               precision: str | None = None, threads: int | None = None, eval_users: int = 10_000,
               gemm_size: int | None = None, preprocess_rows: int | None = None, skip_preprocess: bool = False,
               wmf_sweeps: int = 5, slim_items: int = 64, seed: int = 0, pipelined_steps: int = 0,
-              params_check: str | None = None) -> dict[str, Any]:
+              params_check: str | None = None, reference_train: dict[str, Any] | None = None,
+              reference_batches: str = "host") -> dict[str, Any]:
     """Run the benchmark and return its results (the JSON that ``evcf bench`` writes).
 
     ``users``/``items``/``nnz`` (all three) replace the named ``shape``.  ``params`` is a loaded
@@ -96,6 +97,9 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     bf16: bf16 autocast); without it, the recipe's.  ``pipelined_steps`` > 0 also times that many
     steps of each VAE model queued back to back (:func:`~evcf.bench.vae.bench_vae`).
     ``params_check`` says how ``params`` was checked (:func:`load_params_checked`), for the JSON.
+    ``reference_train`` (training settings on top of ours, with the optimizer unfused unless it says
+    otherwise) and ``reference_batches`` (``host``: densified on the host; ``device``: built as ours)
+    make the reference path today's evcf step, to time a change against it.
     """
     import numpy as np
     import torch
@@ -144,6 +148,13 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
         raise EvcfError("--batch-size must be at least 1", fix="e.g. --batch-size 500")
     if precision is not None:
         precision_settings(precision)  # EvcfError naming the valid ones
+    reference_train = dict(reference_train or {})
+    shared = sorted(set(reference_train) & {"batch_size", "tf32", "deterministic"})
+    if shared:
+        raise EvcfError(f"--reference-train sets {', '.join(shared)}, which both paths share",
+                        fix="set it for both with --train (or --batch-size, --precision)")
+    if reference_batches not in ("host", "device"):
+        raise EvcfError(f"--reference-batches {reference_batches!r} is not host or device", fix="use host or device")
     if pipelined_steps < 0:
         raise EvcfError("--pipelined-steps must not be negative", fix="e.g. --pipelined-steps 100, or 0 to skip")
     if threads is not None and threads < 1:
@@ -151,16 +162,19 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     if eval_users < 1:
         raise EvcfError("--eval-users must be at least 1", fix="e.g. --eval-users 10000")
     dataset = dataset or (the_shape.name if the_shape.name in SHAPES else "ml-20m")
-    recipes = {}
+    recipes, reference_cfgs = {}, {}
     for name in models:  # every setting checked before the long parts (on a 2-item model)
         if issubclass(model_class(name), VAEModel):
             model_hparams, settings = recipe(name, params, dataset)
             overrides = {**({"batch_size": batch_size} if batch_size is not None else {}),
                          **(precision_settings(precision) if precision is not None else {})}
             cfg = train_config({**settings, **(train or {}), **overrides})
+            reference_cfg = train_config({**settings, **(train or {}), **overrides, "fused_optimizer": False,
+                                          **reference_train})
             model_hparams = {**model_hparams, **hparams.get(name, {})}
             build_model(name, 2, **{**model_hparams, **reference_hparams.get(name, {})})
             recipes[name] = (model_hparams, cfg)
+            reference_cfgs[name] = reference_cfg
         else:  # the models that fit themselves: their hyperparameters, and the recipe's eval batch size
             model_hparams, settings = recipe(name, params, dataset)
             cfg = train_config({**settings, **(train or {})})
@@ -197,7 +211,9 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
         "evcf_version": __version__,
         "python": platform.python_version(),
         "load_average_start": load_average(),
-        "reference_style": "scipy row slice + toarray() per batch on the host, then to the device",
+        "reference_style": ("scipy row slice + toarray() per batch on the host, then to the device"
+                            if reference_batches == "host" else "batches built on the device, as ours"),
+        "reference_train": reference_train,
         "precision": run_precision,
         "pipelined_steps": pipelined_steps,
         "params_check": params_check if params is not None else None,
@@ -241,7 +257,8 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
             with numerics(cfg, dev):  # the recipe's TF32 and deterministic settings, as in training
                 entry = bench_vae(name, model_hparams, reference_hparams.get(name, {}), cfg, data, steps=steps,
                                   warmup=warmup, reference_steps=reference_steps, seed=seed, device=dev,
-                                  memory=memory, gemm=result["gemm"], pipelined_steps=pipelined_steps)
+                                  memory=memory, gemm=result["gemm"], pipelined_steps=pipelined_steps,
+                                  reference_cfg=reference_cfgs[name], reference_batches=reference_batches)
         else:
             log.info("bench: %s (its own fit)", name)
             with numerics(cfg, dev):

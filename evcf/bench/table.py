@@ -30,12 +30,12 @@ def format_table(result: dict[str, Any]) -> str:
             name, m.get("batch_size", "-"), fmt(m.get("epoch_s")), f"{fmt(iqr[0])}-{fmt(iqr[1])}" if iqr else "-",
             f"~{fmt(m['fit_s_extrapolated'])}" if m.get("fit_s_extrapolated") is not None else fmt(m.get("fit_s")),
             fmt(m.get("users_per_s")), fmt(m.get("pipelined_epoch_s")), fmt(m.get("pipelined_steps_per_s")),
-            fmt(m.get("reference_epoch_s")), fmt(m.get("speedup"), "x"),
+            fmt(m.get("reference_epoch_s")), fmt(m.get("reference_x_floor"), "x"), fmt(m.get("speedup"), "x"),
             fmt(m["step_flops"] / 1e9) if m.get("step_flops") else "-", fmt(m.get("floor_epoch_s")),
             fmt(m.get("x_floor"), "x"), fmt(m.get("eval_s")), fmt(m.get("peak_rss_mib")), fmt(m.get("peak_cuda_mib")), note,
         ])
     headers = ["model", "batch", "s / epoch", "IQR", "fit (s)", "users / s", "pipelined s / epoch", "steps / s",
-               "reference s / epoch", "speed-up",
+               "reference s / epoch", "reference x floor", "speed-up",
                "GFLOP / step", "floor s / epoch", "x floor", f"eval {result.get('eval_users') or 0:,} users (s)",
                "peak RSS (MiB)", "peak CUDA (MiB)", "note"]
     shape, gemm = result["shape"], result["gemm"]

@@ -8,6 +8,7 @@ a GPU), and the evaluation of the held-out users.  Imports the standard library 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Iterator
@@ -64,7 +65,8 @@ def batch_stream(train: Any, batch_size: int, seed: int, dense_on_host: bool) ->
 
 def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data: dict[str, Any], *,
               steps: int, warmup: int, reference_steps: int, seed: int, device: Any, memory: PeakMemory,
-              gemm: dict[str, Any], pipelined_steps: int = 0) -> dict[str, Any]:
+              gemm: dict[str, Any], pipelined_steps: int = 0, reference_cfg: Any = None,
+              reference_batches: str = "host") -> dict[str, Any]:
     """Memory phases first (each path alone), then the timed steps of both paths interleaved.
 
     1. the reference style alone: one step of a fresh model (its peak memory);
@@ -79,6 +81,11 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
        pipelined step time.  On a CPU the two agree (its work is done when issued); on a GPU the
        difference is the time the device waited for the host between synchronised steps.
     A timed step is building the batch plus :func:`~evcf.training.train_step`.
+
+    The reference path trains with ``reference_cfg`` (default: ``cfg`` with the optimizer unfused,
+    as the reference codes step it) and the model options ``reference_hparams``, on batches densified
+    on the host (``reference_batches="host"``, the reference codes' way) or built on the device as
+    ours (``"device"``: today's evcf step against a changed one, e.g. new defaults).
     """
     import torch
 
@@ -91,35 +98,40 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
     train = data["train"]
     batch = min(cfg.batch_size, train.n_rows)
     autocast = cfg.precision == "bf16"
+    rcfg = reference_cfg if reference_cfg is not None else dataclasses.replace(cfg, fused_optimizer=False)
     # β where its annealing ends (the cost of a step does not depend on it)
     beta = _beta(cfg, max(1, cfg.warmup_epochs), cfg.total_anneal_steps)
     steps_per_epoch = math.ceil(train.n_rows / batch)
     out: dict[str, Any] = {"batch_size": batch, "optimizer": cfg.optimizer, "fused_optimizer": cfg.fused_optimizer,
                            "lr": cfg.lr, "beta": beta,
                            "precision": cfg.precision, "tf32": cfg.tf32, "hparams": hparams,
-                           "reference_hparams": reference_hparams, "steps_per_epoch": steps_per_epoch,
+                           "reference_hparams": reference_hparams, "reference_batches": reference_batches,
+                           "reference_train": {"optimizer": rcfg.optimizer, "fused_optimizer": rcfg.fused_optimizer,
+                                               "lr": rcfg.lr, "precision": rcfg.precision},
+                           "steps_per_epoch": steps_per_epoch,
                            "load_average_start": load_average()}
 
-    def fresh(reference: bool) -> tuple[Any, Any, Iterator[Any]]:
+    def fresh(reference: bool) -> tuple[Any, Any, Iterator[Any], bool]:
+        """(model, optimizer, batches, autocast) of a path, the model freshly seeded."""
         torch.manual_seed(seed)
         model = build_model(name, train.shape[1], **{**hparams, **(reference_hparams if reference else {})})
         model.to(device).train()
-        # the reference codes step their optimizers parameter by parameter, never fused
-        fused = cfg.fused_optimizer and not reference
-        return model, make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, fused=fused), \
-            batch_stream(train, batch, seed, dense_on_host=reference)
+        c = rcfg if reference else cfg
+        return (model, make_optimizer(c.optimizer, model.parameters(), c.lr, fused=c.fused_optimizer),
+                batch_stream(train, batch, seed, dense_on_host=reference and reference_batches == "host"),
+                c.precision == "bf16")
 
-    def step(model: Any, optimizer: Any, batches: Iterator[Any]) -> None:
-        train_step(model, optimizer, next(batches), beta, autocast=autocast)
+    def step(model: Any, optimizer: Any, batches: Iterator[Any], path_autocast: bool) -> None:
+        train_step(model, optimizer, next(batches), beta, autocast=path_autocast)
 
     if reference_steps:
         with memory.phase(out, "reference_peak_rss_mib"):
             step(*fresh(reference=True))
     with memory.phase(out, "peak_rss_mib"):
-        model, optimizer, batches = fresh(reference=False)
+        model, optimizer, batches, _ = fresh(reference=False)
         out["step_flops"] = step_flops(model, optimizer, next(batches), beta, autocast)
         for _ in range(warmup - 1):
-            step(model, optimizer, batches)
+            step(model, optimizer, batches, autocast)
     with memory.phase(out, "eval_peak_rss_mib"):
         model.eval()
         sync(device)
@@ -130,7 +142,7 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
         out.update(eval_s=time.perf_counter() - started, eval_batch_size=cfg.eval_batch_size)
         model.train()
 
-    paths = {"ours": (model, optimizer, batches)}
+    paths = {"ours": (model, optimizer, batches, autocast)}
     if reference_steps:
         paths["reference"] = fresh(reference=True)
         for _ in range(warmup):
@@ -152,7 +164,7 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
             sync(device)
             started = time.perf_counter()
             for _ in range(n):
-                step(model, optimizer, batches)
+                step(model, optimizer, batches, autocast)
             sync(device)
             rounds.append((time.perf_counter() - started) / n)
         piped = spread(rounds)
@@ -177,7 +189,7 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
         # sampling, so equal up to rounding unless the reference's model options change the model
         losses = []
         for reference in (False, True):
-            model, _, batches = fresh(reference)
+            model, _, batches, _ = fresh(reference)
             with torch.no_grad():
                 rows = next(batches)  # a RowBatch (ours) or the dense rows (the reference style)
                 x, clicks = rows if isinstance(rows, RowBatch) else (rows, None)
@@ -186,6 +198,7 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
         out.update(reference_step_s=ref["median"], reference_step_spread_s=ref,
                    reference_step_times_s=times["reference"], reference_epoch_s=ref["median"] * steps_per_epoch,
                    speedup=ref["median"] / ours["median"], speedup_paired=spread(pairs),
+                   reference_x_floor=ref["median"] * steps_per_epoch / floor,
                    check_loss=losses[0], reference_check_loss=losses[1],
                    check_loss_rel_diff=abs(losses[0] - losses[1]) / max(abs(losses[1]), 1e-12))
     out["load_average_end"] = load_average()
