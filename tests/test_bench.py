@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import evcf.bench
 import evcf.models.slim
 import evcf.optim
 import evcf.training
@@ -459,3 +460,46 @@ def test_ml20m_like_ratings_csv_reads_back(tmp_path):
     assert not frame.duplicated(["user", "item"]).any()
     assert set(np.unique(frame["rating"])) <= {h / 2 for h in range(1, 11)}
     assert 0.3 < (frame["rating"] > 3.5).mean() < 0.7
+
+
+def test_the_bench_package_has_no_private_imports_no_cycles_and_a_light_top():
+    """evcf/bench/: its files import no private name of each other, import each other without a
+    cycle, and import only the standard library (and evcf.errors) at their tops, so that the CLI's
+    parser and a bare GPU machine can load them; torch and numpy stay unloaded."""
+    import ast
+
+    package = Path(evcf.bench.__file__).parent
+    edges: dict[str, set[str]] = {}
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        edges[path.stem] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports private {private} from .{node.module}"
+        for node in tree.body:  # the top level only
+            if isinstance(node, ast.ImportFrom) and node.level == 1:  # from .x import a; from . import x
+                edges[path.stem].update([node.module] if node.module else [a.name for a in node.names])
+            elif isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert node.module == "errors", f"{path.name} imports ..{node.module} at its top"
+            elif isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.level == 0):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                for name in names:
+                    assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name} at its top"
+    seen, done = set(), set()
+
+    def visit(module: str, trail: tuple) -> None:
+        assert module not in trail, f"import cycle: {' -> '.join((*trail, module))}"
+        if module in done:
+            return
+        for nxt in edges.get(module, ()):
+            visit(nxt, (*trail, module))
+        done.add(module)
+
+    for module in edges:
+        visit(module, ())
+    assert {"timer", "vae", "baselines", "run", "table", "preprocess", "__init__"} <= set(edges)
+    loaded = subprocess.run([sys.executable, "-c", "import sys, evcf.cli, evcf.bench; evcf.cli.build_parser(); "
+                             "print(sorted(m for m in ('torch', 'numpy', 'scipy', 'pandas') if m in sys.modules))"],
+                            capture_output=True, text=True, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
