@@ -81,6 +81,7 @@ stage() {
     local left=$(( deadline - $(date +%s) ))
     local log="$dest/$name.log" rc status t0
     if [ "$left" -lt 10 ]; then
+        rm -f "$file"
         echo "gpu_check: $name skipped: the budget of $budget s is spent"
         echo "skipped: the budget of $budget s was spent before this stage" >"$log"
         "$PYTHON" "$stages" record --summary "$dest/summary.json" --stage "$name" --file "$file" \
@@ -88,6 +89,7 @@ stage() {
         return
     fi
     [ "$limit" -le "$left" ] || limit=$left
+    rm -f "$file"  # a file from an earlier check must not pass for this one's
     echo "gpu_check: $name (at most $limit s) -> $(basename "$file")"
     t0=$(date +%s)
     timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
@@ -112,7 +114,7 @@ skip() {
         --status "skipped ($why)" --rc 0 --seconds 0 --log "$dest/$name.log"
 }
 
-rm -f "$dest/summary.json"
+rm -f "$dest/summary.json" "$dest/env.json"
 echo "gpu_check: device $device, budget $budget s, results in $dest"
 if ! "$PYTHON" "$stages" env --device "$device" --out "$dest/env.json" >"$dest/env.log" 2>&1; then
     cat "$dest/env.log" >&2

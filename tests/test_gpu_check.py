@@ -187,6 +187,8 @@ def test_a_failing_stage_does_not_stop_the_later_ones(tmp_path):
     """Without pandas, training cannot import: each bench fails, and the stages after it still run."""
     tree = copy_tree(tmp_path / "tree")
     dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "bench-fp32.json").write_text('{"models": {"mult-vae": {"epoch_s": 1.0}}}\n')  # an earlier check's
     proc = subprocess.run(["bash", str(tree / "scripts" / "gpu_check.sh"), str(dest), "--device", "cpu"],
                           cwd=tmp_path, env=bare_env(tmp_path, ("pandas",)), capture_output=True, text=True,
                           timeout=600)
