@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --device) [ $# -ge 2 ] || usage; device=$2; shift 2 ;;
         --budget) [ $# -ge 2 ] || usage; budget=$2; shift 2 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         -*) echo "gpu_check: unknown option $1" >&2; usage ;;
         *) [ -z "$dest" ] || usage; dest=$1; shift ;;
     esac
@@ -116,7 +116,8 @@ skip() {
 
 rm -f "$dest/summary.json" "$dest/env.json"
 echo "gpu_check: device $device, budget $budget s, results in $dest"
-if ! "$PYTHON" "$stages" env --device "$device" --out "$dest/env.json" >"$dest/env.log" 2>&1; then
+if ! timeout --kill-after=10 120 "$PYTHON" "$stages" env --device "$device" --out "$dest/env.json" \
+        >"$dest/env.log" 2>&1; then
     cat "$dest/env.log" >&2
     echo "gpu_check: the device is not usable (see $dest/env.json); nothing measured" >&2
     exit 3

@@ -202,3 +202,15 @@ def test_a_failing_stage_does_not_stop_the_later_ones(tmp_path):
         assert stand_in["measured"] is False and "No module named 'pandas'" in stand_in["log_tail"]
     assert stages["tests"]["status"] == "ok" and load(dest, "tests.json")["pytest_exit_code"] != 0  # recorded
     assert load(dest, "env.json")["packages"]["pandas"] is False
+
+
+def test_without_cuda_the_cuda_check_stops_at_once_and_says_why(tmp_path):
+    dest = tmp_path / "out"
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(dest)], cwd=tmp_path,
+                          env=bare_env(tmp_path, ()), capture_output=True, text=True, timeout=300)
+    if json.loads((dest / "env.json").read_text())["cuda_available"]:
+        pytest.skip("this machine has CUDA")
+    assert proc.returncode == 3 and "the device is not usable" in proc.stderr
+    env = json.loads((dest / "env.json").read_text())
+    assert env["usable"] is False and "cannot see CUDA" in env["problem"]
+    assert sorted(p.name for p in dest.iterdir()) == ["env.json", "env.log"]  # nothing measured, nothing faked
