@@ -20,6 +20,9 @@ from .data.readers import RAW_FORMATS
 from .data.split import FINGERPRINT_KEYS
 from .errors import EvcfError
 
+if typing.TYPE_CHECKING:  # imported where used: the bench's recipes load without it
+    import jsonschema
+
 __all__ = ["build_schema", "check_plain_yaml", "apply_cli_types", "validate", "grid_source", "tune_grid",
            "apply_setting", "raw_path", "run_settings", "synthetic_spec", "tune_points"]
 

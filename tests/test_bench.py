@@ -486,7 +486,7 @@ def test_the_bench_package_has_no_private_imports_no_cycles_and_a_light_top():
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
                 for name in names:
                     assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name} at its top"
-    seen, done = set(), set()
+    done: set[str] = set()
 
     def visit(module: str, trail: tuple) -> None:
         assert module not in trail, f"import cycle: {' -> '.join((*trail, module))}"

@@ -193,7 +193,7 @@ def bench_cdae(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, steps
                            "epochs": c.epochs, "steps_per_epoch": steps_per_epoch, "hparams": hparams,
                            "load_average_start": load_average()}
 
-    def endless(trainer: Any) -> Iterator[tuple["torch.Tensor", int]]:
+    def endless(trainer: Any) -> Iterator[tuple[Any, int]]:
         while True:
             yield from trainer.epoch()
 
