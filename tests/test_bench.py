@@ -56,7 +56,7 @@ def test_bench_cli_runs_prints_a_table_and_writes_the_documented_json(tmp_path):
         assert needle in proc.stdout, needle
 
     result = json.loads(out.read_text())
-    assert result["command"].startswith("evcf --log-level WARNING bench --users 300")
+    assert result["command"].startswith("evcf --log-level WARNING bench --users 300") and result["complete"] is True
     assert set(result["models"]) == {"mult-vae", "vamp", "popularity"}
     for name in ("mult-vae", "vamp"):
         m = result["models"][name]
@@ -173,6 +173,14 @@ def test_the_reference_path_can_be_todays_step_with_its_own_settings(monkeypatch
     assert sorted(s[2] for s in seen if s[0] == "optimizer") == [False, False, False, True, True]
     with pytest.raises(EvcfError, match="--reference-train sets batch_size"):
         run_bench(**args, reference_train={"batch_size": 10})
+
+
+def test_the_results_so_far_are_handed_on_after_each_model():
+    """A bench cut short keeps the models it measured: the CLI writes its JSON after each one."""
+    seen = []
+    result = run_bench(**TINY_ARGS, models=["mult-vae", "popularity"], reference_steps=0,
+                       on_model=lambda r: seen.append((r["complete"], list(r["models"]))))
+    assert seen == [(False, ["mult-vae"]), (False, ["mult-vae", "popularity"])] and result["complete"] is True
 
 
 def test_recipes_come_from_params_yaml_and_overrides_apply():

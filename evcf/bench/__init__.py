@@ -101,6 +101,21 @@ def _json_object(text: str) -> dict:
 
 def _cmd_bench(args: argparse.Namespace) -> None:
     params, params_check = load_params_checked(Path(args.params)) if args.params else (None, None)
+    command = " ".join(["evcf", *map(shlex.quote, sys.argv[1:])])  # what wrote this file
+
+    def write(result: dict[str, Any]) -> Path:
+        """The JSON, whole or not at all; after each model (``complete`` false) and at the end."""
+        out = Path(args.out) if args.out else Path("results") / "bench" / f"{result['device']}.json"
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text(json.dumps({**result, "command": command}, indent=2) + "\n")
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise EvcfError(f"cannot write the results ({exc.strerror or exc})", path=out,
+                            fix="choose a writable --out path") from None
+        return out
+
     result = run_bench(
         shape=args.shape, users=args.users, items=args.items, nnz=args.nnz, models=args.models, params=params,
         params_source=args.params, dataset=args.dataset, steps=args.steps, warmup=args.warmup,
@@ -109,18 +124,10 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         threads=args.threads, eval_users=args.eval_users, gemm_size=args.gemm_size,
         preprocess_rows=args.preprocess_rows, skip_preprocess=args.skip_preprocess, wmf_sweeps=args.wmf_sweeps,
         slim_items=args.slim_items, seed=args.seed, pipelined_steps=args.pipelined_steps, params_check=params_check,
-        reference_train=args.reference_train, reference_batches=args.reference_batches,
+        reference_train=args.reference_train, reference_batches=args.reference_batches, on_model=write,
     )
-    result["command"] = " ".join(["evcf", *map(shlex.quote, sys.argv[1:])])  # what wrote this file
-    out = Path(args.out) if args.out else Path("results") / "bench" / f"{result['device']}.json"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise EvcfError(f"cannot write the results ({exc.strerror or exc})", path=out,
-                        fix="choose a writable --out path") from None
+    result["command"] = command
+    out = write(result)
     print(format_table(result))
     print(f"ok: {out}")
 

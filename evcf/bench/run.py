@@ -12,7 +12,7 @@ import logging
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import EvcfError
 from .baselines import bench_baseline
@@ -84,7 +84,8 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
               gemm_size: int | None = None, preprocess_rows: int | None = None, skip_preprocess: bool = False,
               wmf_sweeps: int = 5, slim_items: int = 64, seed: int = 0, pipelined_steps: int = 0,
               params_check: str | None = None, reference_train: dict[str, Any] | None = None,
-              reference_batches: str = "host") -> dict[str, Any]:
+              reference_batches: str = "host", on_model: Callable[[dict[str, Any]], Any] | None = None
+              ) -> dict[str, Any]:
     """Run the benchmark and return its results (the JSON that ``evcf bench`` writes).
 
     ``users``/``items``/``nnz`` (all three) replace the named ``shape``.  ``params`` is a loaded
@@ -99,7 +100,9 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     ``params_check`` says how ``params`` was checked (:func:`load_params_checked`), for the JSON.
     ``reference_train`` (training settings on top of ours, with the optimizer unfused unless it says
     otherwise) and ``reference_batches`` (``host``: densified on the host; ``device``: built as ours)
-    make the reference path today's evcf step, to time a change against it.
+    make the reference path today's evcf step, to time a change against it.  ``on_model`` is
+    called with the results so far (``"complete": false``) after each model, so that a run cut
+    short keeps the models it measured.
     """
     import numpy as np
     import torch
@@ -265,6 +268,8 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
                 entry = bench_baseline(name, model_hparams, cfg, data, steps=steps, warmup=warmup, seed=seed,
                                        device=dev, memory=memory, wmf_sweeps=wmf_sweeps, slim_items=slim_items)
         result["models"][name] = rounded(entry)
+        if on_model is not None:
+            on_model(rounded({**result, "complete": False}))
         log.info("bench: %s: %s s per epoch, reference %s s, fit %s s%s", name, fmt(entry.get("epoch_s")),
                  fmt(entry.get("reference_epoch_s")), fmt(entry.get("fit_s_extrapolated", entry.get("fit_s"))),
                  " (extrapolated)" if "fit_s_extrapolated" in entry else "")
@@ -274,6 +279,7 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     result["peak_rss_mib"] = memory.peak_mib()
     result["load_average_end"] = load_average()
     result["wall_s"] = time.perf_counter() - started
+    result["complete"] = True
     return rounded(result)
 
 
