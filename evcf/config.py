@@ -16,13 +16,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
-import jsonschema
-import yaml
-
 from .data.readers import RAW_FORMATS
 from .data.split import FINGERPRINT_KEYS
 from .errors import EvcfError
 from .identity import CLOSED_FORM_TRAIN
+
+if typing.TYPE_CHECKING:  # imported where used: the bench's recipes load without it
+    import jsonschema
 
 __all__ = ["build_schema", "check_plain_yaml", "apply_cli_types", "validate", "grid_source", "tune_grid",
            "apply_setting", "raw_path", "run_settings", "settings_sources", "synthetic_spec", "tune_points",
@@ -125,6 +125,8 @@ def check_plain_yaml(path: str | Path) -> None:
     aliases: an override of one aliased key would silently change (or fail to change) every key
     that shares it.  So params.yaml spells every value out.
     """
+    import yaml  # here, not at the top: the bench's recipes (run_settings) load without it
+
     path = Path(path)
     try:
         events = list(yaml.parse(path.read_text()))
@@ -170,6 +172,8 @@ def _typed(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _typed(v) for k, v in value.items()}
     if isinstance(value, str):
+        import yaml
+
         try:
             return yaml.safe_load(value)
         except yaml.YAMLError:
@@ -245,6 +249,8 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml",
     and training configs), so a bad value fails here, before any job starts.
     """
     config.pop(COMMAND_LINE, None)
+    import jsonschema  # here, not at the top: the bench's recipes (run_settings) load without it
+
     cli_paths = apply_cli_types(config, overrides)
     errors = sorted(jsonschema.Draft202012Validator(build_schema()).iter_errors(config),
                     key=lambda e: [str(p) for p in e.absolute_path])

@@ -49,7 +49,7 @@ from .models.base import ClosedFormModel, VAEModel
 from .optim import make_optimizer
 from .schedules import beta_evcf, beta_liang
 
-__all__ = ["TrainConfig", "TrainingDiverged", "Interrupted", "run", "resolve_device", "train_config", "train_step",
+__all__ = ["TrainConfig", "TrainingDiverged", "Interrupted", "run", "beta_at", "resolve_device", "train_config", "train_step",
            "train_epoch", "numerics"]
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,8 @@ def _set_rng_state(gen: torch.Generator, state: dict, device: torch.device) -> N
         torch.cuda.set_rng_state(cuda, device)
 
 
-def _beta(cfg: TrainConfig, epoch: int, update_count: int) -> float:
+def beta_at(cfg: TrainConfig, epoch: int, update_count: int) -> float:
+    """β of the schedule before a step of ``epoch`` (1-based) after ``update_count`` steps."""
     if cfg.beta_schedule == "liang":
         return beta_liang(update_count, cfg.total_anneal_steps, cfg.anneal_cap)
     if cfg.beta_schedule == "evcf":
@@ -314,9 +315,9 @@ def train_epoch(model: VAEModel, optimizer: torch.optim.Optimizer, batches: Iter
     once, at the end of the epoch.
     """
     total = torch.zeros((), dtype=torch.float64, device=device)
-    n_batches, beta = 0, _beta(cfg, epoch, update_count)
+    n_batches, beta = 0, beta_at(cfg, epoch, update_count)
     for x in batches:
-        beta = _beta(cfg, epoch, update_count)
+        beta = beta_at(cfg, epoch, update_count)
         total += train_step(model, optimizer, x, beta, autocast=cfg.precision == "bf16", compile=cfg.compile)
         update_count += 1
         n_batches += 1

@@ -1,45 +1,149 @@
 #!/usr/bin/env bash
-# The GPU check of issues 13 and 14, in under 10 minutes on one GPU:
-#   1. the CUDA-only tests (tests/test_cuda.py: kill and resume, deterministic repeat, bf16, TF32,
-#      CPU against CUDA, host syncs under torch.cuda.set_sync_debug_mode);
-#   2. `evcf bench` at ML-20M's shape for Mult-VAE and Vamp on CUDA, params.yaml's recipes, 20 timed
-#      steps of each path after 3 warm-up ones, written to results/bench/cuda.json (commit it);
-#   3. TF32's and bf16's effect on test NDCG@100: Mult-VAE on the synthetic data, 3 seeds, trained in
-#      fp32, TF32 and bf16 (scripts/numerics_check.py), written to results/bench/numerics-cuda.json.
-# Run from anywhere, with the environment whose torch sees CUDA active (or PYTHON=/path/to/python):
-#   bash scripts/gpu_check.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# The GPU check (issue 22): one command, on a machine with Python 3 and a CUDA torch, no network,
+# from a copy of the repository's working tree without an install:
+#
+#   bash scripts/gpu_check.sh OUTDIR                # on CUDA, within 8 minutes (--budget 450 s, + 10 s grace)
+#   bash scripts/gpu_check.sh OUTDIR --device cpu   # tiny sizes on the CPU: checks the script itself
+#
+# It writes into OUTDIR, each file as soon as its stage ends (a stage cut short by its time limit
+# keeps what it measured, or leaves a stand-in JSON that says so; no stage stops the ones after it):
+#   env.json          Python, torch, the GPU, which optional packages import (numpy, scipy, pandas,
+#                     yaml, jsonschema, pytest); stops the check only if the device is not usable
+#   gemm.json         the matrix-product rate (TFLOP/s) in fp32, TF32 and bf16 (8192^3 on CUDA)
+#   bench-fp32.json   `evcf bench` at the ML-20M shape for Mult-VAE, Vamp and H+Vamp (Gated),
+#   bench-tf32.json   params.yaml's recipes, in each precision: per-step latency (20 synchronised
+#   bench-bf16.json   steps after 3 warm-up) and pipelined throughput (100 steps queued in 5 rounds,
+#                     one synchronisation each: steps/s, users/s, s/epoch), FLOP floor, evaluation
+#   tests.json        tests/test_cuda.py's outcome, test by test (or that pytest is not installed)
+#   numerics.json     fp32 vs TF32 vs bf16 test NDCG@100 and Recall@20, Mult-VAE and Vamp, seeds
+#                     1-3, on the synthetic data (scripts/numerics_check.py; rewritten after each run)
+#   summary.json      each stage's status (ok, failed, timed out, skipped), seconds, limit and file
+#   *.log             each stage's output
+# On the CPU the TF32 parts are skipped (CUDA only) and said so.  Options:
+#   --device cuda|cpu   (default cuda)
+#   --budget SECONDS    the whole check's time (default 450); each stage gets at most its own limit
+#                       and what is left of the budget
+# Environment: PYTHON (default python3).
+set -uo pipefail  # no -e: a failing stage is recorded in summary.json and the next one runs
 
-PYTHON=${PYTHON:-python}
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ] && [ "$PYTHON" = python ]; then
-    PYTHON=.venv/bin/python
-fi
-OUT=${OUT:-results/bench/cuda.json}
+usage() { echo "usage: bash scripts/gpu_check.sh OUTDIR [--device cuda|cpu] [--budget SECONDS]" >&2; exit 2; }
+
+dest=""
+device=cuda
+budget=450
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --device) [ $# -ge 2 ] || usage; device=$2; shift 2 ;;
+        --budget) [ $# -ge 2 ] || usage; budget=$2; shift 2 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+        -*) echo "gpu_check: unknown option $1" >&2; usage ;;
+        *) [ -z "$dest" ] || usage; dest=$1; shift ;;
+    esac
+done
+[ -n "$dest" ] || usage
+case "$device" in cuda|cpu) ;; *) echo "gpu_check: --device must be cuda or cpu, got $device" >&2; exit 2 ;; esac
+case "$budget" in ''|*[!0-9]*) echo "gpu_check: --budget must be whole seconds, got $budget" >&2; exit 2 ;; esac
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$dest" || exit 2
+dest=$(cd "$dest" && pwd)
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+cd "$root" || exit 2
 started=$(date +%s)
+deadline=$(( started + budget ))
+stages="$root/scripts/gpu_check_stages.py"
 
-"$PYTHON" - <<'PY'
-import sys
+if [ "$device" = cuda ]; then
+    # ML-20M's shape and params.yaml's recipes for ml-20m
+    bench_size=(--shape ml-20m --steps 20 --warmup 3 --pipelined-steps 100 --eval-users 10000)
+    gemm_size=8192
+    precisions=(fp32 tf32 bf16)
+    numerics_args=(--seeds 1 2 3 --settings fp32 tf32 bf16)
+    limits=(gemm=60 bench=100 tests=150 numerics=200)
+else
+    # tiny sizes: a check of the script, not a measurement (the recipes are still ml-20m's)
+    small='"hidden_size": 32, "latent_size": 8'
+    bench_size=(--users 200 --items 100 --nnz 3000 --steps 2 --warmup 1 --pipelined-steps 4 --eval-users 50 --threads 1
+                --gemm-size 128 --hparams "{\"mult-vae\": {$small}, \"vamp\": {$small, \"n_pseudo\": 8},
+                \"hvamp-gated\": {\"hidden_size\": 32, \"z1_size\": 8, \"z2_size\": 8, \"n_pseudo\": 8}}")
+    gemm_size=128
+    precisions=(fp32 tf32 bf16)
+    numerics_args=(--seeds 1 --settings fp32 tf32 bf16 --epochs 1)
+    limits=(gemm=60 bench=120 tests=120 numerics=200)
+fi
+limit_of() { local kv; for kv in "${limits[@]}"; do [ "${kv%%=*}" = "$1" ] && echo "${kv#*=}"; done; }
 
-import torch
+# stage NAME FILE LIMIT COMMAND...: run COMMAND under the smaller of LIMIT and the budget left,
+# its output in NAME.log; record its outcome (and a stand-in FILE if it wrote none) in summary.json
+stage() {
+    local name=$1 file=$2 limit=$3; shift 3
+    local left=$(( deadline - $(date +%s) ))
+    local log="$dest/$name.log" rc status t0
+    if [ "$left" -lt 10 ]; then
+        rm -f "$file"
+        echo "gpu_check: $name skipped: the budget of $budget s is spent"
+        echo "skipped: the budget of $budget s was spent before this stage" >"$log"
+        "$PYTHON" "$stages" record --summary "$dest/summary.json" --stage "$name" --file "$file" \
+            --status "skipped (budget spent)" --rc -1 --seconds 0 --log "$log"
+        return
+    fi
+    [ "$limit" -le "$left" ] || limit=$left
+    rm -f "$file"  # a file from an earlier check must not pass for this one's
+    echo "gpu_check: $name (at most $limit s) -> $(basename "$file")"
+    t0=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
+    rc=$?
+    case $rc in
+        0) status=ok ;;
+        124|137) status="timed out after $limit s" ;;
+        *) status="failed (exit $rc)" ;;
+    esac
+    echo "gpu_check: $name: $status in $(( $(date +%s) - t0 )) s"
+    "$PYTHON" "$stages" record --summary "$dest/summary.json" --stage "$name" --file "$file" --status "$status" \
+        --rc "$rc" --seconds "$(( $(date +%s) - t0 ))" --log "$log" --limit "$limit"
+}
 
-if not torch.cuda.is_available():
-    sys.exit(f"gpu_check: torch {torch.__version__} cannot see CUDA (CUDA build: {torch.version.cuda}); "
-             "install the CUDA wheel that matches the driver, or run this on a GPU node")
-print(f"gpu_check: torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
-PY
+# skip NAME FILE WHY: a stage that does not apply here, said so in FILE and summary.json
+skip() {
+    local name=$1 file=$2 why=$3
+    echo "gpu_check: $name skipped: $why"
+    printf '{"stage": "%s", "measured": false, "skipped": "%s"}\n' "$name" "$why" >"$file"
+    echo "skipped: $why" >"$dest/$name.log"
+    "$PYTHON" "$stages" record --summary "$dest/summary.json" --stage "$name" --file "$file" \
+        --status "skipped ($why)" --rc 0 --seconds 0 --log "$dest/$name.log"
+}
 
-echo "gpu_check: 1/3 CUDA tests"
-timeout 180 "$PYTHON" -m pytest -q -rxXs -p no:cacheprovider tests/test_cuda.py
+rm -f "$dest/summary.json" "$dest/env.json"
+echo "gpu_check: device $device, budget $budget s, results in $dest"
+if ! timeout --kill-after=10 120 "$PYTHON" "$stages" env --device "$device" --out "$dest/env.json" \
+        >"$dest/env.log" 2>&1; then
+    cat "$dest/env.log" >&2
+    echo "gpu_check: the device is not usable (see $dest/env.json); nothing measured" >&2
+    exit 3
+fi
+"$PYTHON" "$stages" record --summary "$dest/summary.json" --stage env --file "$dest/env.json" --status ok \
+    --rc 0 --seconds "$(( $(date +%s) - started ))" --log "$dest/env.log"
 
-echo "gpu_check: 2/3 evcf bench at the ML-20M shape on CUDA -> $OUT"
-mkdir -p "$(dirname "$OUT")"
-timeout 240 "$PYTHON" -m evcf.cli --log-level INFO bench --shape ml-20m --models mult-vae vamp \
-    --params params.yaml --device cuda --steps 20 --warmup 3 --skip-preprocess --out "$OUT"
+stage gemm "$dest/gemm.json" "$(limit_of gemm)" \
+    "$PYTHON" "$stages" gemm --device "$device" --size "$gemm_size" --out "$dest/gemm.json"
 
-NUMERICS=$(dirname "$OUT")/numerics-cuda.json
-echo "gpu_check: 3/3 fp32 / TF32 / bf16 test NDCG@100 on the synthetic data -> $NUMERICS"
-timeout 200 "$PYTHON" scripts/numerics_check.py --device cuda --models mult-vae --seeds 1 2 3 \
-    --settings fp32 tf32 bf16 --out "$NUMERICS"
+for precision in "${precisions[@]}"; do
+    if [ "$precision" = tf32 ] && [ "$device" != cuda ]; then
+        skip "bench-$precision" "$dest/bench-$precision.json" "CUDA only"
+        continue
+    fi
+    stage "bench-$precision" "$dest/bench-$precision.json" "$(limit_of bench)" \
+        "$PYTHON" -m evcf.cli --log-level INFO bench "${bench_size[@]}" --models mult-vae vamp hvamp-gated \
+        --params params.yaml --device "$device" --precision "$precision" --reference-steps 0 --skip-preprocess \
+        --out "$dest/bench-$precision.json"
+done
 
-echo "gpu_check: done in $(( $(date +%s) - started )) s; commit $OUT and $NUMERICS"
+stage tests "$dest/tests.json" "$(limit_of tests)" \
+    "$PYTHON" "$stages" tests --out "$dest/tests.json" -- -rxXs tests/test_cuda.py
+
+stage numerics "$dest/numerics.json" "$(limit_of numerics)" \
+    "$PYTHON" scripts/numerics_check.py --device "$device" --models mult-vae vamp "${numerics_args[@]}" \
+    --out "$dest/numerics.json"
+
+echo "gpu_check: done in $(( $(date +%s) - started )) s; see $dest/summary.json"

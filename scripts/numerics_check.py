@@ -14,12 +14,16 @@ difference is one draw of "the same training, rounded differently": compare it w
 seed-to-seed spread printed beside it.
 
 The data is the seeded synthetic dataset of params.yaml (generated and split here, in a temporary
-folder), so the check runs anywhere; ``scripts/gpu_check.sh`` runs it on CUDA.  Usage::
+folder), so the check runs anywhere; ``scripts/gpu_check.sh`` runs it on CUDA.  It runs from
+a copy of the repository without an install (it puts the repository's root on ``sys.path`` when
+``evcf`` is not importable), and reads params.yaml without jsonschema where that is absent (the
+JSON's ``params_check`` says so).  Usage::
 
-    python scripts/numerics_check.py --device cuda --out results/bench/numerics-cuda.json
-    python scripts/numerics_check.py --device cpu --settings fp32 bf16 --seeds 1 2 3
+    python3 scripts/numerics_check.py --device cuda --out results/bench/numerics-cuda.json
+    python3 scripts/numerics_check.py --device cpu --settings fp32 bf16 --seeds 1 2 3
 
-Writes the table and a JSON of every run's metrics (``--out``).
+Writes the table and a JSON of every run's metrics (``--out``); the JSON is rewritten after each
+run (``"complete": false`` until the last), so a check cut short keeps the runs it finished.
 """
 
 from __future__ import annotations
@@ -33,9 +37,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from typing import Callable
+
+try:
+    import evcf  # noqa: F401  (installed, or the repository's root on PYTHONPATH)
+except ImportError:  # a copy of the repository without an install: its root, beside scripts/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
-from evcf.bench import load_params
+from evcf.bench import load_params_checked
 from evcf.config import run_settings
 from evcf.data.sparse import load_split
 from evcf.data.split import binarize_filter, split_users, write_split
@@ -65,8 +76,10 @@ def make_split(params: dict, dataset: str, folder: Path) -> Path:
 
 
 def check(params: dict, *, dataset: str, models: list[str], seeds: list[int], settings: list[str],
-          device: str, epochs: int | None, folder: Path) -> dict[str, Any]:
-    """Train every (model, setting, seed); return the runs and the per-(model, setting) summary."""
+          device: str, epochs: int | None, folder: Path,
+          on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train every (model, setting, seed); return the runs and the per-(model, setting) summary.
+    ``on_run`` is called with the result so far (``complete`` false) after each run."""
     dev = resolve_device(device)
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown or "fp32" not in settings:
@@ -78,7 +91,11 @@ def check(params: dict, *, dataset: str, models: list[str], seeds: list[int], se
         skipped.append("tf32 (CUDA only)")
     recipes = {m: run_settings(params, dataset, m) for m in models}  # EvcfError for an unknown model
     data = load_split(make_split(params, dataset, folder))
-    runs = []
+    runs: list[dict[str, Any]] = []
+    result = {"dataset": dataset,
+              "device": dev.type if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+              "torch_version": torch.__version__, "seeds": seeds, "epochs": epochs, "skipped": skipped,
+              "complete": False, "runs": runs, "summary": []}
     for model in models:
         hparams, train = recipes[model]
         for seed in seeds:
@@ -92,9 +109,11 @@ def check(params: dict, *, dataset: str, models: list[str], seeds: list[int], se
                              **{m: metrics[m] for m in METRICS}, "best_epoch": metrics["best_epoch"],
                              "precision": metrics["precision"], "tf32": metrics["tf32"],
                              "train_s": time.perf_counter() - started})
-    return {"dataset": dataset, "device": dev.type if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-            "torch_version": torch.__version__, "seeds": seeds, "epochs": epochs, "skipped": skipped,
-            "runs": runs, "summary": summarize(runs)}
+                result["summary"] = summarize(runs)
+                if on_run is not None:
+                    on_run(result)
+    result["complete"] = True
+    return result
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -147,20 +166,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (default: the recipe's)")
     p.add_argument("--out", default=None, help="JSON path (default: none)")
     args = p.parse_args(argv)
+    command = " ".join(["python3", "scripts/numerics_check.py", *(argv if argv is not None else sys.argv[1:])])
+    out = Path(args.out) if args.out else None
+
+    def write(result: dict[str, Any]) -> None:
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text(json.dumps({**result, "command": command, "params_check": params_check}, indent=2) + "\n")
+            tmp.replace(out)
+
     try:
-        params = load_params(Path(args.params))
+        params, params_check = load_params_checked(Path(args.params))
         with tempfile.TemporaryDirectory(prefix="evcf-numerics-") as tmp:
             result = check(params, dataset=args.dataset, models=args.models, seeds=args.seeds,
-                           settings=args.settings, device=args.device, epochs=args.epochs, folder=Path(tmp))
+                           settings=args.settings, device=args.device, epochs=args.epochs, folder=Path(tmp),
+                           on_run=write)
     except EvcfError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result["command"] = " ".join(["python", "scripts/numerics_check.py", *(argv if argv is not None else sys.argv[1:])])
+    result["command"] = command
     print(format_table(result))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+    if out is not None:
+        write(result)
         print(f"ok: {out}")
     return 0
 

@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-import evcf.bench_baselines
+import evcf.bench
 import evcf.models.slim
+import evcf.optim
 import evcf.training
-from evcf.bench import _fmt, format_table, gemm_rate, load_params, run_bench, step_flops
-from evcf.bench_baselines import SLIM_CHUNKS
+from evcf.bench import format_table, gemm_rate, load_params, run_bench, step_flops
+from evcf.bench.baselines import SLIM_CHUNKS
+from evcf.bench.table import fmt
 from evcf.data.readers import read_ratings
 from evcf.data.shapes import SHAPES, synthetic_matrix, write_ml20m_ratings
 from evcf.errors import EvcfError
@@ -54,7 +56,7 @@ def test_bench_cli_runs_prints_a_table_and_writes_the_documented_json(tmp_path):
         assert needle in proc.stdout, needle
 
     result = json.loads(out.read_text())
-    assert result["command"].startswith("evcf --log-level WARNING bench --users 300")
+    assert result["command"].startswith("evcf --log-level WARNING bench --users 300") and result["complete"] is True
     assert set(result["models"]) == {"mult-vae", "vamp", "popularity"}
     for name in ("mult-vae", "vamp"):
         m = result["models"][name]
@@ -104,6 +106,83 @@ def test_the_bench_times_the_training_step_of_evcf_train(monkeypatch):
     assert len(result["models"]["mult-vae"]["step_times_s"]) == 3
 
 
+def test_pipelined_steps_are_more_training_steps_timed_in_rounds(monkeypatch):
+    """--pipelined-steps takes that many more real train_step calls, after the synchronised ones."""
+    calls = []
+    real = evcf.training.train_step
+
+    def counting(model, optimizer, batch, beta, *, autocast=False):
+        calls.append(autocast)
+        return real(model, optimizer, batch, beta, autocast=autocast)
+
+    monkeypatch.setattr(evcf.training, "train_step", counting)
+    result = run_bench(**{**TINY_ARGS, "steps": 2, "warmup": 1}, models=["mult-vae"], batch_size=20,
+                       reference_steps=0, pipelined_steps=7, precision="bf16")
+    m = result["models"]["mult-vae"]
+    assert len(calls) == 1 + 2 + 7 and all(calls)  # warm-up, timed, pipelined; bf16 autocast in each
+    assert sorted(m["pipelined_round_steps"]) == [1, 1, 1, 2, 2] and len(m["pipelined_round_step_s"]) == 5
+    assert m["pipelined_step_s"] == pytest.approx(sorted(m["pipelined_round_step_s"])[2], rel=1e-3)  # the median
+    assert m["pipelined_users_per_s"] == pytest.approx(20 / m["pipelined_step_s"], rel=1e-3)
+    assert m["pipelined_steps_per_s"] == pytest.approx(1 / m["pipelined_step_s"], rel=1e-3)
+    assert m["pipelined_epoch_s"] == pytest.approx(m["pipelined_step_s"] * m["steps_per_epoch"], rel=1e-3)
+    assert m["pipelined_x_floor"] == pytest.approx(m["pipelined_epoch_s"] / m["floor_epoch_s"], rel=1e-3)
+    assert (result["precision"], m["precision"], m["tf32"], result["gemm"]["dtype"]) == ("bf16", "bf16", False,
+                                                                                         "bfloat16")
+    assert "pipelined s / epoch" in format_table(result)
+    assert "pipelined_steps" not in run_bench(**TINY_ARGS, models=["mult-vae"], reference_steps=0)["models"][
+        "mult-vae"]  # off by default
+
+
+@pytest.mark.parametrize("precision, want", [("tf32", ("fp32", True)), ("fp32", ("fp32", False))])
+def test_precision_names_set_the_training_settings(precision, want):
+    result = run_bench(**TINY_ARGS, models=["mult-vae"], reference_steps=0, precision=precision,
+                       train={"tf32": not want[1]})  # --precision wins over the recipe
+    m = result["models"]["mult-vae"]
+    assert (m["precision"], m["tf32"]) == want and result["precision"] == precision
+    assert (result["gemm"]["dtype"], result["gemm"]["tf32"]) == ("float32", want[1])
+
+
+def test_the_reference_path_can_be_todays_step_with_its_own_settings(monkeypatch):
+    """--reference-batches device and --reference-train: the reference takes ours's batches and its own
+    optimizer settings (by default: the reference codes' way, densified on the host and unfused)."""
+    seen = []
+    real_step, real_optimizer = evcf.training.train_step, evcf.optim.make_optimizer
+
+    def counting(model, optimizer, batch, beta, *, autocast=False):
+        seen.append(("step", type(batch).__name__))
+        return real_step(model, optimizer, batch, beta, autocast=autocast)
+
+    def optimizer(name, params, lr, *, fused=False):
+        seen.append(("optimizer", name, fused))
+        return real_optimizer(name, params, lr, fused=fused)
+
+    monkeypatch.setattr(evcf.training, "train_step", counting)
+    monkeypatch.setattr(evcf.optim, "make_optimizer", optimizer)
+    args = {**TINY_ARGS, "steps": 1, "warmup": 1, "models": ["mult-vae"], "batch_size": 20}
+    result = run_bench(**args, train={"fused_optimizer": True}, reference_batches="device",
+                       reference_train={"fused_optimizer": False, "optimizer": "adam-normgrad"})
+    m = result["models"]["mult-vae"]
+    assert {s[1] for s in seen if s[0] == "step"} == {"RowBatch"}  # no dense batch on either path
+    assert ("optimizer", "adam", True) in seen and ("optimizer", "adam-normgrad", False) in seen
+    assert m["reference_train"]["optimizer"] == "adam-normgrad" and m["reference_batches"] == "device"
+    assert m["reference_x_floor"] == pytest.approx(m["reference_epoch_s"] / m["floor_epoch_s"], rel=1e-3)
+    assert result["reference_style"] == "batches built on the device, as ours"
+    seen.clear()
+    run_bench(**args, train={"fused_optimizer": True})  # the default reference: dense rows, unfused
+    assert {s[1] for s in seen if s[0] == "step"} == {"RowBatch", "Tensor"}
+    assert sorted(s[2] for s in seen if s[0] == "optimizer") == [False, False, False, True, True]
+    with pytest.raises(EvcfError, match="--reference-train sets batch_size"):
+        run_bench(**args, reference_train={"batch_size": 10})
+
+
+def test_the_results_so_far_are_handed_on_after_each_model():
+    """A bench cut short keeps the models it measured: the CLI writes its JSON after each one."""
+    seen = []
+    result = run_bench(**TINY_ARGS, models=["mult-vae", "popularity"], reference_steps=0,
+                       on_model=lambda r: seen.append((r["complete"], list(r["models"]))))
+    assert seen == [(False, ["mult-vae"]), (False, ["mult-vae", "popularity"])] and result["complete"] is True
+
+
 def test_recipes_come_from_params_yaml_and_overrides_apply():
     params = load_params(PARAMS)
     result = run_bench(**TINY_ARGS, models=["mult-dae", "hvamp-gated"], params=params, dataset="ml-20m",
@@ -137,7 +216,7 @@ def test_run_bench_skips_preprocessing_and_reference_when_asked():
     ({"hparams": {"vamp": {}}, "models": ["mult-vae"]}, "not benchmarked"),
     ({"reference_hparams": {"vamp": {}}, "models": ["mult-vae"]}, "not benchmarked"),
     ({"users": 10, "items": 4, "nnz": 100}, "cannot make a 10 x 4 matrix"),
-    ({"precision": "fp8"}, "fp32 or bf16"),
+    ({"precision": "fp8"}, "is not one of fp32, tf32, bf16"),
     ({"models": ["vamp"], "hparams": {"vamp": {"n_pseudoinputs": 5}}}, "has no hyperparameter 'n_pseudoinputs'"),
     ({"models": ["vamp"], "train": {"optimiser": "adam"}}, "unknown training setting 'optimiser'"),
     ({"dataset": "ml-1b", "params": {"data": {"ml-20m": {}}}}, "--dataset 'ml-1b' is not in the params file"),
@@ -230,8 +309,8 @@ def test_the_table_marks_what_is_extrapolated(baselines):
     assert set(rows) == {"wmf", "slim", "cdae"}
     for name, row in rows.items():
         m = baselines["models"][name]
-        assert f"~{_fmt(m['fit_s_extrapolated'])}" in row, (name, row)
-        assert f"~grid of {m['grid_points']} points {_fmt(m['grid_s_extrapolated'])} s" in row, (name, row)
+        assert f"~{fmt(m['fit_s_extrapolated'])}" in row, (name, row)
+        assert f"~grid of {m['grid_points']} points {fmt(m['grid_s_extrapolated'])} s" in row, (name, row)
     assert "reference s / epoch" not in table  # no model filled it: the empty columns are left out
 
 
@@ -389,3 +468,46 @@ def test_ml20m_like_ratings_csv_reads_back(tmp_path):
     assert not frame.duplicated(["user", "item"]).any()
     assert set(np.unique(frame["rating"])) <= {h / 2 for h in range(1, 11)}
     assert 0.3 < (frame["rating"] > 3.5).mean() < 0.7
+
+
+def test_the_bench_package_has_no_private_imports_no_cycles_and_a_light_top():
+    """evcf/bench/: its files import no private name of each other, import each other without a
+    cycle, and import only the standard library (and evcf.errors) at their tops, so that the CLI's
+    parser and a bare GPU machine can load them; torch and numpy stay unloaded."""
+    import ast
+
+    package = Path(evcf.bench.__file__).parent
+    edges: dict[str, set[str]] = {}
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        edges[path.stem] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports private {private} from .{node.module}"
+        for node in tree.body:  # the top level only
+            if isinstance(node, ast.ImportFrom) and node.level == 1:  # from .x import a; from . import x
+                edges[path.stem].update([node.module] if node.module else [a.name for a in node.names])
+            elif isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert node.module == "errors", f"{path.name} imports ..{node.module} at its top"
+            elif isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.level == 0):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                for name in names:
+                    assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name} at its top"
+    done: set[str] = set()
+
+    def visit(module: str, trail: tuple) -> None:
+        assert module not in trail, f"import cycle: {' -> '.join((*trail, module))}"
+        if module in done:
+            return
+        for nxt in edges.get(module, ()):
+            visit(nxt, (*trail, module))
+        done.add(module)
+
+    for module in edges:
+        visit(module, ())
+    assert {"timer", "vae", "baselines", "run", "table", "preprocess", "__init__"} <= set(edges)
+    loaded = subprocess.run([sys.executable, "-c", "import sys, evcf.cli, evcf.bench; evcf.cli.build_parser(); "
+                             "print(sorted(m for m in ('torch', 'numpy', 'scipy', 'pandas') if m in sys.modules))"],
+                            capture_output=True, text=True, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stderr

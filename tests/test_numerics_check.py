@@ -50,6 +50,19 @@ def test_a_tiny_check_trains_each_setting_and_writes_the_json(numerics, tmp_path
     assert all(0.0 < r["ndcg@100"] < 1.0 for r in result["runs"])
     assert [s["setting"] for s in result["summary"]] == ["fp32", "bf16"]
     assert "mult-vae        bf16" in capsys.readouterr().out
+    assert result["complete"] is True and result["params_check"] == "schema"  # jsonschema is installed here
+
+
+def test_the_json_is_rewritten_after_each_run(numerics, tmp_path):
+    """A check cut short keeps what it finished: after each run, the runs so far, marked incomplete."""
+    params = numerics.load_params_checked(ROOT / "params.yaml")[0]
+    seen = []
+    result = numerics.check(params, dataset="synthetic", models=["mult-vae"], seeds=[1], settings=["fp32", "bf16"],
+                            device="cpu", epochs=1, folder=tmp_path,
+                            on_run=lambda r: seen.append((r["complete"], [x["setting"] for x in r["runs"]],
+                                                          [x["setting"] for x in r["summary"]])))
+    assert seen == [(False, ["fp32"], ["fp32"]), (False, ["fp32", "bf16"], ["fp32", "bf16"])]
+    assert result["complete"] is True and len(result["runs"]) == 2
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -263,7 +263,7 @@ class CDAETrainer:
     def epoch(self) -> Iterator[tuple[torch.Tensor, int]]:
         """One epoch's batches in a fresh seeded user order: (rows (B,) on the device, clicks).
 
-        The order is drawn on the host and cut by :class:`~evcf.data.batches.Batches` (copied once;
+        The order is drawn on the host and cut by :class:`~evcf.batches.Batches` (copied once;
         each batch's click count from the host), so building its dense rows never waits for the device.
         """
         order = torch.randperm(self.n_users, generator=self.order_gen)  # (U,)

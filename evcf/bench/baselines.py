@@ -34,13 +34,7 @@ import math
 import time
 from typing import Any, Iterator
 
-import numpy as np
-import scipy.sparse as sp
-import torch
-
-from .bench import _load_average, _PeakMemory, _spread, _sync
-from .evaluate import evaluate
-from .models import build_model
+from .timer import PeakMemory, load_average, spread, sync
 
 __all__ = ["bench_baseline", "bench_wmf", "bench_slim", "bench_cdae", "bench_closed_form", "SLIM_CHUNKS"]
 
@@ -50,7 +44,7 @@ SLIM_CHUNKS = 8  # SLIM's sampled items are timed in this many chunks (the sprea
 
 
 def bench_baseline(name: str, hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, steps: int, warmup: int,
-                   seed: int, device: Any, memory: _PeakMemory, wmf_sweeps: int, slim_items: int) -> dict[str, Any]:
+                   seed: int, device: Any, memory: PeakMemory, wmf_sweeps: int, slim_items: int) -> dict[str, Any]:
     """The bench entry of model ``name`` (one that fits itself) with hyperparameters ``hparams``;
     ``cfg`` is its recipe's training settings (the evaluation batch size)."""
     if name == "wmf":
@@ -62,14 +56,16 @@ def bench_baseline(name: str, hparams: dict[str, Any], cfg: Any, data: dict[str,
     return bench_closed_form(name, hparams, data, device, memory)
 
 
-def _timed_evaluation(model: Any, data: dict[str, Any], batch_size: int, device: Any, memory: _PeakMemory,
+def _timed_evaluation(model: Any, data: dict[str, Any], batch_size: int, device: Any, memory: PeakMemory,
                       out: dict[str, Any]) -> None:
     """Evaluate the held-out users with ``model.score``: ``eval_s`` and ``eval_peak_rss_mib``."""
+    from ..evaluate import evaluate
+
     with memory.phase(out, "eval_peak_rss_mib"):
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=batch_size, device=device)
-        _sync(device)
+        sync(device)
         out.update(eval_s=time.perf_counter() - started, eval_batch_size=batch_size)
 
 
@@ -85,9 +81,13 @@ def _grid(out: dict[str, Any], points: int, fit_s: float, eval_s: float | None) 
 
 
 def bench_wmf(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, sweeps: int, seed: int, device: Any,
-              memory: _PeakMemory) -> dict[str, Any]:
+              memory: PeakMemory) -> dict[str, Any]:
     """``WMF.fit`` with ``sweeps`` ALS iterations at the first grid point, then the fold-in of the
     held-out users (module docstring)."""
+    import torch
+
+    from ..models import build_model
+
     train = data["train"].matrix
     recipe = build_model("wmf", train.shape[1], **hparams)
     points = list(recipe.candidates())
@@ -95,7 +95,7 @@ def bench_wmf(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, sweeps
     model = build_model("wmf", train.shape[1], **{**hparams, "iterations": sweeps})
     out: dict[str, Any] = {"setting": setting, "iterations": iterations, "sweeps_timed": sweeps,
                            "use_cg": recipe.config.use_cg, "threads": torch.get_num_threads(),
-                           "load_average_start": _load_average()}
+                           "load_average_start": load_average()}
     seconds: list[float] = []  # implicit's own timing of each sweep, through WMF.fit's callback
     with memory.phase(out, "peak_rss_mib"):
         started = time.perf_counter()
@@ -104,7 +104,7 @@ def bench_wmf(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, sweeps
         measured = time.perf_counter() - started
     if len(seconds) != sweeps:
         raise RuntimeError(f"bench: expected {sweeps} ALS sweep times from implicit, got {len(seconds)}")
-    sweep = _spread(seconds)
+    sweep = spread(seconds)
     fit_s = measured - sum(seconds) + iterations * sweep["median"]
     out.update(sweep_s=sweep["median"], sweep_spread_s=sweep, sweep_times_s=seconds, epoch_s=sweep["median"],
                measured_fit_s=measured, fit_s_extrapolated=fit_s,
@@ -114,7 +114,7 @@ def bench_wmf(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, sweeps
     out["grid_note"] = (f"every point costed at the first point's {setting['factors']} factors; "
                         "points with more factors cost more")
     out["note"] = f"s / epoch: one ALS sweep ({sweeps} timed); ~fit: {iterations} sweeps, {setting['factors']} factors"
-    out["load_average_end"] = _load_average()
+    out["load_average_end"] = load_average()
     return out
 
 
@@ -123,10 +123,15 @@ def bench_wmf(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, sweeps
 
 
 def bench_slim(hparams: dict[str, Any], data: dict[str, Any], *, items: int, seed: int,
-               memory: _PeakMemory) -> dict[str, Any]:
+               memory: PeakMemory) -> dict[str, Any]:
     """The real per-item solver on a seeded sample of ``items`` items, single-threaded, in
     :data:`SLIM_CHUNKS` chunks; the full fit, the grid and W's memory extrapolated (module docstring)."""
-    from .models.slim import slim_weights
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    from ..models import build_model
+    from ..models.slim import slim_weights
 
     train = data["train"].matrix
     n_items = train.shape[1]
@@ -138,7 +143,7 @@ def bench_slim(hparams: dict[str, Any], data: dict[str, Any], *, items: int, see
     chunks = np.array_split(sample, min(SLIM_CHUNKS, sample.size))
     out: dict[str, Any] = {"setting": setting, "max_iter": c.max_iter, "tol": c.tol, "items_fitted": int(sample.size),
                            "chunk_items": [int(chunk.size) for chunk in chunks], "threads": threads,
-                           "epoch_s": None, "load_average_start": _load_average()}
+                           "epoch_s": None, "load_average_start": load_average()}
     chunk_s, nnz = [], []
     importlib.import_module("sklearn.linear_model")  # the solver's first import, not an item's cost
     with memory.phase(out, "peak_rss_mib"):
@@ -155,7 +160,7 @@ def bench_slim(hparams: dict[str, Any], data: dict[str, Any], *, items: int, see
     item_s_mean = sum(chunk_s) / sample.size
     fit_s = out["setup_s"] + item_s_mean * n_items / threads
     nnz_per_item = float(np.mean(nnz))
-    out.update(item_s_mean=item_s_mean, item_spread_s=_spread(per_item), chunk_times_s=chunk_s,
+    out.update(item_s_mean=item_s_mean, item_spread_s=spread(per_item), chunk_times_s=chunk_s,
                fit_s_extrapolated=fit_s, fit_formula="setup_s + item_s_mean x items / threads",
                w_nnz_per_item=nnz_per_item, w_nnz_per_item_max=int(max(nnz)),
                w_mib_extrapolated=nnz_per_item * n_items * (8 + 4) / 2**20,
@@ -164,7 +169,7 @@ def bench_slim(hparams: dict[str, Any], data: dict[str, Any], *, items: int, see
     out["note"] = (f"{sample.size:,} of {n_items:,} items fitted, {item_s_mean:.3g} s / item; ~fit = s / item "
                    f"x items / {threads} threads; W ~{out['w_mib_extrapolated']:,.0f} MiB; eval not timed "
                    "(needs all of W)")
-    out["load_average_end"] = _load_average()
+    out["load_average_end"] = load_average()
     return out
 
 
@@ -173,8 +178,10 @@ def bench_slim(hparams: dict[str, Any], data: dict[str, Any], *, items: int, see
 
 
 def bench_cdae(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, steps: int, warmup: int, seed: int,
-               device: Any, memory: _PeakMemory) -> dict[str, Any]:
+               device: Any, memory: PeakMemory) -> dict[str, Any]:
     """``CDAETrainer.step`` (the step of ``CDAE.fit``): warm-up, evaluation, then the timed steps."""
+    from ..models import build_model
+
     train = data["train"].matrix
     model = build_model("cdae", train.shape[1], **hparams)
     c = model.config
@@ -184,9 +191,9 @@ def bench_cdae(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, steps
     steps_per_epoch = math.ceil(train.shape[0] / c.batch_size)
     out: dict[str, Any] = {"setting": setting, "batch_size": batch, "optimizer": "adam", "lr": c.lr,
                            "epochs": c.epochs, "steps_per_epoch": steps_per_epoch, "hparams": hparams,
-                           "load_average_start": _load_average()}
+                           "load_average_start": load_average()}
 
-    def endless(trainer: Any) -> Iterator[tuple[torch.Tensor, int]]:
+    def endless(trainer: Any) -> Iterator[tuple[Any, int]]:
         while True:
             yield from trainer.epoch()
 
@@ -195,18 +202,18 @@ def bench_cdae(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, steps
         batches = endless(trainer)
         for _ in range(warmup):
             trainer.step(*next(batches))
-        _sync(device)
+        sync(device)
     model.network.eval()
     _timed_evaluation(model, data, cfg.eval_batch_size, device, memory, out)
     model.network.train()
     times = []
     for _ in range(steps):
-        _sync(device)
+        sync(device)
         started = time.perf_counter()
         trainer.step(*next(batches))
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - started)
-    step = _spread(times)
+    step = spread(times)
     epoch_s = step["median"] * steps_per_epoch
     fit_s = epoch_s * c.epochs
     out.update(step_s=step["median"], step_spread_s=step, step_times_s=times, epoch_s=epoch_s,
@@ -214,7 +221,7 @@ def bench_cdae(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, steps
                fit_formula="step_s x steps_per_epoch x epochs")
     _grid(out, len(points), fit_s, out["eval_s"])
     out["note"] = f"~fit: {c.epochs} epochs"
-    out["load_average_end"] = _load_average()
+    out["load_average_end"] = load_average()
     return out
 
 
@@ -223,8 +230,11 @@ def bench_cdae(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, steps
 
 
 def bench_closed_form(name: str, hparams: dict[str, Any], data: dict[str, Any], device: Any,
-                      memory: _PeakMemory) -> dict[str, Any]:
+                      memory: PeakMemory) -> dict[str, Any]:
     """One whole fit and an evaluation (EASE with λ = :data:`EASE_BENCH_LAMBDA`)."""
+    from ..evaluate import evaluate
+    from ..models import build_model
+
     train = data["train"].matrix
     out: dict[str, Any] = {"epoch_s": None, "users_per_s": None, "reference_epoch_s": None, "speedup": None}
     if name == "ease" and train.shape[1] > EASE_MAX_ITEMS:
@@ -238,7 +248,7 @@ def bench_closed_form(name: str, hparams: dict[str, Any], data: dict[str, Any], 
         out["fit_s"] = time.perf_counter() - started
         started = time.perf_counter()
         evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=2000, device=device)
-        _sync(device)
+        sync(device)
         out["eval_s"] = time.perf_counter() - started
     out["note"] = "closed form: one whole fit"
     return out

@@ -1,0 +1,207 @@
+"""The VAE rows' training step, timed as ``evcf train`` takes it (:func:`evcf.training.train_step`).
+
+:func:`bench_vae` times one model at one recipe: its step's FLOPs (:func:`step_flops`), the step's
+latency (each step synchronised, against the reference style's), optionally its pipelined
+throughput (many steps queued, one synchronisation at the end: what an epoch of training gets on
+a GPU), and the evaluation of the held-out users.  Imports the standard library only at the top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Iterator
+
+from .timer import PeakMemory, load_average, spread, sync
+
+__all__ = ["step_flops", "batch_stream", "bench_vae", "PIPELINED_ROUNDS"]
+
+PIPELINED_ROUNDS = 5  # the pipelined steps are timed in this many rounds (the spread of their step time)
+
+
+def _split(total: int, parts: int) -> list[range]:
+    """``range(total)`` cut into at most ``parts`` runs of near-equal length (none empty)."""
+    parts = max(1, min(parts, total))
+    return [range(total * i // parts, total * (i + 1) // parts) for i in range(parts)]
+
+
+def step_flops(model: Any, optimizer: Any, x: Any, beta: float, autocast: bool) -> int:
+    """FLOPs of the matrix products of one :func:`~evcf.training.train_step`, counted as it runs.
+
+    ``torch.utils.flop_counter`` counts 2·m·k·n per (m×k)·(k×n) product, forward and backward.  A
+    linear layer d_in → d_out over n rows thus costs 2·n·d_in·d_out forward and 4·n·d_in·d_out
+    backward (the weight's gradient and the input's).  With batch B, I items, H hidden, Z latent:
+
+    * Mult-VAE (I → H → 2Z, Z → H → I): 6·B·(H·2Z + Z·H + H·I); its first layer reads only the
+      clicks (an ``embedding_bag``, about 4·clicks·H, not counted);
+    * Vamp adds its K pseudo-inputs through the dense encoder, 6·K·(I·H + H·2Z) (P is a parameter,
+      so its gradient is computed too), and its mixture density's two (B × Z)·(Z × K) products,
+      12·B·Z·K.  At ML-20M's shape (I = 20,108, H = 600, Z = 200, K = 1,000, B = 200) the
+      pseudo-inputs are 74 GFLOP of a step's 89.
+
+    An epoch's floor is this × ⌈users / B⌉ steps ÷ :func:`gemm_rate`.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..training import train_step
+
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, optimizer, x, beta, autocast=autocast)
+    return int(counter.get_total_flops())
+
+
+def batch_stream(train: Any, batch_size: int, seed: int, dense_on_host: bool) -> Iterator[Any]:
+    """Batches as training takes them, epoch after epoch (a fresh seeded order each epoch)."""
+    import torch
+
+    from ..batches import Batches
+
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield from Batches(train, torch.randperm(train.n_rows, generator=gen), batch_size,
+                           dense_on_host=dense_on_host)
+
+
+def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data: dict[str, Any], *,
+              steps: int, warmup: int, reference_steps: int, seed: int, device: Any, memory: PeakMemory,
+              gemm: dict[str, Any], pipelined_steps: int = 0, reference_cfg: Any = None,
+              reference_batches: str = "host") -> dict[str, Any]:
+    """Memory phases first (each path alone), then the timed steps of both paths interleaved.
+
+    1. the reference style alone: one step of a fresh model (its peak memory);
+    2. ours alone: a fresh model, its first step counted by :func:`step_flops`, then the rest of
+       the warm-up (peak memory), kept for timing;
+    3. evaluation of the held-out users with that model (time, peak memory);
+    4. a fresh reference-style model and its warm-up, then the timed steps of both, alternating,
+       each step synchronised before and after (its latency);
+    5. with ``pipelined_steps``: ours again, that many steps in :data:`PIPELINED_ROUNDS` rounds,
+       each round's steps issued back to back with one synchronisation at its end (the host queues
+       work ahead of the device, as in training); the round's time ÷ its steps is one sample of the
+       pipelined step time.  On a CPU the two agree (its work is done when issued); on a GPU the
+       difference is the time the device waited for the host between synchronised steps.
+    A timed step is building the batch plus :func:`~evcf.training.train_step`.
+
+    The reference path trains with ``reference_cfg`` (default: ``cfg`` with the optimizer unfused,
+    as the reference codes step it) and the model options ``reference_hparams``, on batches densified
+    on the host (``reference_batches="host"``, the reference codes' way) or built on the device as
+    ours (``"device"``: today's evcf step against a changed one, e.g. new defaults).
+    """
+    import torch
+
+    from ..batches import RowBatch
+    from ..evaluate import evaluate
+    from ..models import build_model
+    from ..optim import make_optimizer
+    from ..training import beta_at, train_step
+
+    train = data["train"]
+    batch = min(cfg.batch_size, train.n_rows)
+    autocast = cfg.precision == "bf16"
+    rcfg = reference_cfg if reference_cfg is not None else dataclasses.replace(cfg, fused_optimizer=False)
+    # β where its annealing ends (the cost of a step does not depend on it)
+    beta = beta_at(cfg, max(1, cfg.warmup_epochs), cfg.total_anneal_steps)
+    steps_per_epoch = math.ceil(train.n_rows / batch)
+    out: dict[str, Any] = {"batch_size": batch, "optimizer": cfg.optimizer, "fused_optimizer": cfg.fused_optimizer,
+                           "lr": cfg.lr, "beta": beta,
+                           "precision": cfg.precision, "tf32": cfg.tf32, "hparams": hparams,
+                           "reference_hparams": reference_hparams, "reference_batches": reference_batches,
+                           "reference_train": {"optimizer": rcfg.optimizer, "fused_optimizer": rcfg.fused_optimizer,
+                                               "lr": rcfg.lr, "precision": rcfg.precision},
+                           "steps_per_epoch": steps_per_epoch,
+                           "load_average_start": load_average()}
+
+    def fresh(reference: bool) -> tuple[Any, Any, Iterator[Any], bool]:
+        """(model, optimizer, batches, autocast) of a path, the model freshly seeded."""
+        torch.manual_seed(seed)
+        model = build_model(name, train.shape[1], **{**hparams, **(reference_hparams if reference else {})})
+        model.to(device).train()
+        c = rcfg if reference else cfg
+        return (model, make_optimizer(c.optimizer, model.parameters(), c.lr, fused=c.fused_optimizer),
+                batch_stream(train, batch, seed, dense_on_host=reference and reference_batches == "host"),
+                c.precision == "bf16")
+
+    def step(model: Any, optimizer: Any, batches: Iterator[Any], path_autocast: bool) -> None:
+        train_step(model, optimizer, next(batches), beta, autocast=path_autocast)
+
+    if reference_steps:
+        with memory.phase(out, "reference_peak_rss_mib"):
+            step(*fresh(reference=True))
+    with memory.phase(out, "peak_rss_mib"):
+        model, optimizer, batches, _ = fresh(reference=False)
+        out["step_flops"] = step_flops(model, optimizer, next(batches), beta, autocast)
+        for _ in range(warmup - 1):
+            step(model, optimizer, batches, autocast)
+    with memory.phase(out, "eval_peak_rss_mib"):
+        model.eval()
+        sync(device)
+        started = time.perf_counter()
+        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=cfg.eval_batch_size, device=device,
+                 with_clicks=True)
+        sync(device)
+        out.update(eval_s=time.perf_counter() - started, eval_batch_size=cfg.eval_batch_size)
+        model.train()
+
+    paths = {"ours": (model, optimizer, batches, autocast)}
+    if reference_steps:
+        paths["reference"] = fresh(reference=True)
+        for _ in range(warmup):
+            step(*paths["reference"])
+    times: dict[str, list[float]] = {"ours": [], "reference": []}
+    for i in range(max(steps, reference_steps)):
+        for kind in (("ours", "reference") if i % 2 == 0 else ("reference", "ours")):
+            if i < (steps if kind == "ours" else reference_steps):
+                sync(device)
+                started = time.perf_counter()
+                step(*paths[kind])
+                sync(device)
+                times[kind].append(time.perf_counter() - started)
+
+    rounds: list[float] = []  # pipelined: seconds per step of each round
+    if pipelined_steps:
+        per_round = [len(r) for r in _split(pipelined_steps, PIPELINED_ROUNDS)]
+        for n in per_round:
+            sync(device)
+            started = time.perf_counter()
+            for _ in range(n):
+                step(model, optimizer, batches, autocast)
+            sync(device)
+            rounds.append((time.perf_counter() - started) / n)
+        piped = spread(rounds)
+        out.update(pipelined_steps=pipelined_steps, pipelined_round_steps=per_round,
+                   pipelined_step_s=piped["median"], pipelined_step_spread_s=piped, pipelined_round_step_s=rounds,
+                   pipelined_steps_per_s=1.0 / piped["median"], pipelined_users_per_s=batch / piped["median"],
+                   pipelined_epoch_s=piped["median"] * steps_per_epoch)
+
+    del paths, model, optimizer, batches
+    ours = spread(times["ours"])
+    floor = out["step_flops"] * steps_per_epoch / (gemm["gflops"] * 1e9)
+    out.update(step_s=ours["median"], step_spread_s=ours, step_times_s=times["ours"],
+               epoch_s=ours["median"] * steps_per_epoch, users_per_s=batch / ours["median"],
+               floor_epoch_s=floor, x_floor=ours["median"] * steps_per_epoch / floor,
+               reference_epoch_s=None, speedup=None)
+    if pipelined_steps:
+        out["pipelined_x_floor"] = out["pipelined_epoch_s"] / floor
+    if reference_steps:
+        ref = spread(times["reference"])
+        pairs = [r / o for r, o in zip(times["reference"], times["ours"])]  # neighbours in time
+        # eval-mode losses of the two fresh models on one batch built both ways: no dropout, no
+        # sampling, so equal up to rounding unless the reference's model options change the model
+        losses = []
+        for reference in (False, True):
+            model, _, batches, _ = fresh(reference)
+            with torch.no_grad():
+                rows = next(batches)  # a RowBatch (ours) or the dense rows (the reference style)
+                x, clicks = rows if isinstance(rows, RowBatch) else (rows, None)
+                losses.append(float(model.eval().loss(x, beta, clicks).loss))
+            del model, batches
+        out.update(reference_step_s=ref["median"], reference_step_spread_s=ref,
+                   reference_step_times_s=times["reference"], reference_epoch_s=ref["median"] * steps_per_epoch,
+                   speedup=ref["median"] / ours["median"], speedup_paired=spread(pairs),
+                   reference_x_floor=ref["median"] * steps_per_epoch / floor,
+                   check_loss=losses[0], reference_check_loss=losses[1],
+                   check_loss_rel_diff=abs(losses[0] - losses[1]) / max(abs(losses[1]), 1e-12))
+    out["load_average_end"] = load_average()
+    return out
+
+
