@@ -84,7 +84,7 @@ __all__ = ["CDAE", "CDAENetwork", "CDAETrainer", "RowAdam", "loss_weights", "squ
 log = logging.getLogger(__name__)
 
 VARIANTS = ("liang2018", "wu2016")
-USER_VECTORS = ("fit", "zero")
+USER_VECTORS = ("zero", "fit")
 DECAY_USERS = 500  # λ multiplies ‖W‖² + ‖W'‖² once per this many users' summed loss (Liang's batch)
 SELECT_BY = "ndcg@100"  # the validation metric of every row (evcf.training.SELECT_BY)
 
@@ -264,6 +264,7 @@ class CDAE(ClosedFormModel):
                 break
         if best_state is not None:
             self.network.load_state_dict(best_state)
+        self.network.zero_grad(set_to_none=True)  # the last step's gradients are not part of the model
         self.network.eval()
         log.info("CDAE weight_decay=%g: best epoch %s of %d", self.weight_decay, self.best_epoch,
                  len(self.history))
