@@ -470,7 +470,7 @@ def render_settings_markdown(runs: pd.DataFrame) -> str:
 
 def _fmt_verdict(rec) -> str:
     if rec.verdict in ("reproduced", "above", "below"):
-        return f"{rec.verdict} ({rec.z:+.1f} SE)"
+        return f"{rec.verdict} ({round(rec.z, 1) + 0.0:+.1f} SE)"  # + 0.0: no "-0.0"
     return rec.verdict
 
 
