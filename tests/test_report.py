@@ -653,6 +653,7 @@ def test_reproduction_verdict_rule_on_known_values():
     cases = [  # mean, sd, n, user SE, published -> verdict, z
         (0.40, 0.01, 3, 0.002, 0.41, "reproduced", -0.01 / se3, "seeds"),
         (0.40, 0.01, 3, 0.002, 0.44, "below", -0.04 / se3, "seeds"),
+        (0.40, 0.01, 3, 0.002, 0.415, "reproduced", -0.015 / se3, "seeds"),  # 2.6 SE: inside t(0.975, 2) = 4.3
         (0.40, 0.01, 3, 0.002, 0.37, "above", 0.03 / se3, "seeds"),
         (0.426, math.nan, 1, 0.002, 0.4259, "reproduced", 0.0001 / 0.002, "test users"),
         (0.426, math.nan, 1, 0.002, 0.420, "above", 3.0, "test users"),  # 0.006 > 1.96 · 0.002
