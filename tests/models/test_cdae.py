@@ -301,3 +301,27 @@ def test_cdae_learns_more_than_popularity_on_popularity_heavy_data(tmp_path):
     assert np.mean(rho) < 0.8, np.mean(rho)  # not the popularity ranking for every user
     top10 = {tuple(np.argsort(-s, kind="stable")[:10]) for s in scores}
     assert len(top10) > 0.8 * len(scores)  # users get different lists
+
+
+def test_the_training_loop_passes_the_validation_users_to_fit(tmp_path, monkeypatch):
+    """evcf.training's in-run search hands CDAE the validation users (each epoch is selected on
+    them) and writes each setting's best epoch into tuning.csv."""
+    write_split(split_users(binarize_filter(popular_taste_ratings(200, 60, seed=1), 3.5, 5), 20), tmp_path)
+    data = load_split(tmp_path)
+    seen = []
+    real = CDAE.fit
+
+    def recording(self, train, **kwargs):
+        seen.append(kwargs.get("validation"))
+        return real(self, train, **kwargs)
+
+    monkeypatch.setattr(CDAE, "fit", recording)
+    run(data, dataset="t", model_name="cdae", hparams={**FAST, "weight_decays": [0.1, 1.0], "epochs": 4,
+                                                       "patience": 0, "fold_in_steps": 2},
+        train={}, seed=1, out_dir=tmp_path / "cdae", device="cpu")
+    assert len(seen) == 2 and all(v is not None for v in seen)
+    fold_in, heldout, batch_size = seen[0]
+    assert fold_in.shape == data.validation_tr.shape and (heldout != data.validation_te).nnz == 0
+    tuning = pd.read_csv(tmp_path / "cdae" / "tuning.csv")
+    assert list(tuning.columns) == ["weight_decay", "best_epoch", "epochs_run", "val_ndcg@100", "selected"]
+    assert (tuning["epochs_run"] == 4).all() and tuning["best_epoch"].between(1, 4).all()
