@@ -531,13 +531,15 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
                             "best_score": best_score, "tried": tried, "evcf_version": __version__}, ckpt_path)
         saved_at = _clock()
 
+    # a model that keeps its best epoch (CDAE) scores its epochs on the validation users itself
+    selects = {"validation": (val_in, data.validation_te, eval_batch_size)} if getattr(model, "selects_epochs", False) else {}
     with _Signals(say, f"{model_name}'s search") as signals:
         for setting in candidates[len(tried):]:
-            model.fit(data.train, seed=seed, device=device, **setting)
+            model.fit(data.train, seed=seed, device=device, **selects, **setting)
             val = evaluate(model.score, val_in, data.validation_te, batch_size=eval_batch_size,
                            device=device, metrics=(SELECT_BY,)).per_user[SELECT_BY].mean()
             log.info("%s %s: val NDCG@100 %.4f", model_name, setting or "(no settings)", val)
-            tried.append({**setting, f"val_{SELECT_BY}": float(val)})
+            tried.append({**setting, **getattr(model, "selection", {}), f"val_{SELECT_BY}": float(val)})
             if val > best_score:
                 best_score, best_state, best_setting = float(val), model.state(), setting
             if signals.received is not None and len(tried) < len(candidates):

@@ -74,9 +74,10 @@ def test_a_figure_of_another_network_is_not_used(tmp_path):
 def test_the_papers_defaults(tmp_path):
     out = _plan()
     assert out.returncode == 0, out.stderr
-    # 256 grid points; 12 rows x 2 datasets: 9 seeded x 3 seeds + 3 seedless, minus the 10 searched
-    # rows' first seeds (the winners' runs)
-    assert "jobs: 256 search (tune_point), 50 Table 1 runs" in out.stdout
+    # 288 grid points (32 for each of the three gated/EVCF-recipe rows and H+Vamp, 16 for Vamp, per
+    # dataset); 12 rows x 2 datasets: 9 seeded x 3 seeds + 3 seedless, minus the 10 searched rows'
+    # first seeds (the winners' runs)
+    assert "jobs: 288 search (tune_point), 50 Table 1 runs" in out.stdout
     assert re.search(r"hours on cpu: [\d,.]+ under tuning: full, [\d,.]+ under tuning: halving", out.stdout)
     kept, before = map(float, re.search(r"disk kept by finished runs \(train.weights\): ([\d.,]+) GB; the same "
                                         r"runs' checkpoints before this policy: ([\d.,]+) GB",

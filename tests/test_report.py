@@ -640,3 +640,126 @@ def test_what_each_row_ran_with_names_grid_winners_and_in_run_picks():
                             "lambda = 500.0")
     assert rows["Popularity"] == ("params.yaml (no grid)", "—")
     assert rows["CDAE"][0] == "mixed"
+
+
+# --- Reproduction verdicts ----------------------------------------------------------------------------
+
+def test_reproduction_verdict_rule_on_known_values():
+    """Seeds: mean ± t(0.975, n−1)·sd/√n; one run: mean ± 1.96·SE over users; inside: reproduced."""
+    from evcf.report.table import reproduction
+
+    se3 = 0.01 / math.sqrt(3)
+    half3 = 4.302652729911275 * se3  # t(0.975, 2), from a table
+    cases = [  # mean, sd, n, user SE, published -> verdict, z
+        (0.40, 0.01, 3, 0.002, 0.41, "reproduced", -0.01 / se3, "seeds"),
+        (0.40, 0.01, 3, 0.002, 0.44, "below", -0.04 / se3, "seeds"),
+        (0.40, 0.01, 3, 0.002, 0.415, "reproduced", -0.015 / se3, "seeds"),  # 2.6 SE: inside t(0.975, 2) = 4.3
+        (0.40, 0.01, 3, 0.002, 0.37, "above", 0.03 / se3, "seeds"),
+        (0.426, math.nan, 1, 0.002, 0.4259, "reproduced", 0.0001 / 0.002, "test users"),
+        (0.426, math.nan, 1, 0.002, 0.420, "above", 3.0, "test users"),  # 0.006 > 1.96 · 0.002
+        (0.426, math.nan, 1, 0.002, 0.4299, "reproduced", -1.95, "test users"),  # 0.0039 < 0.00392
+    ]
+    for mean, sd, n, user_se, published, verdict, z, source in cases:
+        got = reproduction(mean, sd, n, user_se, published)
+        assert got["verdict"] == verdict and got["se_source"] == source, (mean, published, got)
+        assert got["z"] == pytest.approx(z, rel=1e-6)
+    seeds = reproduction(0.40, 0.01, 3, 0.002, 0.41)
+    assert (seeds["ci_low"], seeds["ci_high"]) == pytest.approx((0.40 - half3, 0.40 + half3), rel=1e-9)
+    none = reproduction(0.40, 0.01, 3, 0.002, math.nan)
+    assert none["verdict"] == "no published value" and math.isnan(none["ci_low"]) and math.isnan(none["z"])
+
+
+def test_verdicts_in_the_report_from_known_runs():
+    """Three rows with published values (one reproduced, one above, one below) and one without."""
+    from evcf.report.published import PublishedValue
+
+    entries = []
+    for seed, (a, b, c) in enumerate([(0.39, 0.41, 0.40), (0.40, 0.42, 0.41), (0.41, 0.43, 0.42)], start=1):
+        entries += [("ml-20m", "mult-vae", seed, a, b, c), ("ml-20m", "mult-dae", seed, a, b, c)]
+    entries += [("ml-20m", "ease", 1, 0.39, 0.52, 0.42), ("ml-20m", "popularity", 1, 0.1, 0.2, 0.15)]
+    runs = fake_runs(entries)
+    for metric in METRICS:
+        runs[f"{metric}_se"] = 0.002
+    src = "A Test 2099, Table 9"
+    published = {("ml-20m", "mult-vae", m): PublishedValue(v, src) for m, v in zip(METRICS, (0.40, 0.42, 0.41))}
+    published |= {("ml-20m", "mult-dae", m): PublishedValue(v, src) for m, v in zip(METRICS, (0.30, 0.52, 0.41))}
+    published |= {("ml-20m", "ease", m): PublishedValue(v, src) for m, v in zip(METRICS, (0.391, 0.50, 0.43))}
+    table = build_table(runs, None, published)
+    md = render_markdown(table)
+    rows = {(r[0], r[1]): r for r in md_tables(md)["ML-20M: did the published results reproduce?"]}
+    assert len(rows) == 9  # every cell with a published value, none other
+    se = 0.01 / math.sqrt(3)  # sd over the seeds 0.01
+    assert rows[("Mult-VAE", "Recall@20")][2:] == [
+        "0.4000", f"[{0.40 - 4.302652729911275 * se:.4f}, {0.40 + 4.302652729911275 * se:.4f}] (seeds, n=3)",
+        "0.400", "reproduced (+0.0 SE)"]
+    assert rows[("Mult-DAE", "Recall@20")][5] == f"above ({0.10 / se:+.1f} SE)"
+    assert rows[("Mult-DAE", "Recall@50")][5] == f"below ({-0.10 / se:+.1f} SE)"
+    assert rows[("EASE", "Recall@20")][3] == "[0.3861, 0.3939] (test users, n=1)"
+    assert rows[("EASE", "Recall@20")][5] == "reproduced (-0.5 SE)"  # 0.39 vs 0.391, SE 0.002
+    assert rows[("EASE", "Recall@50")][5] == "above (+10.0 SE)" and rows[("EASE", "NDCG@100")][5] == "below (-5.0 SE)"
+    assert "Verdict for Popularity on ML-20M: no published value." in md
+    csv = table.set_index(["model", "metric"])
+    assert csv.loc[("popularity", "ndcg@100"), "verdict"] == "no published value"
+    assert math.isnan(csv.loc[("popularity", "ndcg@100"), "ci_low"])
+
+
+def test_a_dataset_without_published_values_gets_no_invented_verdicts():
+    runs = fake_runs([("synthetic", m, 1, 0.3, 0.4, 0.3) for m in ("cdae", "popularity")])
+    md = render_markdown(build_table(runs, None, load_published()))
+    assert "Verdict for CDAE, Popularity on Synthetic: no published value." in md
+    assert "Synthetic: did the published results reproduce?" not in md_tables(md)  # no table of numbers
+    assert not re.search(r"reproduced|above \(|below \(", md)
+
+
+# --- The paper's claims ------------------------------------------------------------------------------
+
+def write_values(root: Path, dataset: str, model: str, seed: int, values: np.ndarray) -> Path:
+    folder = root / "results" / dataset / model / f"seed-{seed}"
+    folder.mkdir(parents=True)
+    frame = pd.DataFrame(values, columns=list(METRICS))
+    frame.insert(0, "uid", UIDS)
+    frame.to_csv(folder / "per_user.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps(
+        {"dataset": dataset, "model": model, "seed": seed, **{m: float(values[:, j].mean()) for j, m in enumerate(METRICS)},
+         **{f"{m}_se": 0.01 for m in METRICS}}))
+    (folder / "history.csv").write_text("epoch,train_loss,beta,val_ndcg@100,seconds\n1,1.0,0.1,0.2,1.0\n")
+    return folder
+
+
+def test_claims_from_per_user_files_with_known_winners(tmp_path):
+    """H+Vamp (Gated) beats Mult-VAE on every user; H+Vamp beats H+Vamp (Gated) (the gating claim is
+    reversed); H+Vamp equals Vamp exactly (the hierarchy is not shown); Mult-VAE (EVCF recipe) did not
+    run, so the claims that need it are not checked."""
+    rng = np.random.default_rng(11)
+    noise = lambda: rng.normal(0, 0.005, BASE.shape)  # noqa: E731
+    hvamp = np.clip(BASE + 0.2 + noise(), 0, 1)
+    values = {"mult-vae": BASE, "hvamp-gated": np.clip(BASE + 0.1 + noise(), 0, 1), "hvamp": hvamp, "vamp": hvamp}
+    runs = [write_values(tmp_path, "ml-20m", m, s, v + 0.001 * s) for m, v in values.items() for s in (1, 2)]
+    make_report(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "table1.md").read_text()
+    claims = {r[0]: r for r in md_tables(md)["ML-20M: the paper's claims"]}
+    assert claims["H+Vamp (Gated) beats Mult-VAE"][4] == "holds on all 3 metrics"
+    assert claims["Gating helps: H+Vamp (Gated) beats H+Vamp"][4] == "reversed on all 3 metrics (the model is worse)"
+    assert claims["The hierarchy helps: H+Vamp beats Vamp"][4] == "not shown: no significant difference on any metric"
+    assert len(claims) == 3
+    assert "Not checked here: the flexible prior helps" in md and "Mult-VAE (EVCF recipe) did not both run" in md
+
+    csv = pd.read_csv(tmp_path / "out" / "claims.csv")
+    full = csv[csv["claim"] == "full-model"].set_index("metric")
+    for j, metric in enumerate(METRICS):  # against scipy on the per-user files, averaged over the seeds
+        x = (values["hvamp-gated"][:, j] + 0.0015)
+        y = (values["mult-vae"][:, j] + 0.0015)
+        assert full.loc[metric, "wilcoxon_p"] == pytest.approx(stats.wilcoxon(x, y).pvalue, rel=1e-9)
+        assert full.loc[metric, "mean_diff"] == pytest.approx((x - y).mean())
+        assert claims["H+Vamp (Gated) beats Mult-VAE"][1 + j] == (
+            f"{(x - y).mean():+.4f} (p={full.loc[metric, 'wilcoxon_p_holm']:.2g})")
+    assert np.allclose(csv["wilcoxon_p_holm"], holm(csv["wilcoxon_p"]))  # one family per dataset
+    assert "the paper's claims" in (tmp_path / "out" / "table1.html").read_text()
+
+
+def test_claim_verdict_lines():
+    from evcf.report.table import claim_verdict
+
+    rows = pd.DataFrame({"metric": list(METRICS), "outcome": ["holds", "no difference", "reversed"]})
+    assert claim_verdict(rows) == ("partly: holds on Recall@20; reversed on NDCG@100; "
+                                   "no significant difference on Recall@50")

@@ -17,6 +17,13 @@ all zeros: a zero column never enters coordinate descent, so its coefficient kee
 value, 0, and the other coefficients are those of the problem without item j.  Each thread owns
 its copy of X's value array, zeroes column j's values before the solve and restores them after.
 
+Units of the penalties (``penalty_units``).  Liang et al. 2018 (Sec. 4.4) search both penalties over
+{0.1, 0.5, 1, 5} without saying in which units.  ``"ning-karypis"`` (default) reads them as above, on
+the summed squared error, as Ning & Karypis write SLIM.  ``"sklearn"`` reads them as scikit-learn's
+``ElasticNet`` does, on the squared error averaged over the U users: alpha = l1 + l2 and
+l1_ratio = l1 / (l1 + l2) passed unscaled, as many public SLIMs do; that is the Ning–Karypis problem
+with both penalties multiplied by U (about 1e5 on ML-20M).  docs/models.md says why the default.
+
 Strong generalisation needs nothing special: W only depends on the training users, and ``score``
 applies it to any fold-in row.  The fit is deterministic (cyclic coordinate descent): seedless.
 """
@@ -47,7 +54,10 @@ log = logging.getLogger(__name__)
 _CHUNK = 32  # items per task handed to a thread
 
 
-def _enet(l1: float, l2: float, n_users: int, max_iter: int, tol: float):
+PENALTY_UNITS = ("ning-karypis", "sklearn")
+
+
+def _enet(l1: float, l2: float, n_users: int, max_iter: int, tol: float, penalty_units: str = "ning-karypis"):
     """scikit-learn's ElasticNet set up to solve SLIM's per-item problem exactly.
 
     scikit-learn minimises  (1 / 2n) ‖y − X w‖² + a·ρ ‖w‖₁ + (a (1 − ρ) / 2) ‖w‖²  with n rows.
@@ -55,16 +65,20 @@ def _enet(l1: float, l2: float, n_users: int, max_iter: int, tol: float):
     minimiser when  a·ρ = l1 / n  and  a (1 − ρ) = l2 / n, i.e.
 
         a = (l1 + l2) / n,   ρ = l1 / (l1 + l2).
+
+    With ``penalty_units="sklearn"`` the penalties are scikit-learn's own: a = l1 + l2, no 1/n.
     """
     from sklearn.linear_model import ElasticNet
 
-    return ElasticNet(alpha=(l1 + l2) / n_users, l1_ratio=l1 / (l1 + l2), positive=True,
+    scale = n_users if penalty_units == "ning-karypis" else 1
+    return ElasticNet(alpha=(l1 + l2) / scale, l1_ratio=l1 / (l1 + l2), positive=True,
                       fit_intercept=False, precompute=False, copy_X=False, max_iter=max_iter,
                       tol=tol, selection="cyclic")
 
 
 def slim_weights(train: sp.spmatrix, l1: float, l2: float, *, items: Sequence[int] | None = None,
-                 threads: int = 1, max_iter: int = 1000, tol: float = 1e-4) -> sp.csc_matrix:
+                 threads: int = 1, max_iter: int = 1000, tol: float = 1e-4,
+                 penalty_units: str = "ning-karypis") -> sp.csc_matrix:
     """SLIM's W (I × I, float64, CSC): column j solves item j's non-negative elastic net.
 
     ``items`` restricts the fit to those columns (the others stay empty), for benchmarks;
@@ -82,7 +96,7 @@ def slim_weights(train: sp.spmatrix, l1: float, l2: float, *, items: Sequence[in
         if not hasattr(local, "x"):
             # this thread's copy of the values; indices and indptr are shared read-only
             local.x = sp.csc_matrix((x.data.copy(), x.indices, x.indptr), shape=x.shape)
-            local.enet = _enet(l1, l2, n_users, max_iter, tol)
+            local.enet = _enet(l1, l2, n_users, max_iter, tol, penalty_units)
         xt, enet = local.x, local.enet
         out = []
         for j in chunk:
@@ -138,12 +152,11 @@ class SLIM(ClosedFormModel):
 
     @dataclass(frozen=True)
     class Config:
-        # Grid over both regularisation strengths in SLIM's own units (above).  Ours, meant as
-        # Liang et al. 2018's (§4.3) search of both of SLIM's regularisation parameters over
-        # {0.1, 0.5, 1, 5} as we recall it, not checked against the text here (nor is their
-        # parameterisation, which the paper does not give).
-        l1_penalties: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0)  # ours (λ of the ℓ1 term; Liang et al.'s, recalled)
-        l2_penalties: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0)  # ours (β of the ℓ2 term; Liang et al.'s, recalled)
+        # Liang et al. 2018 (Sec. 4.4) search both of SLIM's regularisation parameters over
+        # {0.1, 0.5, 1, 5} (confirmed against the text); they do not give the parameterisation.
+        l1_penalties: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0)  # Liang et al. 2018 Sec. 4.4 (λ of the ℓ1 term)
+        l2_penalties: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0)  # Liang et al. 2018 Sec. 4.4 (β of the ℓ2 term)
+        penalty_units: str = "ning-karypis"  # ours (Liang do not say): SLIM's own units; "sklearn": scikit-learn's alpha
         max_iter: int = 1000  # scikit-learn's ElasticNet default (coordinate-descent sweeps)
         tol: float = 1e-4  # scikit-learn's ElasticNet default (duality-gap tolerance)
 
@@ -170,7 +183,7 @@ class SLIM(ClosedFormModel):
         train = _check_train(train, self.n_items, self.name)
         started = time.perf_counter()
         w = slim_weights(train, l1, l2, threads=torch.get_num_threads(), max_iter=c.max_iter,
-                         tol=c.tol)
+                         tol=c.tol, penalty_units=c.penalty_units)
         self.W = w.astype(np.float32)
         self.l1, self.l2 = l1, l2
         self._W_device = None
@@ -213,6 +226,9 @@ def _validate(config: SLIM.Config, model: str) -> None:
     if all(v == 0 for v in config.l1_penalties) and all(v == 0 for v in config.l2_penalties):
         raise EvcfError(f"model {model!r}: l1_penalties and l2_penalties are all 0",
                         fix="give at least one positive penalty")
+    if config.penalty_units not in PENALTY_UNITS:
+        raise EvcfError(f"model {model!r}: penalty_units = {config.penalty_units!r} is not a valid choice",
+                        fix=f"use one of {', '.join(PENALTY_UNITS)}")
     if config.max_iter < 1:
         raise EvcfError(f"model {model!r}: max_iter = {config.max_iter} must be at least 1",
                         fix="use scikit-learn's default, 1000")

@@ -9,6 +9,8 @@ place.  Outputs, relative to ``out_dir``:
   (the HTML page is what Snakemake's report shows; published values come from
   :mod:`evcf.report.published`)
 * ``significance.csv`` — :mod:`evcf.report.stats`
+* ``claims.csv`` — the paper's claims, each row against the row it extends
+  (:func:`evcf.report.stats.claims_table`; their verdicts are in ``table1.md`` / ``table1.html``)
 * ``plots/{metrics,learning_curves,per_user_ndcg,train_time}_<dataset>.{png,csv}`` —
   :mod:`evcf.report.plots`
 * ``summary.json`` — ``{dataset: {model: {"recall@20": mean, "recall@50": mean, "ndcg@100": mean,
@@ -29,7 +31,8 @@ import pandas as pd
 from evcf.errors import EvcfError
 from evcf.report import plots
 from evcf.report.published import load_published
-from evcf.report.stats import METRICS, SIGNIFICANCE_COLUMNS, average_over_seeds, significance_table
+from evcf.report.stats import CLAIM_COLUMNS, METRICS, SIGNIFICANCE_COLUMNS, average_over_seeds, claims_table, \
+    significance_table
 from evcf.report.table import build_table, canonical_model, order_datasets, order_models, \
     render_html, render_latex, render_markdown, render_settings_markdown
 
@@ -193,6 +196,9 @@ def load_runs(runs: list[Path], benchmarks_dir: Path | None = None) -> RunData:
         tuning = metrics.get("tuning") or {}
         run_rows.append({"dataset": dataset, "model": model, "seed": seed,
                          **{m: float(metrics[m]) for m in METRICS},
+                         # the run's standard error over its test users (the verdict of a single run)
+                         **{f"{m}_se": float(metrics[f"{m}_se"]) if _is_number(metrics.get(f"{m}_se"))
+                            else float("nan") for m in METRICS},
                          "train_seconds": seconds, "time_source": source, "path": str(folder),
                          "setting_source": tuning.get("source", "as given"),
                          "setting": json.dumps(tuning.get("setting", {}), sort_keys=True),
@@ -258,14 +264,17 @@ def make_report(runs: list[Path], out_dir: Path, *, benchmarks_dir: Path | None 
         log.warning("reference model %r has no runs next to another model; significance.csv has a "
                     "header only and the table has no significance marks", reference)
     table = build_table(data.runs, significance, published)
+    claims = claims_table(averaged)
 
     outputs: dict[str, bytes] = {
-        "table1.md": (render_markdown(table, reference) + render_settings_markdown(data.runs)).encode("utf-8"),
+        "table1.md": (render_markdown(table, reference, claims)
+                      + render_settings_markdown(data.runs)).encode("utf-8"),
         "table1.csv": _csv(table),
         "table1.tex": render_latex(table, reference).encode("utf-8"),
-        "table1.html": render_html(table, reference).encode("utf-8"),
+        "table1.html": render_html(table, reference, claims).encode("utf-8"),
         "significance.csv": _csv(significance if not significance.empty
                                  else pd.DataFrame(columns=SIGNIFICANCE_COLUMNS)),
+        "claims.csv": _csv(claims if not claims.empty else pd.DataFrame(columns=CLAIM_COLUMNS)),
         "summary.json": (json.dumps(_summary(data.runs), indent=2) + "\n").encode("utf-8"),
     }
     for dataset in order_datasets(data.runs["dataset"].unique()):

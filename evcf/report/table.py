@@ -27,7 +27,16 @@ columns :data:`TABLE_COLUMNS`:
 * ``published``, ``published_source`` (empty where none), ``diff`` = mean − published;
 * ``best`` (True for the best mean of the dataset × metric), ``wilcoxon_p_holm``, ``ttest_p_holm``
   (empty for the reference model and where no test was possible), ``significant`` (Wilcoxon
-  p < :data:`SIGNIFICANCE_LEVEL`).
+  p < :data:`SIGNIFICANCE_LEVEL`);
+* the reproduction verdict (:func:`reproduction`): ``se`` and ``se_source`` (``seeds``: sd / √n over
+  n ≥ 2 seeds; ``test users``: the run's standard error over its test users, for a single run),
+  ``ci_low``, ``ci_high`` (our 95% interval), ``z`` = (ours − published) / se, and ``verdict``:
+  ``reproduced`` (the published value inside our 95% interval), ``above`` / ``below`` (ours above or
+  below it), or ``no published value``.
+
+**Verdicts and claims.**  :func:`render_markdown` and :func:`render_html` add per dataset the
+verdict of every cell with a published value, and the paper's claims checked by paired tests
+(:func:`evcf.report.stats.claims_table`), each with a one-line verdict (:func:`claim_verdict`).
 
 Markdown has no column groups, so :func:`render_markdown` writes one table per dataset (each a few
 columns wide); :func:`render_latex` and :func:`render_html` group the columns per dataset as the
@@ -45,8 +54,10 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from scipy import stats as scipy_stats
+
 from evcf.report.published import Published, load_published
-from evcf.report.stats import METRICS
+from evcf.report.stats import CLAIMS, METRICS
 
 __all__ = [
     "METRIC_LABELS",
@@ -64,6 +75,9 @@ __all__ = [
     "render_markdown",
     "render_latex",
     "render_html",
+    "reproduction",
+    "claim_verdict",
+    "NO_PUBLISHED",
 ]
 
 SIGNIFICANCE_LEVEL = 0.05  # Holm-corrected Wilcoxon p below this gets the mark
@@ -115,7 +129,16 @@ TABLE_COLUMNS = [
     "wilcoxon_p_holm",
     "ttest_p_holm",
     "significant",
+    "se",
+    "se_source",
+    "ci_low",
+    "ci_high",
+    "z",
+    "verdict",
 ]
+
+NO_PUBLISHED = "no published value"
+CONFIDENCE = 0.95  # the interval of the reproduction verdict
 
 
 def canonical_model(name: str) -> str:
@@ -165,6 +188,51 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def reproduction(mean: float, std: float, n: int, user_se: float, published: float) -> dict:
+    """The reproduction verdict of one cell: our 95% interval and where the published value lies.
+
+    With n ≥ 2 seeds (and a spread) the standard error is sd / √n and the interval
+    mean ± t_{0.975, n−1} · se; a single run uses its standard error over the test users and
+    mean ± z_{0.975} · se.  ``reproduced`` when the published value lies inside the interval, else
+    ``above`` (ours higher) or ``below``; ``z`` = (ours − published) / se in standard errors.
+    Without a published value: ``no published value`` and nothing else.
+    """
+    out = {"se": np.nan, "se_source": "", "ci_low": np.nan, "ci_high": np.nan, "z": np.nan,
+           "verdict": NO_PUBLISHED}
+    if published is None or math.isnan(published):
+        return out
+    if n >= 2 and not math.isnan(std) and std > 0:
+        se, source = std / math.sqrt(n), "seeds"
+        half = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * se
+    elif user_se is not None and not math.isnan(user_se) and user_se > 0:
+        se, source = float(user_se), "test users"
+        half = float(scipy_stats.norm.ppf(0.5 + CONFIDENCE / 2)) * se
+    else:
+        out.update(verdict="no spread to judge by")
+        return out
+    diff = mean - published
+    verdict = "reproduced" if abs(diff) <= half else "above" if diff > 0 else "below"
+    out.update(se=se, se_source=source, ci_low=mean - half, ci_high=mean + half, z=diff / se, verdict=verdict)
+    return out
+
+
+def claim_verdict(rows: pd.DataFrame) -> str:
+    """One line for a claim on one dataset from its :func:`~evcf.report.stats.claims_table` rows."""
+    by = {o: [METRIC_LABELS[m] for m in rows.loc[rows["outcome"] == o, "metric"]]
+          for o in ("holds", "reversed", "no difference")}
+    n = len(rows)
+    if len(by["holds"]) == n:
+        return f"holds on all {n} metrics"
+    if len(by["reversed"]) == n:
+        return f"reversed on all {n} metrics (the model is worse)"
+    if len(by["no difference"]) == n:
+        return "not shown: no significant difference on any metric"
+    parts = [f"holds on {', '.join(by['holds'])}" if by["holds"] else "",
+             f"reversed on {', '.join(by['reversed'])}" if by["reversed"] else "",
+             f"no significant difference on {', '.join(by['no difference'])}" if by["no difference"] else ""]
+    return "partly: " + "; ".join(p for p in parts if p)
+
+
 def build_table(runs: pd.DataFrame, significance: pd.DataFrame | None = None,
                 published: Published | None = None) -> pd.DataFrame:
     """The tidy Table 1: one row per (dataset, model, metric) that ran, columns TABLE_COLUMNS.
@@ -183,10 +251,20 @@ def build_table(runs: pd.DataFrame, significance: pd.DataFrame | None = None,
         for rec in significance.itertuples(index=False):
             sig[(rec.dataset, rec.model, rec.metric)] = (rec.wilcoxon_p_holm, rec.ttest_p_holm)
 
+    # a single run's standard error over its test users (metrics.json's <metric>_se), per cell
+    user_se: dict[tuple[str, str, str], float] = {}
+    for metric in METRICS:
+        if f"{metric}_se" in runs:
+            for (d, m), v in runs.groupby(["dataset", "model"])[f"{metric}_se"].mean().items():
+                user_se[(d, m, metric)] = float(v)
+
     records = []
     for s in stats.itertuples(index=False):
         pub = published.get((s.dataset, s.model, s.metric))
         p_w, p_t = sig.get((s.dataset, s.model, s.metric), (np.nan, np.nan))
+        verdict = reproduction(float(s.mean), float(s.std), int(s.n), user_se.get((s.dataset, s.model, s.metric),
+                                                                                      np.nan),
+                               pub.value if pub else np.nan)
         records.append({
             "row_order": models.index(s.model), "section": model_section(s.model),
             "model": s.model, "label": model_label(s.model), "dataset": s.dataset,
@@ -196,6 +274,7 @@ def build_table(runs: pd.DataFrame, significance: pd.DataFrame | None = None,
             "diff": float(s.mean) - pub.value if pub else np.nan,
             "best": False, "wilcoxon_p_holm": p_w, "ttest_p_holm": p_t,
             "significant": bool(p_w < SIGNIFICANCE_LEVEL),
+            **verdict,
         })
     table = pd.DataFrame(records, columns=TABLE_COLUMNS)
     if table.empty:
@@ -391,8 +470,57 @@ def render_settings_markdown(runs: pd.DataFrame) -> str:
                       "tuning.csv in the run folder lists every setting tried.", ""])
 
 
-def render_markdown(table: pd.DataFrame, reference: str = "mult-vae") -> str:
-    """Table 1 as GitHub-flavoured Markdown: per dataset our table, then the published comparison."""
+# --- verdicts and claims, shared by Markdown and HTML --------------------------------------------
+
+def _fmt_verdict(rec) -> str:
+    if rec.verdict in ("reproduced", "above", "below"):
+        return f"{rec.verdict} ({round(rec.z, 1) + 0.0:+.1f} SE)"  # + 0.0: no "-0.0"
+    return rec.verdict
+
+
+def _verdict_rows(table: pd.DataFrame, dataset: str) -> list[list[str]]:
+    """Model, metric, ours, our 95% interval, published, verdict: every cell with a published value."""
+    body = []
+    for row in _comparison_rows(table, dataset):
+        for metric in METRICS:
+            rec = row.cells.get((dataset, metric))
+            if rec is None or math.isnan(rec.published):
+                continue
+            interval = (f"[{rec.ci_low:.4f}, {rec.ci_high:.4f}] ({rec.se_source}, n={rec.n})"
+                        if rec.se_source else f"none (n={rec.n})")
+            body.append([row.label, METRIC_LABELS[metric], f"{rec.mean:.4f}", interval,
+                         _fmt_published(rec.published), _fmt_verdict(rec)])
+    return body
+
+
+VERDICT_NOTE = ("Verdict: reproduced when the published value lies inside our 95% interval (over seeds: "
+                "mean ± t(0.975, n−1) · sd/√n; for a single run: mean ± 1.96 · its standard error over the "
+                "test users), else above or below it; (±x SE): ours − published in our standard errors.")
+
+CLAIMS_NOTE = ("Each claim: the model against the row it extends, per test user (values averaged over "
+               "seeds), two-sided Wilcoxon signed-rank test, Holm-corrected over every claim and metric of "
+               "the dataset; a cell gives mean difference (model − row it extends) and the corrected p. "
+               "Holds: better with p < 0.05; reversed: worse with p < 0.05.")
+
+
+def _claim_parts(claims: pd.DataFrame | None, dataset: str) -> tuple[list[list[str]], list[str]]:
+    """(rows of the claims table: claim, one cell per metric, verdict; claims not checked, as text)."""
+    here = pd.DataFrame() if claims is None or claims.empty else claims[claims["dataset"] == dataset]
+    body, unchecked = [], []
+    for claim, text, model, baseline in CLAIMS:
+        rows = here[here["claim"] == claim] if len(here) else here
+        if not len(rows):
+            unchecked.append(f"{text} ({model_label(model)} and {model_label(baseline)} did not both run)")
+            continue
+        cells = {r.metric: f"{r.mean_diff:+.4f} (p={r.wilcoxon_p_holm:.2g})" for r in rows.itertuples()}
+        body.append([text[0].upper() + text[1:], *(cells.get(m, "not tested") for m in METRICS),
+                     claim_verdict(rows)])
+    return body, unchecked
+
+
+def render_markdown(table: pd.DataFrame, reference: str = "mult-vae", claims: pd.DataFrame | None = None) -> str:
+    """Table 1 as GitHub-flavoured Markdown: per dataset our table, the published comparison, the
+    reproduction verdicts and the paper's claims (``claims``: :func:`evcf.report.stats.claims_table`)."""
     lines = ["# Table 1 (regenerated)", ""]
     for dataset in _datasets(table):
         rows = _rows(table, [dataset])
@@ -411,8 +539,33 @@ def render_markdown(table: pd.DataFrame, reference: str = "mult-vae") -> str:
             if missing:
                 lines += [f"No published value for {', '.join(missing)} on {dataset_label(dataset)}.",
                           ""]
+        lines += _md_verdicts(table, dataset) + _md_claims(claims, dataset)
     lines += ["**Notes**", "", *(f"- {note}" for note in _notes(table, reference))]
     return "\n".join(lines) + "\n"
+
+
+def _md_verdicts(table: pd.DataFrame, dataset: str) -> list[str]:
+    name = dataset_label(dataset)
+    lines = [f"### {name}: did the published results reproduce?", ""]
+    body = _verdict_rows(table, dataset)
+    if body:
+        lines += [tabulate(body, headers=["Model", "Metric", "Ours", "Our 95% interval", "Published", "Verdict"],
+                           tablefmt="github", disable_numparse=True), "", VERDICT_NOTE, ""]
+    missing = _without_published(table, dataset)
+    if missing:
+        lines += [f"Verdict for {', '.join(missing)} on {name}: {NO_PUBLISHED}.", ""]
+    return lines
+
+
+def _md_claims(claims: pd.DataFrame | None, dataset: str) -> list[str]:
+    body, unchecked = _claim_parts(claims, dataset)
+    lines = [f"### {dataset_label(dataset)}: the paper's claims", ""]
+    if body:
+        lines += [tabulate(body, headers=["Claim", *(METRIC_LABELS[m] for m in METRICS), "Verdict"],
+                           tablefmt="github", disable_numparse=True), "", CLAIMS_NOTE, ""]
+    if unchecked:
+        lines += ["Not checked here: " + "; ".join(unchecked) + ".", ""]
+    return lines
 
 
 def _md_comparison(table: pd.DataFrame, dataset: str) -> str:
@@ -551,7 +704,7 @@ def _html_cell(rec) -> str:
     return f'<td class="num">{text} <span class="n">{n}</span>{mark}</td>'
 
 
-def render_html(table: pd.DataFrame, reference: str = "mult-vae") -> str:
+def render_html(table: pd.DataFrame, reference: str = "mult-vae", claims: pd.DataFrame | None = None) -> str:
     """Table 1 as a standalone HTML page (for Snakemake's report): the same content as the Markdown,
     with the columns grouped per dataset as in the paper."""
     esc = html.escape
@@ -597,6 +750,36 @@ def render_html(table: pd.DataFrame, reference: str = "mult-vae") -> str:
         if missing:
             out.append(f'<p class="note">No published value for {esc(", ".join(missing))} on '
                        f"{esc(dataset_label(dataset))}.</p>")
+    for dataset in datasets:
+        out += _html_verdicts_and_claims(table, claims, dataset)
     out += [f'<p class="note">{esc(note)}</p>' for note in _notes(table, reference, grouped=True)]
     out += ["</body>", "</html>", ""]
     return "\n".join(out)
+
+
+def _html_table(headers: list[str], body: list[list[str]]) -> list[str]:
+    esc = html.escape
+    return (["<table>", "<thead>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>", "</thead>",
+             "<tbody>"]
+            + ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in body]
+            + ["</tbody>", "</table>"])
+
+
+def _html_verdicts_and_claims(table: pd.DataFrame, claims: pd.DataFrame | None, dataset: str) -> list[str]:
+    esc, name = html.escape, dataset_label(dataset)
+    out = [f"<h2>{esc(name)}: did the published results reproduce?</h2>"]
+    body = _verdict_rows(table, dataset)
+    if body:
+        out += _html_table(["Model", "Metric", "Ours", "Our 95% interval", "Published", "Verdict"], body)
+        out.append(f'<p class="note">{esc(VERDICT_NOTE)}</p>')
+    missing = _without_published(table, dataset)
+    if missing:
+        out.append(f'<p class="note">Verdict for {esc(", ".join(missing))} on {esc(name)}: {NO_PUBLISHED}.</p>')
+    body, unchecked = _claim_parts(claims, dataset)
+    out.append(f"<h2>{esc(name)}: the paper's claims</h2>")
+    if body:
+        out += _html_table(["Claim", *(METRIC_LABELS[m] for m in METRICS), "Verdict"], body)
+        out.append(f'<p class="note">{esc(CLAIMS_NOTE)}</p>')
+    if unchecked:
+        out.append(f'<p class="note">Not checked here: {esc("; ".join(unchecked))}.</p>')
+    return out

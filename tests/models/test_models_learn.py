@@ -116,7 +116,7 @@ def test_model_beats_popularity(data, name, optimizer):
 CLOSED_FORM = {
     "wmf": {"factors": [50], "regularizations": [10.0, 100.0], "alphas": [1.0, 9.0]},
     "slim": {"l1_penalties": [2.0], "l2_penalties": [50.0]},
-    "cdae": {"weight_decays": [1e-3]},
+    "cdae": {"weight_decays": [10.0], "batch_size": 100, "epochs": 30, "patience": 5},  # params.yaml's synthetic pick
 }
 
 

@@ -98,3 +98,18 @@ def test_bad_settings_are_errors():
         build_model("slim", 5, l1_penalties=[0.0], l2_penalties=[0.0])
     with pytest.raises(EvcfError, match="4 items"):
         build_model("slim", 4).fit(sp.csr_matrix(X), l1=1.0, l2=1.0)
+
+
+def test_sklearn_units_are_ning_karypis_penalties_times_the_users():
+    """penalty_units: sklearn reads (l1, l2) as scikit-learn's alpha·ρ and alpha·(1−ρ) on the loss
+    averaged over the U users: the direct solve of SLIM's own problem with U·l1 and U·l2."""
+    n_users = X.shape[0]
+    w = slim_weights(sp.csr_matrix(X), 0.05, 0.1, penalty_units="sklearn", **TIGHT).toarray()
+    for j in range(X.shape[1]):
+        np.testing.assert_allclose(w[:, j], slim_column_directly(X, j, 0.05 * n_users, 0.1 * n_users), atol=1e-6)
+    assert SLIM.Config().penalty_units == "ning-karypis"
+    model = build_model("slim", X.shape[1], penalty_units="sklearn", l1_penalties=[0.05], l2_penalties=[0.1], **TIGHT)
+    model.fit(sp.csr_matrix(X), l1=0.05, l2=0.1)
+    np.testing.assert_allclose(model.W.toarray(), w, rtol=1e-6, atol=1e-7)
+    with pytest.raises(EvcfError, match="penalty_units"):
+        build_model("slim", 5, penalty_units="scikit")
