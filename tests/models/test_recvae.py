@@ -302,3 +302,31 @@ def test_recvae_learns_through_its_alternating_epochs():
     ndcg = ndcg_at_k(model.score(torch.from_numpy(fold_in)).numpy(), fold_in, heldout)
     assert pop_ndcg < 0.3
     assert ndcg > pop_ndcg + 0.2, f"recvae: NDCG@100 {ndcg:.3f} vs popularity {pop_ndcg:.3f}"
+
+
+def test_a_pass_may_step_several_groups():
+    """A pass naming two groups steps both optimizers: Mult-VAE split into two Adams stepped together
+    trains exactly as with one Adam over all its parameters (Adam works per element)."""
+    from evcf.models import MultVAE
+    from evcf.models.base import Phase
+
+    class TwoGroups(MultVAE):
+        def optimizer_groups(self):
+            return {"enc": list(self.encoder.parameters()), "dec": list(self.decoder.parameters())}
+
+        def epoch_phases(self, epoch):
+            return (Phase("both", ("enc", "dec")),)
+
+    cfg = training.train_config({"batch_size": 40, "total_anneal_steps": 10})
+    train = DeviceCSR(synthetic_matrix(120, 60, 1500, seed=4))
+    states = []
+    for cls in (MultVAE, TwoGroups):
+        torch.manual_seed(0)
+        model = cls(60, MultVAE.Config(hidden_size=16, latent_size=6))
+        optimizers = training.make_optimizers(model, cfg)
+        passes = training.epoch_passes(model, train, torch.Generator().manual_seed(1), cfg.batch_size, 1)
+        model.train()
+        training.train_phases(model, optimizers, passes, cfg, epoch=1, update_count=0, device=train.device)
+        states.append(_snapshot(model))
+    assert len(training.make_optimizers(TwoGroups(60, MultVAE.Config(hidden_size=16, latent_size=6)), cfg)) == 2
+    assert _same(*states)
