@@ -11,8 +11,8 @@ and checked once per epoch (:class:`TrainingDiverged`).
 
 An atomic checkpoint (``checkpoint.pt``) is written after an epoch when ``checkpoint_minutes``
 have passed since the last one (0: after every epoch) and after the last epoch.  It describes
-itself: the run's identity, model and training config, epoch, β-schedule position, optimizer
-state, every random generator's state, the best state so far, the history and the package version.
+itself: the run's identity, model and training config, epoch, β-schedule position, every
+optimizer's state, every random generator's state, the best state so far, the history and the package version.
 A run started again with the same arguments resumes from it and, on CPU, ends with the same metrics
 as an uninterrupted run (wall-clock fields excepted).
 """
@@ -45,12 +45,12 @@ from .evaluate import evaluate, summarize
 from .io import write_atomic, write_csv, write_json
 from .identity import environment, identity_diff, matrices_fingerprint, run_identity
 from .models import build_model
-from .models.base import ClosedFormModel, VAEModel
+from .models.base import ClosedFormModel, Phase, VAEModel
 from .optim import make_optimizer
 from .schedules import beta_evcf, beta_liang
 
-__all__ = ["TrainConfig", "TrainingDiverged", "Interrupted", "run", "beta_at", "resolve_device", "train_config", "train_step",
-           "train_epoch", "numerics"]
+__all__ = ["TrainConfig", "TrainingDiverged", "Interrupted", "run", "beta_at", "resolve_device", "train_config",
+           "train_step", "train_epoch", "make_optimizers", "epoch_passes", "train_phases", "numerics"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"  # resumable training state; deleted when the run finishes
@@ -324,6 +324,60 @@ def train_epoch(model: VAEModel, optimizer: torch.optim.Optimizer, batches: Iter
     return total, n_batches, update_count, beta
 
 
+def make_optimizers(model: VAEModel, cfg: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer (``cfg.optimizer``, ``cfg.lr``) per group of ``model.optimizer_groups()``."""
+    return {name: make_optimizer(cfg.optimizer, params, cfg.lr, fused=cfg.fused_optimizer)
+            for name, params in model.optimizer_groups().items()}
+
+
+class _Optimizers:
+    """Several optimizers stepped as one (a phase that steps more than one group)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def epoch_passes(model: VAEModel, train: DeviceCSR, generator: torch.Generator, batch_size: int, epoch: int
+                 ) -> list[tuple[Phase, Batches]]:
+    """Each pass of epoch ``epoch`` (``model.epoch_phases``) with its batches, in a fresh order each.
+
+    The orders are drawn from ``generator`` on the host, one ``randperm`` per pass, and copied to the
+    device here (built before the epoch, as :class:`~evcf.batches.Batches` wants).
+    """
+    return [(phase, Batches(train, torch.randperm(train.n_rows, generator=generator), batch_size))
+            for phase in model.epoch_phases(epoch)]
+
+
+def train_phases(model: VAEModel, optimizers: dict[str, torch.optim.Optimizer],
+                 passes: Iterable[tuple[Phase, Iterable[RowBatch | torch.Tensor]]], cfg: TrainConfig, *,
+                 epoch: int, update_count: int, device: torch.device) -> tuple[torch.Tensor, int, int, float]:
+    """One epoch as ``evcf train`` runs it: ``model.on_epoch_start``, then per pass ``begin_phase`` and
+    :func:`train_epoch` with the optimizer(s) of the pass's groups.  ``evcf bench`` times this.
+
+    Returns what :func:`train_epoch` returns, summed over the passes (the loss sum, the number of
+    batches), with the update count after the epoch and the last β.  No host synchronisation.
+    """
+    model.on_epoch_start(epoch)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n_batches, beta = 0, beta_at(cfg, epoch, update_count)
+    for phase, batches in passes:
+        model.begin_phase(phase)
+        stepped = [optimizers[g] for g in phase.groups]
+        optimizer = stepped[0] if len(stepped) == 1 else _Optimizers(stepped)
+        part, n, update_count, beta = train_epoch(model, optimizer, batches, cfg, epoch=epoch,
+                                                  update_count=update_count, device=device)
+        total, n_batches = total + part, n_batches + n
+    return total, n_batches, update_count, beta
+
+
 def _own_checkpoint(ckpt_path: Path, identity: dict) -> dict | None:
     """The run's checkpoint if this run wrote it, else None (a checkpoint of another run is set aside).
 
@@ -415,7 +469,11 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
         pick = torch.randperm(train.n_rows, generator=shuffle_gen)[: model.config.n_pseudo]
         model.init_pseudo_from(train.dense(pick))
     model.to(device)
-    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, fused=cfg.fused_optimizer)
+    if not model.uses_beta and cfg.beta_schedule != "none":
+        raise EvcfError(f"{model_name} weighs its KL term itself; train.beta_schedule = {cfg.beta_schedule!r} "
+                        "would be ignored", path="params.yaml",
+                        fix=f"set model_params.{model_name}.train.beta_schedule: none")
+    optimizers = make_optimizers(model, cfg)
 
     epoch, update_count, bad_epochs = 0, 0, 0
     best = {"score": -math.inf, "epoch": 0, "state": None}
@@ -423,7 +481,8 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
     ckpt = _own_checkpoint(ckpt_path, identity)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(ckpt["optimizers"][name])
         epoch, update_count, bad_epochs = ckpt["epoch"], ckpt["update_count"], ckpt["bad_epochs"]
         best, history = ckpt["best"], ckpt["history"]
         _set_rng_state(shuffle_gen, ckpt["rng"], device)
@@ -434,7 +493,8 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
     def save() -> None:
         nonlocal saved_epoch, saved_at
         _atomic_torch_save(
-            {"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            {"identity": identity, "model": model.state_dict(),
+             "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
              "epoch": epoch, "update_count": update_count, "bad_epochs": bad_epochs, "best": best,
              "history": history, "rng": _rng_state(shuffle_gen, device), "evcf_version": __version__},
             ckpt_path,
@@ -455,11 +515,11 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
             signals._where = f"{model_name} (epoch {epoch})"
             started = time.perf_counter()
             model.train()
-            # the epoch's order on the host (its row lengths size each batch without asking the device),
+            # each pass's order on the host (its row lengths size each batch without asking the device),
             # copied to the device once
-            batches = Batches(train, torch.randperm(train.n_rows, generator=shuffle_gen), cfg.batch_size)
-            total, n_batches, update_count, beta = train_epoch(model, optimizer, batches, cfg, epoch=epoch,
-                                                               update_count=update_count, device=device)
+            passes = epoch_passes(model, train, shuffle_gen, cfg.batch_size, epoch)
+            total, n_batches, update_count, beta = train_phases(model, optimizers, passes, cfg, epoch=epoch,
+                                                                update_count=update_count, device=device)
             loss = float(total) / max(n_batches, 1)  # the epoch's one read-back from the device
             if not math.isfinite(loss):
                 kept = (f"The last checkpoint (epoch {saved_epoch}) is kept" if saved_epoch is not None

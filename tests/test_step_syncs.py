@@ -36,7 +36,7 @@ from evcf.batches import Batches, DeviceCSR
 from evcf.data.shapes import synthetic_matrix
 from evcf.models import build_model
 from evcf.optim import make_optimizer
-from evcf.training import train_config, train_epoch, train_step
+from evcf.training import epoch_passes, make_optimizers, train_config, train_epoch, train_phases, train_step
 
 EVCF = Path(__file__).resolve().parents[1] / "evcf"
 MODELS = EVCF / "models"
@@ -50,6 +50,7 @@ SMALL = {  # every VAE model, small; the optimizer of the paper each comes from
     "hvamp": ({"hidden_size": 16, "z1_size": 6, "z2_size": 5, "n_pseudo": 5, "num_layers": 2}, "adam-normgrad"),
     "hvamp-gated": ({"hidden_size": 16, "z1_size": 6, "z2_size": 5, "n_pseudo": 5, "num_layers": 2},
                     "adam-normgrad"),
+    "recvae": ({"hidden_size": 16, "latent_size": 6}, "adam"),  # its epoch: 3 encoder passes, 1 decoder pass
 }
 
 
@@ -117,15 +118,18 @@ def epoch_under_watch(name: str, train: DeviceCSR, counted: Callable[[Path], boo
     torch.manual_seed(0)
     model = build_model(name, N_ITEMS, **hparams)
     model.train()
-    optimizer = make_optimizer(optimizer_name, model.parameters(), 1e-3)
-    cfg = train_config({"batch_size": 40, "precision": precision, "beta_schedule": "liang", "total_anneal_steps": 10})
-    # built outside the watch, as once per epoch in the loop: the order goes to the device here
-    batches = Batches(train, torch.randperm(120, generator=torch.Generator().manual_seed(1)), cfg.batch_size)
+    cfg = train_config({"batch_size": 40, "precision": precision, "optimizer": optimizer_name, "lr": 1e-3,
+                        "beta_schedule": "liang" if model.uses_beta else "none", "total_anneal_steps": 10})
+    optimizers = make_optimizers(model, cfg)
+    # built outside the watch, as once per epoch in the loop: each pass's order goes to the device here
+    passes = epoch_passes(model, train, torch.Generator().manual_seed(1), cfg.batch_size, epoch=1)
     with host_syncs(counted) as calls:
-        total, n_batches, updates, _ = train_epoch(model, optimizer, batches, cfg, epoch=1, update_count=0,
-                                                   device=train.device)
-        train_step(model, optimizer, train.batch([3, 4, 5], n_nonzeros=int(train.row_nnz_host[3:6].sum())), 0.1)
-    assert (n_batches, updates) == (3, 3) and total.dtype == torch.float64
+        # the loop's epoch: the model's hooks, then each of its passes (one for all but RecVAE)
+        total, n_batches, updates, _ = train_phases(model, optimizers, passes, cfg, epoch=1, update_count=0,
+                                                    device=train.device)
+        train_step(model, next(iter(optimizers.values())),
+                   train.batch([3, 4, 5], n_nonzeros=int(train.row_nnz_host[3:6].sum())), 0.1)
+    assert (n_batches, updates) == (3 * len(passes), 3 * len(passes)) and total.dtype == torch.float64
     return calls, total
 
 
@@ -143,7 +147,7 @@ def test_the_counter_sees_what_it_should():
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_an_epoch_of_the_loop_never_waits_for_the_device(train, name):
-    """train_epoch, train_step, the batches and the optimizers: no host synchronisation at all."""
+    """train_phases, train_epoch, train_step, the batches and the optimizers: no host synchronisation at all."""
     calls, total = epoch_under_watch(name, train, outside_models)
     assert calls == []
     assert torch.isfinite(total)  # read here, once, as the loop reads it at the end of the epoch

@@ -16,6 +16,7 @@ from evcf.models.base import ClosedFormModel, LossParts, VAEModel
 from evcf.models.baselines import EASE, Popularity
 from evcf.models.cdae import CDAE
 from evcf.models.multvae import EvcfMultVAE, GatedMultVAE, MultDAE, MultVAE
+from evcf.models.recvae import RecVAE
 from evcf.models.slim import SLIM
 from evcf.models.vamp import GatedHVamp, HVamp, Vamp
 from evcf.models.wmf import WMF
@@ -40,6 +41,7 @@ __all__ = [
     "WMF",
     "SLIM",
     "CDAE",
+    "RecVAE",
 ]
 
 _REGISTRY: dict[str, type] = {
@@ -55,6 +57,7 @@ _REGISTRY: dict[str, type] = {
     "wmf": WMF,
     "slim": SLIM,
     "cdae": CDAE,
+    "recvae": RecVAE,
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)

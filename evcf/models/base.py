@@ -16,7 +16,7 @@ of the users in the batch (built on the training device from a sparse matrix, on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Sequence
 
 import scipy.sparse as sp
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 
 from evcf.batches import Clicks
 
-__all__ = ["VAEModel", "ClosedFormModel", "LossParts"]
+__all__ = ["VAEModel", "ClosedFormModel", "LossParts", "Phase"]
 
 
 @dataclass
@@ -42,13 +42,51 @@ class LossParts:
     penalty: torch.Tensor  # weight penalty added to the loss (Mult-DAE's lambda * sum ||W||^2), or 0
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One pass over the training users within an epoch (see :meth:`VAEModel.epoch_phases`)."""
+
+    name: str = "all"  # what the model's loss does in this pass (the model reads it in begin_phase)
+    groups: tuple[str, ...] = ("all",)  # the optimizer groups (VAEModel.optimizer_groups) stepped in it
+
+
 class VAEModel(nn.Module):
-    """A model trained by gradient steps.  Subclasses set ``name`` and implement the two methods."""
+    """A model trained by gradient steps.  Subclasses set ``name`` and implement ``loss`` and ``score``.
+
+    How an epoch runs is part of the contract too; the defaults give the plain loop (one optimizer
+    over all parameters, one pass per epoch).  A model that trains differently overrides:
+
+    * :meth:`optimizer_groups`: named groups of parameters, each with its own optimizer;
+    * :meth:`epoch_phases`: the passes of an epoch over the training users, each in a fresh order,
+      and which groups each pass steps;
+    * :meth:`on_epoch_start` and :meth:`begin_phase`: hooks the loop calls before an epoch's passes
+      and before each pass.
+    The loop (``evcf.training.train_phases``) checkpoints every optimizer and ``state_dict()``, so
+    whatever the hooks keep belongs in the module's state (parameters or buffers).
+    """
 
     name: ClassVar[str]
     seeded: ClassVar[bool] = True  # its result depends on the seed: the pipeline runs every seed
     # with `device: cuda`, the pipeline gives its jobs a GPU (gradient steps: always worth one)
     uses_gpu: ClassVar[bool] = True
+    # False: the model weighs its KL term itself and ignores the loop's β, so the loop refuses a β
+    # schedule other than `none` for it (a setting the user typed would otherwise be ignored)
+    uses_beta: ClassVar[bool] = True
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups, one optimizer each (same kind and learning rate).  Default: one
+        group ``all`` of every parameter, in ``parameters()`` order."""
+        return {"all": list(self.parameters())}
+
+    def epoch_phases(self, epoch: int) -> Sequence[Phase]:
+        """The passes of epoch ``epoch`` (1-based), in order.  Default: one pass stepping ``all``."""
+        return (Phase(),)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called once at the start of each epoch (1-based), before its first pass.  Default: nothing."""
+
+    def begin_phase(self, phase: Phase) -> None:
+        """Called before each pass; a model whose loss depends on the pass keeps ``phase`` here."""
 
     def loss(self, x: torch.Tensor, beta: float, clicks: Clicks | None = None) -> LossParts:
         """Training-mode loss for a batch ``x`` (batch, n_items); ``beta`` weights the KL term.

@@ -195,7 +195,10 @@ def apply_hidden(layer: nn.Module, pre: Callable[[nn.Linear], torch.Tensor]) -> 
 
     ``Dense``: tanh(pre(linear)); ``GatedDense``: pre(linear) ⊗ σ(pre(gate)).  Lets a caller compute
     the products its own way (sparse rows, split inputs) and keep the activation in one place.
+    A bare ``nn.Linear`` gives its pre-activation (a model that applies its own activation: RecVAE).
     """
+    if isinstance(layer, nn.Linear):
+        return pre(layer)
     if isinstance(layer, GatedDense):
         return pre(layer.linear) * torch.sigmoid(pre(layer.gate))
     if isinstance(layer, Dense):

@@ -42,7 +42,7 @@ TIME_COLUMNS = ["model", "label", "mean_seconds", "std_seconds", "n", "source"]
 _MODEL_COLORS = {
     "mult-dae": "#1f77b4", "mult-vae": "#ff7f0e", "mult-vae-gated": "#2ca02c", "vamp": "#d62728",
     "hvamp": "#9467bd", "hvamp-gated": "#e377c2", "wmf": "#8c564b", "slim": "#bcbd22",
-    "cdae": "#17becf", "popularity": "#7f7f7f", "ease": "#393b79",
+    "cdae": "#17becf", "popularity": "#7f7f7f", "ease": "#393b79", "recvae": "#637939",
 }
 _OTHER_COLORS = ["#1b9e77", "#e6ab02", "#a6761d", "#000000", "#66a61e", "#b15928"]
 _METRIC_COLORS = {"recall@20": "#4c72b0", "recall@50": "#dd8452", "ndcg@100": "#55a868"}

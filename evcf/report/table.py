@@ -107,7 +107,7 @@ _PAPER = {
     "hvamp-gated": "H+Vamp (Gated)",
 }
 # our additional rows: the like-for-like gating ablation, then the extra baselines
-_EXTRA = {"mult-vae-evcf": "Mult-VAE (EVCF recipe)", "popularity": "Popularity", "ease": "EASE"}
+_EXTRA = {"mult-vae-evcf": "Mult-VAE (EVCF recipe)", "popularity": "Popularity", "ease": "EASE", "recvae": "RecVAE"}
 _ALIASES = {"h-vamp": "hvamp", "h-vamp-gated": "hvamp-gated"}  # spellings used in some configs
 
 SEPARATOR_TEXT = "not in the paper's Table 1"
