@@ -511,3 +511,32 @@ def test_the_bench_package_has_no_private_imports_no_cycles_and_a_light_top():
                              "print(sorted(m for m in ('torch', 'numpy', 'scipy', 'pandas') if m in sys.modules))"],
                             capture_output=True, text=True, timeout=60)
     assert loaded.stdout.strip() == "[]", loaded.stderr
+
+
+def test_a_multi_pass_model_is_timed_pass_by_pass_as_the_loop_trains_it(monkeypatch):
+    """RecVAE's epoch is 3 encoder passes and 1 decoder pass (its params.yaml row): the bench times each
+    pass's steps with that pass's optimizer and adds the passes up; a single-pass step would count
+    one pass."""
+    from evcf.bench import vae
+
+    stepped = []
+    real = evcf.training.train_step
+
+    def spy(model, optimizer, batch, beta, **kw):
+        stepped.append((model.phase.name, id(optimizer)))
+        return real(model, optimizer, batch, beta, **kw)
+
+    monkeypatch.setattr(evcf.training, "train_step", spy)
+    result = run_bench(**{**TINY_ARGS, "steps": 2, "warmup": 1}, models=["recvae"], reference_steps=0,
+                       batch_size=20)
+    entry = result["models"]["recvae"]
+    assert [p["phase"] for p in entry["passes"]] == ["encoder", "encoder", "encoder", "decoder"]
+    steps_per_pass = math.ceil(80 / 20)
+    assert entry["epoch_s"] == pytest.approx(sum(p["step_s"] for p in entry["passes"]) * steps_per_pass, rel=1e-3)
+    assert entry["steps_per_epoch"] == 4 * steps_per_pass and positive(entry["x_floor"])
+    # each pass stepped its own optimizer: the encoder passes one, the decoder pass another
+    encoder = {opt for phase, opt in stepped if phase == "encoder"}
+    decoder = {opt for phase, opt in stepped if phase == "decoder"}
+    assert len(encoder) == 1 and len(decoder) == 1 and encoder != decoder
+    assert len(stepped) == 4 * (1 + 2)  # per pass: the FLOP-counted step (warm-up 1), 2 timed
+    assert vae.bench_phases is not None

@@ -19,7 +19,7 @@ from .baselines import bench_baseline
 from .preprocess import bench_preprocess
 from .table import fmt
 from .timer import PeakMemory, gemm_rate, load_average, machine, precision_settings, rounded
-from .vae import bench_vae
+from .vae import bench_phases, bench_vae
 
 __all__ = ["run_bench", "recipe", "load_params", "load_params_checked"]
 
@@ -257,11 +257,16 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
             log.info("bench: %s, batch %d, %d warm-up + %d steps (reference %d)", name,
                      min(cfg.batch_size, the_shape.users), warmup,
                      steps, reference_steps)
+            multi_pass = model_class(name).epoch_phases is not VAEModel.epoch_phases
             with numerics(cfg, dev):  # the recipe's TF32 and deterministic settings, as in training
-                entry = bench_vae(name, model_hparams, reference_hparams.get(name, {}), cfg, data, steps=steps,
-                                  warmup=warmup, reference_steps=reference_steps, seed=seed, device=dev,
-                                  memory=memory, gemm=result["gemm"], pipelined_steps=pipelined_steps,
-                                  reference_cfg=reference_cfgs[name], reference_batches=reference_batches)
+                if multi_pass:  # an epoch of several passes (RecVAE): each pass timed as the loop trains it
+                    entry = bench_phases(name, model_hparams, cfg, data, steps=steps, warmup=warmup, seed=seed,
+                                         device=dev, memory=memory, gemm=result["gemm"])
+                else:
+                    entry = bench_vae(name, model_hparams, reference_hparams.get(name, {}), cfg, data, steps=steps,
+                                      warmup=warmup, reference_steps=reference_steps, seed=seed, device=dev,
+                                      memory=memory, gemm=result["gemm"], pipelined_steps=pipelined_steps,
+                                      reference_cfg=reference_cfgs[name], reference_batches=reference_batches)
         else:
             log.info("bench: %s (its own fit)", name)
             with numerics(cfg, dev):

@@ -13,6 +13,7 @@ import math
 import time
 from typing import Any, Iterator
 
+from ..errors import EvcfError
 from .timer import PeakMemory, load_average, spread, sync
 
 __all__ = ["step_flops", "batch_stream", "bench_vae", "PIPELINED_ROUNDS"]
@@ -61,6 +62,73 @@ def batch_stream(train: Any, batch_size: int, seed: int, dense_on_host: bool) ->
     while True:
         yield from Batches(train, torch.randperm(train.n_rows, generator=gen), batch_size,
                            dense_on_host=dense_on_host)
+
+
+def bench_phases(name: str, hparams: dict, cfg: Any, data: dict[str, Any], *, steps: int, warmup: int, seed: int,
+                 device: Any, memory: PeakMemory, gemm: dict[str, Any]) -> dict[str, Any]:
+    """A model whose epoch is several passes (``epoch_phases``: RecVAE's encoder and decoder passes),
+    timed as the loop trains it: its optimizers (``training.make_optimizers``), ``on_epoch_start``,
+    then per pass ``begin_phase`` and synchronised :func:`~evcf.training.train_step` calls with that
+    pass's optimizer(s).  The epoch is the sum over the passes of the median step × the steps of a
+    pass; the floor sums each pass's matrix-product FLOPs the same way.  No reference path (the
+    authors' code is not ours to run) and no pipelined rounds.
+    """
+    import torch
+
+    from ..evaluate import evaluate
+    from ..models import build_model
+    from ..training import beta_at, make_optimizers, train_step
+
+    train = data["train"]
+    batch = min(cfg.batch_size, train.n_rows)
+    steps_per_pass = math.ceil(train.n_rows / batch)
+    beta = beta_at(cfg, max(1, cfg.warmup_epochs), cfg.total_anneal_steps)
+    autocast = cfg.precision == "bf16"
+    torch.manual_seed(seed)
+    out: dict[str, Any] = {"batch_size": batch, "optimizer": cfg.optimizer, "fused_optimizer": cfg.fused_optimizer,
+                           "lr": cfg.lr, "precision": cfg.precision, "tf32": cfg.tf32, "hparams": hparams,
+                           "steps_per_epoch": None, "load_average_start": load_average()}
+    with memory.phase(out, "peak_rss_mib"):
+        model = build_model(name, train.shape[1], **hparams).to(device).train()
+        optimizers = make_optimizers(model, cfg)
+        batches = batch_stream(train, batch, seed, dense_on_host=False)
+        model.on_epoch_start(1)
+        phases = list(model.epoch_phases(1))
+        passes = []
+        for phase in phases:
+            model.begin_phase(phase)
+            stepped = [optimizers[g] for g in phase.groups]
+            if len(stepped) != 1:
+                raise EvcfError(f"bench: pass {phase.name!r} of {name} steps {len(stepped)} optimizer groups",
+                                fix="the bench times passes that step one group each")
+            flops = step_flops(model, stepped[0], next(batches), beta, autocast)
+            for _ in range(warmup - 1):
+                train_step(model, stepped[0], next(batches), beta, autocast=autocast)
+            times = []
+            for _ in range(steps):
+                sync(device)
+                started = time.perf_counter()
+                train_step(model, stepped[0], next(batches), beta, autocast=autocast)
+                sync(device)
+                times.append(time.perf_counter() - started)
+            passes.append({"phase": phase.name, "groups": list(phase.groups), "step_flops": flops,
+                           "step_s": spread(times)["median"], "step_spread_s": spread(times), "step_times_s": times})
+    with memory.phase(out, "eval_peak_rss_mib"):
+        model.eval()
+        sync(device)
+        started = time.perf_counter()
+        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=cfg.eval_batch_size, device=device,
+                 with_clicks=True)
+        sync(device)
+        out.update(eval_s=time.perf_counter() - started, eval_batch_size=cfg.eval_batch_size)
+    epoch_s = sum(p["step_s"] for p in passes) * steps_per_pass
+    floor = sum(p["step_flops"] for p in passes) * steps_per_pass / (gemm["gflops"] * 1e9)
+    out.update(passes=passes, steps_per_epoch=steps_per_pass * len(passes), steps_per_pass=steps_per_pass,
+               step_flops=sum(p["step_flops"] for p in passes) // len(passes),
+               step_s=epoch_s / (steps_per_pass * len(passes)), epoch_s=epoch_s,
+               users_per_s=train.n_rows / epoch_s, floor_epoch_s=floor, x_floor=epoch_s / floor,
+               reference_epoch_s=None, speedup=None, load_average_end=load_average())
+    return out
 
 
 def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data: dict[str, Any], *,
