@@ -64,6 +64,21 @@ def batch_stream(train: Any, batch_size: int, seed: int, dense_on_host: bool) ->
                            dense_on_host=dense_on_host)
 
 
+def time_evaluation(model: Any, data: dict[str, Any], cfg: Any, *, device: Any, memory: PeakMemory,
+                    into: dict[str, Any]) -> None:
+    """Time one evaluation of the held-out users with ``model`` in eval mode (``eval_s``, its peak memory)."""
+    from ..evaluate import evaluate
+
+    with memory.phase(into, "eval_peak_rss_mib"):
+        model.eval()
+        sync(device)
+        started = time.perf_counter()
+        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=cfg.eval_batch_size, device=device,
+                 with_clicks=True)
+        sync(device)
+        into.update(eval_s=time.perf_counter() - started, eval_batch_size=cfg.eval_batch_size)
+
+
 def bench_phases(name: str, hparams: dict, cfg: Any, data: dict[str, Any], *, steps: int, warmup: int, seed: int,
                  device: Any, memory: PeakMemory, gemm: dict[str, Any]) -> dict[str, Any]:
     """A model whose epoch is several passes (``epoch_phases``: RecVAE's encoder and decoder passes),
@@ -75,7 +90,6 @@ def bench_phases(name: str, hparams: dict, cfg: Any, data: dict[str, Any], *, st
     """
     import torch
 
-    from ..evaluate import evaluate
     from ..models import build_model
     from ..training import beta_at, make_optimizers, train_step
 
@@ -113,14 +127,7 @@ def bench_phases(name: str, hparams: dict, cfg: Any, data: dict[str, Any], *, st
                 times.append(time.perf_counter() - started)
             passes.append({"phase": phase.name, "groups": list(phase.groups), "step_flops": flops,
                            "step_s": spread(times)["median"], "step_spread_s": spread(times), "step_times_s": times})
-    with memory.phase(out, "eval_peak_rss_mib"):
-        model.eval()
-        sync(device)
-        started = time.perf_counter()
-        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=cfg.eval_batch_size, device=device,
-                 with_clicks=True)
-        sync(device)
-        out.update(eval_s=time.perf_counter() - started, eval_batch_size=cfg.eval_batch_size)
+    time_evaluation(model, data, cfg, device=device, memory=memory, into=out)
     epoch_s = sum(p["step_s"] for p in passes) * steps_per_pass
     floor = sum(p["step_flops"] for p in passes) * steps_per_pass / (gemm["gflops"] * 1e9)
     out.update(passes=passes, steps_per_epoch=steps_per_pass * len(passes), steps_per_pass=steps_per_pass,
@@ -158,7 +165,6 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
     import torch
 
     from ..batches import RowBatch
-    from ..evaluate import evaluate
     from ..models import build_model
     from ..optim import make_optimizer
     from ..training import beta_at, train_step
@@ -200,15 +206,8 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
         out["step_flops"] = step_flops(model, optimizer, next(batches), beta, autocast)
         for _ in range(warmup - 1):
             step(model, optimizer, batches, autocast)
-    with memory.phase(out, "eval_peak_rss_mib"):
-        model.eval()
-        sync(device)
-        started = time.perf_counter()
-        evaluate(model.score, data["eval_in"], data["eval_out"], batch_size=cfg.eval_batch_size, device=device,
-                 with_clicks=True)
-        sync(device)
-        out.update(eval_s=time.perf_counter() - started, eval_batch_size=cfg.eval_batch_size)
-        model.train()
+    time_evaluation(model, data, cfg, device=device, memory=memory, into=out)
+    model.train()
 
     paths = {"ours": (model, optimizer, batches, autocast)}
     if reference_steps:
