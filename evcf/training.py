@@ -453,14 +453,15 @@ class _Progress:
 
 
 def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: str, identity: dict,
-             seed: int, device: torch.device, out_dir: Path, stop_at: int | None, say: Callable[[str], None],
-             progress: _Progress) -> tuple[dict, list[dict], int, int, bool, int]:
+             seed: int, device: torch.device, out_dir: Path, stop_at: int | None = None,
+             say: Callable[[str], None] = log.info, progress: _Progress | None = None) -> tuple[dict, list[dict], int, int, bool, int]:
     """Train with per-epoch validation, up to ``stop_at`` epochs when given (a budget of the halving
     search: the run is left resumable there).
 
     Returns (best state, history, best epoch, epochs run, finished: the schedule ended, by its
     last epoch or by early stopping; the epoch it resumed from, 0 for a fresh start).
     """
+    progress = progress or _Progress(out_dir, dataset="", model=model_name, seed=seed, epochs=cfg.epochs)
     ckpt_path = out_dir / CHECKPOINT
     shuffle_gen = torch.Generator().manual_seed(seed)
     train = DeviceCSR(data.train, device)

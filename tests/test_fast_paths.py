@@ -56,7 +56,8 @@ CPU = torch.device("cpu")
 def test_every_vae_model_is_covered():
     from evcf.models import MODEL_NAMES, VAEModel, model_class
 
-    assert {n for n in MODEL_NAMES if issubclass(model_class(n), VAEModel)} == set(SMALL)
+    # RecVAE (several passes an epoch) has its own tests of the first layer and the loop (tests/models/test_recvae.py)
+    assert {n for n in MODEL_NAMES if issubclass(model_class(n), VAEModel)} - {"recvae"} == set(SMALL)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def test_report_bench_cli_comments_and_docstrings_change_no_code_hash(package):
     root, hashes = package
     before = hashes()
     (root / "report/table.py").write_text((root / "report/table.py").read_text() + "\nX = 1  # a change\n")
-    (root / "bench.py").write_text((root / "bench.py").read_text() + "\nY = 2\n")
+    (root / "bench" / "run.py").write_text((root / "bench" / "run.py").read_text() + "\nY = 2\n")
     (root / "cli.py").write_text((root / "cli.py").read_text() + "\nZ = 3\n")
     edit(root / "training.py", '"""Fit, select on validation', '"""Fit (docstring edited), select on validation')
     edit(root / "metrics.py", "\n", "\n# a comment added\n\n")

@@ -61,7 +61,8 @@ def test_hours_are_epochs_times_the_measured_epoch_and_its_validation(tmp_path):
     assert f"{(400 + 16 * 400 + 400) * epoch_h:,.1f} under tuning: full" in out.stdout
     assert "1 of 3 rows have no figure and are not counted" in out.stdout
     # H+Vamp has the same 16-point grid (no figure: its epochs count, its hours cannot)
-    assert "search epochs: 12,800 under tuning: full, 3,572 under tuning: halving (28% of full)" in out.stdout
+    # (H+Vamp searches num_layers too: 32 points, 32 x 45 + 11 x 89 + 4 x 266 = 3,483 under halving)
+    assert "search epochs: 19,200 under tuning: full, 5,269 under tuning: halving (27% of full)" in out.stdout
 
 
 def test_a_figure_of_another_network_is_not_used(tmp_path):
@@ -77,7 +78,7 @@ def test_the_papers_defaults(tmp_path):
     # 288 grid points (32 for each of the three gated/EVCF-recipe rows and H+Vamp, 16 for Vamp, per
     # dataset); 12 rows x 2 datasets: 9 seeded x 3 seeds + 3 seedless, minus the 10 searched rows'
     # first seeds (the winners' runs)
-    assert "jobs: 288 search (tune_point), 50 Table 1 runs" in out.stdout
+    assert "jobs: 300 search (tune_point), 54 Table 1 runs" in out.stdout  # with RecVAE's 6-point grid
     assert re.search(r"hours on cpu: [\d,.]+ under tuning: full, [\d,.]+ under tuning: halving", out.stdout)
     kept, before = map(float, re.search(r"disk kept by finished runs \(train.weights\): ([\d.,]+) GB; the same "
                                         r"runs' checkpoints before this policy: ([\d.,]+) GB",

@@ -121,7 +121,7 @@ def test_selection_sees_only_validation_users_and_test_uses_the_best_epoch(tmp_p
 
     monkeypatch.setattr(evcf.training, "evaluate", spy)
     # a learning rate that makes later epochs worse than an earlier one
-    settings = {**FAST, "epochs": 10, "lr": 0.03}
+    settings = {**FAST, "epochs": 10, "lr": 1.0}
     metrics = run(data, dataset="toy", model_name="mult-vae", hparams=dict(SMALL), train=settings, seed=3,
                   out_dir=tmp_path / "run", device="cpu")
     history = pd.read_csv(tmp_path / "run" / "history.csv")

@@ -132,10 +132,10 @@ def test_grid_winners_train_table1_and_a_grid_change_reruns_only_its_row(tmp_pat
     run([tool("snakemake"), "--cores", "2", "all"], cwd=root)
     tune_dir = root / "results/tune/synthetic-tiny/mult-vae"
     summary = pd.read_csv(tune_dir / "summary.csv")
-    assert list(summary["point"]) == ["point-0", "point-1"]
+    assert list(summary["point"]) == [0, 1]
     assert list(summary["train.lr"]) == [0.001, 0.01]
     for _, row in summary.iterrows():
-        metrics = json.loads((tune_dir / row["point"] / "metrics.json").read_text())
+        metrics = json.loads((tune_dir / f"point-{row['point']}" / "metrics.json").read_text())
         assert row["validation_ndcg@100"] == pytest.approx(metrics["validation_ndcg@100"], abs=1e-6)
         # each grid point trained with its own settings, on the first seed
         assert metrics["identity"]["train"]["lr"] == row["train.lr"] and metrics["seed"] == 1

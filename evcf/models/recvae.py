@@ -100,7 +100,8 @@ class DenseEncoder(nn.Module):
 
 def _log_normal(z: torch.Tensor, mu: torch.Tensor | float, logvar: torch.Tensor | float) -> torch.Tensor:
     """log N(z; mu, exp(logvar)) per coordinate.  (B, Z) -> (B, Z)"""
-    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
+    if not isinstance(logvar, torch.Tensor):  # a constant (the wide component): no copy to the device
+        return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * math.exp(-logvar))
     return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))
 
 

@@ -281,7 +281,7 @@ def test_cdae_learns_more_than_popularity_on_popularity_heavy_data(tmp_path):
               out_dir=tmp_path / "pop", device="cpu")
     hparams = {"hidden_size": 64, "batch_size": 100, "weight_decays": [1.0], "epochs": 25, "patience": 10,
                "fold_in_steps": 20}
-    metrics = run(data, dataset="t", model_name="cdae", hparams=hparams, train={}, seed=1,
+    metrics = run(data, dataset="t", model_name="cdae", hparams=hparams, train={"weights": "fp32"}, seed=1,
                   out_dir=tmp_path / "cdae", device="cpu")
     assert pop["ndcg@100"] > 0.2  # popularity is a strong baseline here, as on real data
     assert metrics["validation_ndcg@100"] > pop["validation_ndcg@100"] + 0.05, (metrics, pop)
@@ -290,7 +290,7 @@ def test_cdae_learns_more_than_popularity_on_popularity_heavy_data(tmp_path):
     assert tuning["best_epoch"].item() > 1  # it improved after its first epoch
 
     model = build_model("cdae", data.n_items, **hparams)
-    model.load_state(torch.load(tmp_path / "cdae" / "checkpoint.pt", weights_only=False)["state"])  # the run's pick
+    model.load_state(torch.load(tmp_path / "cdae" / "model.pt", weights_only=False)["state"])  # the run's pick
     scores = model.score(torch.from_numpy(data.test_tr.toarray().astype(np.float32))).numpy()  # (users, I)
     counts = np.asarray(data.train.sum(0)).ravel()
     pop_rank = pd.Series(counts).rank().to_numpy()
