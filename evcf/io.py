@@ -19,7 +19,7 @@ def write_with(path: Path | str, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(path.name + ".tmp")  # one writer per file: a fixed name, left nowhere on failure
     try:
         write(tmp)
         os.replace(tmp, path)
