@@ -202,6 +202,12 @@ def test_every_job_went_through_slurm(grid, cluster):
 
 def test_slurm_results_equal_the_local_run(grid, local_run):
     for model in MODELS:
-        assert metrics(grid.root, model) == metrics(local_run, model), model
+        ours, theirs = metrics(grid.root, model), metrics(local_run, model)
+        if model == "mult-vae":
+            # the failed job had trained every epoch and kept its checkpoint: the rerun resumed
+            # from it (work done once) and says so; the local run trained from scratch
+            assert ours.pop("resumed_from_epoch") == ours["epochs_run"] > 0
+            assert theirs.pop("resumed_from_epoch") == 0
+        assert ours == theirs, model
         ours = (grid.root / RUN.format(model=model) / "per_user.csv").read_bytes()
         assert ours == (local_run / RUN.format(model=model) / "per_user.csv").read_bytes(), model
