@@ -609,10 +609,45 @@ def test_bad_per_user_and_duplicates_raise(tmp_path):
     _assert_nothing_written(tmp_path / "out")
 
 
-def _settings_run(model, seed, source="params.yaml", setting=None, selected=None, tried=None):
-    return {"dataset": "synthetic", "model": model, "seed": seed, "setting_source": source,
+def _settings_run(model, seed, source="params.yaml", setting=None, selected=None, tried=None, search="",
+                  tuned_on="", dataset="synthetic"):
+    return {"dataset": dataset, "model": model, "seed": seed, "setting_source": source,
             "setting": json.dumps(setting or {}, sort_keys=True),
-            "in_run_selected": json.dumps(selected, sort_keys=True), "in_run_tried": tried}
+            "in_run_selected": json.dumps(selected, sort_keys=True), "in_run_tried": tried,
+            "search": search, "tuned_on": tuned_on}
+
+
+def test_what_each_row_ran_with_says_which_search_chose_it(tmp_path):
+    """(issue 18) full grid, successive halving, a winner borrowed from another dataset: each named."""
+    from evcf.report.table import settings_rows
+
+    runs = pd.DataFrame([
+        _settings_run("vamp", s, "search", {"train.batch_size": 50}, search="full") for s in (1, 2)
+    ] + [
+        _settings_run("hvamp", s, "search", {"train.max_beta": 1.0}, search="halving") for s in (1, 2)
+    ] + [
+        _settings_run("vamp", 1, "search", {"train.batch_size": 50}, search="full", tuned_on="ml-20m",
+                      dataset="netflix"),
+        _settings_run("hvamp", 1, "search", {"train.max_beta": 1.0}, search="halving", dataset="ml-20m"),
+        _settings_run("hvamp", 2, "search", {"train.max_beta": 1.0}, search="full", dataset="ml-20m"),
+    ])
+    rows = {(d, m): (source, shown) for d, m, source, shown in settings_rows(runs)}
+    assert rows[("synthetic", "Vamp")] == ("full grid search (validation NDCG@100)", "train.batch_size = 50")
+    assert rows[("synthetic", "H+Vamp")] == (
+        "successive halving over the grid (validation NDCG@100; a budgeted search)", "train.max_beta = 1.0")
+    assert rows[("netflix", "Vamp")][0] == "full grid search (validation NDCG@100), searched on ML-20M"
+    assert rows[("ml-20m", "H+Vamp")][0] == "mixed"  # one seed from each search: not one row's setting
+
+    # end to end: the search recorded in a run's metrics.json reaches the report's runs
+    from evcf.report import load_runs
+
+    folder = write_run(tmp_path, "synthetic", "vamp", 1)
+    record = json.loads((folder / "metrics.json").read_text())
+    record["tuning"] = {"source": "search", "search": "halving", "setting": {"train.batch_size": 50},
+                        "tuned_on": "ml-20m"}
+    (folder / "metrics.json").write_text(json.dumps(record))
+    loaded = load_runs([folder]).runs.iloc[0]
+    assert (loaded["search"], loaded["tuned_on"]) == ("halving", "ml-20m")
 
 
 def test_what_each_row_ran_with_names_grid_winners_and_in_run_picks():

@@ -201,6 +201,8 @@ def load_runs(runs: list[Path], benchmarks_dir: Path | None = None) -> RunData:
                             else float("nan") for m in METRICS},
                          "train_seconds": seconds, "time_source": source, "path": str(folder),
                          "setting_source": tuning.get("source", "as given"),
+                         # (issue 18) which search chose it, and the dataset it was searched on
+                         "search": tuning.get("search", ""), "tuned_on": tuning.get("tuned_on", ""),
                          "setting": json.dumps(tuning.get("setting", {}), sort_keys=True),
                          # a model's own search inside the run (WMF, SLIM, CDAE, EASE): its pick
                          "in_run_selected": json.dumps((metrics.get("in_run_search") or {}).get("selected"),

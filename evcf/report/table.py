@@ -402,6 +402,12 @@ def _md_cell(rec) -> str:
     return text + (MARK if rec.significant else "")
 
 
+# which search chose a row's setting (metrics.json tuning.search; runs from before the field: "")
+SEARCH_LABELS = {"full": "full grid search (validation NDCG@100)",
+                 "halving": "successive halving over the grid (validation NDCG@100; a budgeted search)",
+                 "": "grid search (validation NDCG@100)"}
+
+
 def settings_rows(runs: pd.DataFrame) -> list[tuple[str, str, str, str]]:
     """(dataset, model label, where its setting came from, the setting) per row that ran.
 
@@ -418,14 +424,19 @@ def settings_rows(runs: pd.DataFrame) -> list[tuple[str, str, str, str]]:
         here = runs[runs["dataset"] == dataset]
         for model in order_models(here["model"].unique()):
             mine = here[here["model"] == model]
-            found = mine[["setting_source", "setting"]].drop_duplicates()
+            columns = [c for c in ("setting_source", "setting", "search", "tuned_on") if c in mine]
+            found = mine[columns].fillna("").drop_duplicates()
             if len(found) != 1:
                 rows.append((dataset, model_label(model), "mixed", "the runs of this row used different settings"))
                 continue
-            source, setting = found.iloc[0]
+            chosen = found.iloc[0].to_dict()
+            source, setting = chosen["setting_source"], chosen["setting"]
             shown = _values(json.loads(setting))
-            label = {"search": "grid search (validation NDCG@100)", "params.yaml": "params.yaml (no grid)",
+            label = {"search": SEARCH_LABELS.get(chosen.get("search", ""), SEARCH_LABELS[""]),
+                     "params.yaml": "params.yaml (no grid)",
                      "as given": "as given (not run through the tuning step)"}.get(source, source)
+            if source == "search" and chosen.get("tuned_on"):  # params.yaml tune_from
+                label += f", searched on {dataset_label(chosen['tuned_on'])}"
             # (issue 19) settings typed on the command line are credited to it, not to params.yaml
             typed = sorted(set(mine["command_line"].fillna(""))) if "command_line" in mine else [""]
             if typed != [""]:
