@@ -570,8 +570,9 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
 
     The search is checkpointed as it goes (at most every ``checkpoint_minutes``, after an interrupt,
     and at the end): the settings tried, their scores and the best state.  A stopped run started
-    again skips the settings it already tried; each fit depends only on its setting and the seed, so
-    the result is the uninterrupted run's.  Returns (the history, the in-run search: the selected
+    again skips the settings it already tried; each fit depends only on its setting, the seed and,
+    for a warm-started path (SLIM), the previous fit, which the checkpoint keeps (``path``), so the
+    result is the uninterrupted run's.  Returns (the history, the in-run search: the selected
     setting and the number of settings tried).
     """
     ckpt_path = out_dir / CHECKPOINT
@@ -582,6 +583,8 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
     if ckpt is not None:
         tried, best_score = ckpt["tried"], ckpt["best_score"]
         best_state, best_setting = ckpt["state"], ckpt["setting"]
+        if hasattr(model, "load_path_state"):  # a warm-started path (SLIM) goes on from where it was
+            model.load_path_state(ckpt.get("path"))
         say(f"{model_name}: resuming its search after {len(tried)} of {len(candidates)} settings ({ckpt_path})")
     val_in = DeviceCSR(data.validation_tr, device)
     started, saved_at = time.perf_counter(), _clock()
@@ -589,7 +592,8 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
     def save() -> None:
         nonlocal saved_at
         _atomic_torch_save({"identity": identity, "model": model_name, "state": best_state, "setting": best_setting,
-                            "best_score": best_score, "tried": tried, "evcf_version": __version__}, ckpt_path)
+                            "best_score": best_score, "tried": tried, "evcf_version": __version__,
+                            "path": model.path_state() if hasattr(model, "path_state") else None}, ckpt_path)
         saved_at = _clock()
 
     # a model that keeps its best epoch (CDAE) scores its epochs on the validation users itself

@@ -276,12 +276,19 @@ def test_wmf_times_implicit_sweeps_and_extrapolates_the_recipes_fit(baselines):
         assert positive(m[key]), key
 
 
-def test_slim_fits_a_seeded_sample_and_extrapolates_per_item_times_items_over_threads(baselines):
+def test_slim_fits_a_seeded_sample_along_its_path_and_extrapolates_per_item_times_items_over_threads(baselines):
     m, items = baselines["models"]["slim"], baselines["shape"]["items"]
-    assert m["setting"] == {"l1": 0.1, "l2": 0.1} and m["grid_points"] == 16
+    assert m["grid_points"] == 16 and m["warm_start"] is True
+    assert m["setting"] == {"l1": 5.0, "l2": 5.0} == m["path"][0]  # the path starts most penalised
     assert m["items_fitted"] == 20 and sum(m["chunk_items"]) == 20 and len(m["chunk_items"]) == SLIM_CHUNKS
-    assert m["item_s_mean"] == pytest.approx(sum(m["chunk_times_s"]) / 20, rel=1e-3)
-    assert m["fit_s_extrapolated"] == pytest.approx(m["setup_s"] + m["item_s_mean"] * items / m["threads"], rel=1e-3)
+    for style in ("cold", "warm"):  # each setting of the path timed, both ways
+        assert len(m["path_setting_s"][style]) == 16 and all(positive(t) for t in m["path_setting_s"][style])
+        assert m["path_item_s"][style] == pytest.approx(sum(m["path_setting_s"][style]) / 20, rel=1e-3)
+    assert m["grid_fit_s_extrapolated"] == pytest.approx(
+        16 * m["setup_s"] + m["path_item_s"]["warm"] * items / m["threads"], rel=1e-3)
+    assert m["fit_s_extrapolated"] == pytest.approx(m["grid_fit_s_extrapolated"] / 16, rel=1e-3)
+    assert m["warm_start_speedup"] == pytest.approx(m["path_item_s"]["cold"] / m["path_item_s"]["warm"], rel=1e-3)
+    assert 0 <= m["warm_vs_cold_max_rel_diff"] < 0.05  # the same solutions up to the stopping rule
     assert m["threads"] == torch.get_num_threads()
     assert m["grid_s_extrapolated"] == pytest.approx(16 * m["fit_s_extrapolated"], rel=1e-3)
     assert m["w_mib_extrapolated"] == pytest.approx(m["w_nnz_per_item"] * items * 12 / 2**20, rel=1e-3)
@@ -320,12 +327,20 @@ def test_slim_bench_calls_the_real_solver_on_a_seeded_sample(monkeypatch):
     calls = []
     real = evcf.models.slim.slim_weights
 
-    def recording(train, l1, l2, *, items=None, threads=1, **kwargs):
-        calls.append((l1, l2, list(items), threads))
-        return real(train, l1, l2, items=items, threads=threads, **kwargs)
+    def recording(train, l1, l2, *, items=None, threads=1, start=None, **kwargs):
+        calls.append((l1, l2, list(items), threads, start))
+        return real(train, l1, l2, items=items, threads=threads, start=start, **kwargs)
 
     monkeypatch.setattr(evcf.models.slim, "slim_weights", recording)
-    args = {**BASELINE_ARGS, "models": ["slim"], "hparams": {"slim": {"l1_penalties": [0.5], "l2_penalties": [2.0]}}}
+    # a two-setting path: each chunk fits (1.0, 2.0) then (0.5, 2.0), cold and warm
+    path = {"slim": {"l1_penalties": [0.5, 1.0], "l2_penalties": [2.0]}}
+    run_bench(**{**BASELINE_ARGS, "models": ["slim"], "hparams": path}, slim_items=10)
+    assert [call[:2] for call in calls[:4]] == [(1.0, 2.0)] * 2 + [(0.5, 2.0)] * 2 and len(calls) == 4 * SLIM_CHUNKS
+    assert calls[0][4] is None and calls[1][4] is None and calls[2][4] is None  # cold, and the path's first warm fit
+    assert calls[3][4] is not None and calls[3][4][:, calls[3][2]].nnz > 0  # warm: from the previous W's columns
+    calls.clear()
+    args = {**BASELINE_ARGS, "models": ["slim"], "hparams": {"slim": {"l1_penalties": [0.5], "l2_penalties": [2.0],
+                                                                         "warm_start": False}}}
     first = run_bench(**args, slim_items=10)
     sample = [j for call in calls for j in call[2]]
     assert len(calls) == SLIM_CHUNKS and {call[:2] for call in calls} == {(0.5, 2.0)}

@@ -132,3 +132,35 @@ def test_progress_file_follows_the_run(processed, tmp_path):
     assert progress["model"] == "mult-vae" and progress["seed"] == 1 and progress["epoch_seconds"] > 0
     assert f"{metrics['ndcg@100']:.4f}" in progress["message"]
     assert abs(progress["updated"] - time.time()) < 600 and os.path.getsize(tmp_path / PROGRESS) < 1000
+
+
+def test_a_stopped_slim_search_resumes_its_warm_path_as_the_uninterrupted_one(processed, tmp_path, monkeypatch):
+    """SLIM's settings start from the previous setting's W: the checkpoint keeps that W, so a search
+    stopped after two settings ends with the uninterrupted search's scores and weights, bit for bit
+    (a cold third fit would differ within the stopping rule's slack)."""
+    from evcf.models.slim import SLIM
+
+    grid = {"l1_penalties": [0.5, 2.0], "l2_penalties": [1.0, 20.0], "tol": 1e-2}
+    kwargs = dict(dataset="toy", model_name="slim", train={"checkpoint_minutes": 0, "weights": "fp32"}, seed=1,
+                  device="cpu")
+    whole = run(load_split(processed), hparams=dict(grid), out_dir=tmp_path / "whole", **kwargs)
+    real_fit, fits = SLIM.fit, []
+
+    def failing_third(self, *args, **kw):
+        fits.append(kw)
+        if len(fits) == 3:
+            raise RuntimeError("node lost")
+        return real_fit(self, *args, **kw)
+
+    monkeypatch.setattr(SLIM, "fit", failing_third)
+    with pytest.raises(RuntimeError, match="node lost"):
+        run(load_split(processed), hparams=dict(grid), out_dir=tmp_path / "stopped", **kwargs)
+    kept = torch.load(tmp_path / "stopped" / CHECKPOINT, weights_only=False)
+    assert len(kept["tried"]) == 2 and kept["path"] is not None
+    monkeypatch.setattr(SLIM, "fit", real_fit)
+    resumed = run(load_split(processed), hparams=dict(grid), out_dir=tmp_path / "stopped", **kwargs)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "stopped/tuning.csv"), pd.read_csv(tmp_path / "whole/tuning.csv"))
+    assert _same(resumed, whole)
+    a = torch.load(tmp_path / "stopped" / WEIGHTS_FILE, weights_only=False)["state"]["W"]
+    b = torch.load(tmp_path / "whole" / WEIGHTS_FILE, weights_only=False)["state"]["W"]
+    assert (a != b).nnz == 0

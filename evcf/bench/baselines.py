@@ -10,12 +10,17 @@ extrapolated (keys ending in ``_extrapolated``, the formula next to them in ``*_
   the measured fit's setup (the measured fit minus its sweeps) plus iterations × the median sweep.
 * **SLIM** (:func:`evcf.models.slim.slim_weights`): a full fit is one elastic net per item, far
   too slow for a bench at ML-20M (20,108 of them), so a seeded sample of ``items`` items is fitted
-  by the real solver, one thread, in a few chunks.  Items differ in cost (popular items take
-  longer), so the full fit is extrapolated from the *mean* seconds per item, not the median:
-  fit = the CSC conversion + mean s / item × items / threads (the threads assumed to scale
-  perfectly; each chunk also pays the copy of X's values that a fit's thread pays once, a slight
-  overestimate).  W's memory: the mean non-zeros per column × items × (8 + 4) bytes (float64 values,
-  int32 row indices).  Evaluation is not timed: it needs the whole W.
+  by the real solver, one thread, in a few chunks, at every setting of the grid in the order
+  ``SLIM.candidates()`` gives (the regularisation path): from zero at each setting (cold) and, with
+  ``warm_start``, from the previous setting's W (warm), as ``evcf train`` runs it.  Items differ
+  in cost (popular items take longer), so the grid is extrapolated from the *mean* seconds per
+  item, not the median: grid = settings × the CSC conversion + mean s / item along the path ×
+  items / threads (the threads assumed to scale perfectly; each chunk also pays the copy of X's
+  values that a fit's thread pays once, a slight overestimate); ``fit_s_extrapolated`` is that
+  over the settings.  The warm path's W is compared with the cold one's at every setting
+  (``warm_vs_cold_max_rel_diff``: both are solutions up to the stopping rule).  W's memory: the
+  mean non-zeros per column × items × (8 + 4) bytes (float64 values, int32 row indices).
+  Evaluation is not timed: it needs the whole W.
 * **CDAE** (:class:`evcf.models.cdae.CDAETrainer`): the step that ``CDAE.fit`` takes, ``warmup``
   untimed then ``steps`` timed; the epoch is the median step × the steps of an epoch and the fit
   is the config's epochs of that.
@@ -124,8 +129,10 @@ def bench_wmf(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, sweeps
 
 def bench_slim(hparams: dict[str, Any], data: dict[str, Any], *, items: int, seed: int,
                memory: PeakMemory) -> dict[str, Any]:
-    """The real per-item solver on a seeded sample of ``items`` items, single-threaded, in
-    :data:`SLIM_CHUNKS` chunks; the full fit, the grid and W's memory extrapolated (module docstring)."""
+    """The real per-item solver along the model's whole grid (its regularisation path) on a seeded
+    sample of ``items`` items, single-threaded, in :data:`SLIM_CHUNKS` chunks: from zero at every
+    setting (cold) and, with ``warm_start``, each setting from the previous one's W (warm).  The
+    full fit, the grid and W's memory are extrapolated (module docstring)."""
     import numpy as np
     import scipy.sparse as sp
     import torch
@@ -138,37 +145,66 @@ def bench_slim(hparams: dict[str, Any], data: dict[str, Any], *, items: int, see
     model = build_model("slim", n_items, **hparams)
     c = model.config
     points = list(model.candidates())
-    setting, threads = points[0], torch.get_num_threads()
+    threads = torch.get_num_threads()
     sample = np.random.default_rng(seed).choice(n_items, size=min(items, n_items), replace=False)
     chunks = np.array_split(sample, min(SLIM_CHUNKS, sample.size))
-    out: dict[str, Any] = {"setting": setting, "max_iter": c.max_iter, "tol": c.tol, "items_fitted": int(sample.size),
-                           "chunk_items": [int(chunk.size) for chunk in chunks], "threads": threads,
-                           "epoch_s": None, "load_average_start": load_average()}
-    chunk_s, nnz = [], []
+    styles = ("cold", "warm") if c.warm_start else ("cold",)
+    out: dict[str, Any] = {"setting": points[0], "path": points, "max_iter": c.max_iter, "tol": c.tol,
+                           "penalty_units": c.penalty_units, "warm_start": c.warm_start,
+                           "hparams": {"warm_start": c.warm_start, "penalty_units": c.penalty_units},
+                           "items_fitted": int(sample.size), "chunk_items": [int(chunk.size) for chunk in chunks],
+                           "threads": threads, "epoch_s": None, "load_average_start": load_average()}
+    # seconds[style][k][chunk]: the chunk's items at the path's k-th setting
+    seconds = {style: [[0.0] * len(chunks) for _ in points] for style in styles}
+    nnz: list[int] = []
+    worst = 0.0  # the largest |W_warm - W_cold| / max |W_cold| along the path
     importlib.import_module("sklearn.linear_model")  # the solver's first import, not an item's cost
     with memory.phase(out, "peak_rss_mib"):
         started = time.perf_counter()
         x = sp.csc_matrix(train, dtype=np.float64)  # what slim_weights does first, once per fit
         x.sort_indices()
         out["setup_s"] = time.perf_counter() - started
-        for chunk in chunks:
-            started = time.perf_counter()
-            w = slim_weights(x, setting["l1"], setting["l2"], items=chunk, threads=1, max_iter=c.max_iter, tol=c.tol)
-            chunk_s.append(time.perf_counter() - started)
-            nnz.extend(np.diff(w.indptr)[chunk].tolist())
-    per_item = [t / chunk.size for t, chunk in zip(chunk_s, chunks)]
-    item_s_mean = sum(chunk_s) / sample.size
-    fit_s = out["setup_s"] + item_s_mean * n_items / threads
+        for b, chunk in enumerate(chunks):
+            previous = None  # the warm path's last W (float32, as SLIM.fit keeps it)
+            for k, setting in enumerate(points):
+                fitted = {}
+                for style in styles:
+                    started = time.perf_counter()
+                    fitted[style] = slim_weights(x, setting["l1"], setting["l2"], items=chunk, threads=1,
+                                                 max_iter=c.max_iter, tol=c.tol, penalty_units=c.penalty_units,
+                                                 start=previous if style == "warm" else None)
+                    seconds[style][k][b] = time.perf_counter() - started
+                if "warm" in fitted:
+                    previous = fitted["warm"].astype(np.float32)
+                    scale = abs(fitted["cold"]).max()
+                    if scale > 0:
+                        worst = max(worst, float(abs(fitted["warm"] - fitted["cold"]).max() / scale))
+                if k == 0:
+                    nnz.extend(np.diff(fitted["cold"].indptr)[chunk].tolist())
+    used = "warm" if c.warm_start else "cold"
+    first = [seconds["cold"][0][b] / chunk.size for b, chunk in enumerate(chunks)]  # s / item, first setting
+    path_item_s = {style: sum(map(sum, seconds[style])) / sample.size for style in styles}  # s / item, whole path
+    grid_fit_s = out["setup_s"] * len(points) + path_item_s[used] * n_items / threads
     nnz_per_item = float(np.mean(nnz))
-    out.update(item_s_mean=item_s_mean, item_spread_s=spread(per_item), chunk_times_s=chunk_s,
-               fit_s_extrapolated=fit_s, fit_formula="setup_s + item_s_mean x items / threads",
+    out.update(item_s_mean=sum(seconds["cold"][0]) / sample.size, item_spread_s=spread(first),
+               path_item_s=path_item_s,
+               path_setting_s={style: [sum(row) for row in seconds[style]] for style in styles},
+               grid_fit_s_extrapolated=grid_fit_s,
+               grid_fit_formula=f"grid_points x setup_s + path_item_s[{used}] x items / threads",
+               # the mean fit of one setting along the path (what `evcf plan` multiplies by the settings)
+               fit_s_extrapolated=grid_fit_s / len(points), fit_formula="grid_fit_s_extrapolated / grid_points",
                w_nnz_per_item=nnz_per_item, w_nnz_per_item_max=int(max(nnz)),
                w_mib_extrapolated=nnz_per_item * n_items * (8 + 4) / 2**20,
                thread_copy_mib=x.nnz * 8 / 2**20, eval_s=None)
-    _grid(out, len(points), fit_s, None)
-    out["note"] = (f"{sample.size:,} of {n_items:,} items fitted, {item_s_mean:.3g} s / item; ~fit = s / item "
-                   f"x items / {threads} threads; W ~{out['w_mib_extrapolated']:,.0f} MiB; eval not timed "
-                   "(needs all of W)")
+    if c.warm_start:
+        out["warm_start_speedup"] = path_item_s["cold"] / path_item_s["warm"]
+        out["warm_vs_cold_max_rel_diff"] = worst
+    _grid(out, len(points), out["fit_s_extrapolated"], None)
+    speed = (f"; warm starts {out['warm_start_speedup']:.2f}x faster than cold (W within {worst:.1e} of cold's)"
+             if c.warm_start else "")
+    out["note"] = (f"{sample.size:,} of {n_items:,} items fitted along the {len(points)}-setting path, "
+                   f"{path_item_s[used]:.3g} s / item ({used}){speed}; ~grid = s / item x items / {threads} "
+                   f"threads; W ~{out['w_mib_extrapolated']:,.0f} MiB (first setting); eval not timed (needs all of W)")
     out["load_average_end"] = load_average()
     return out
 

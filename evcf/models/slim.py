@@ -57,7 +57,8 @@ _CHUNK = 32  # items per task handed to a thread
 PENALTY_UNITS = ("ning-karypis", "sklearn")
 
 
-def _enet(l1: float, l2: float, n_users: int, max_iter: int, tol: float, penalty_units: str = "ning-karypis"):
+def _enet(l1: float, l2: float, n_users: int, max_iter: int, tol: float, penalty_units: str = "ning-karypis",
+          warm_start: bool = False):
     """scikit-learn's ElasticNet set up to solve SLIM's per-item problem exactly.
 
     scikit-learn minimises  (1 / 2n) ‖y − X w‖² + a·ρ ‖w‖₁ + (a (1 − ρ) / 2) ‖w‖²  with n rows.
@@ -73,22 +74,34 @@ def _enet(l1: float, l2: float, n_users: int, max_iter: int, tol: float, penalty
     scale = n_users if penalty_units == "ning-karypis" else 1
     return ElasticNet(alpha=(l1 + l2) / scale, l1_ratio=l1 / (l1 + l2), positive=True,
                       fit_intercept=False, precompute=False, copy_X=False, max_iter=max_iter,
-                      tol=tol, selection="cyclic")
+                      tol=tol, selection="cyclic", warm_start=warm_start)
 
 
 def slim_weights(train: sp.spmatrix, l1: float, l2: float, *, items: Sequence[int] | None = None,
                  threads: int = 1, max_iter: int = 1000, tol: float = 1e-4,
-                 penalty_units: str = "ning-karypis") -> sp.csc_matrix:
+                 penalty_units: str = "ning-karypis", start: sp.spmatrix | None = None) -> sp.csc_matrix:
     """SLIM's W (I × I, float64, CSC): column j solves item j's non-negative elastic net.
 
     ``items`` restricts the fit to those columns (the others stay empty), for benchmarks;
     ``threads`` threads share the items.  ``max_iter``/``tol`` are scikit-learn's stopping rule
     (at most ``max_iter`` sweeps; stop when the duality gap is below ``tol`` · ‖y‖² / n).
+
+    ``start`` (I × I, zero diagonal, non-negative): a warm start, column j of it is where item j's
+    coordinate descent begins (the previous setting's W along a regularisation path).  Each
+    problem is strictly convex when l2 > 0 (convex otherwise), so the solution is the cold start's
+    up to the same stopping rule; only the number of sweeps changes.
     """
     x = sp.csc_matrix(train, dtype=np.float64)  # (U, I) column-major: coordinate descent's layout
     x.sort_indices()
     n_users, n_items = x.shape
     items = np.arange(n_items) if items is None else np.asarray(items, dtype=np.int64)
+    if start is not None:
+        start = sp.csc_matrix(start, dtype=np.float64)
+        if start.shape != (n_items, n_items):
+            raise ValueError(f"SLIM: the warm start is {start.shape}, not ({n_items}, {n_items})")
+        if start.diagonal().any():  # item j's own coefficient is never updated: it must start at 0
+            raise ValueError("SLIM: the warm start has non-zero self-weights (its diagonal)")
+        start.sort_indices()
     local = threading.local()
     unconverged: list[int] = []  # items whose solve stopped at max_iter (list.append is atomic)
 
@@ -96,7 +109,7 @@ def slim_weights(train: sp.spmatrix, l1: float, l2: float, *, items: Sequence[in
         if not hasattr(local, "x"):
             # this thread's copy of the values; indices and indptr are shared read-only
             local.x = sp.csc_matrix((x.data.copy(), x.indices, x.indptr), shape=x.shape)
-            local.enet = _enet(l1, l2, n_users, max_iter, tol, penalty_units)
+            local.enet = _enet(l1, l2, n_users, max_iter, tol, penalty_units, warm_start=start is not None)
         xt, enet = local.x, local.enet
         out = []
         for j in chunk:
@@ -104,6 +117,11 @@ def slim_weights(train: sp.spmatrix, l1: float, l2: float, *, items: Sequence[in
             y = np.zeros(n_users)  # (U,) the target: item j's column
             y[x.indices[lo:hi]] = x.data[lo:hi]
             xt.data[lo:hi] = 0.0  # item j may not predict itself
+            if start is not None:  # scikit-learn's warm start begins from coef_
+                coef0 = np.zeros(n_items)
+                s0, s1 = start.indptr[j], start.indptr[j + 1]
+                coef0[start.indices[s0:s1]] = start.data[s0:s1]
+                enet.coef_ = coef0
             try:
                 enet.fit(xt, y, check_input=False)
             finally:
@@ -159,6 +177,7 @@ class SLIM(ClosedFormModel):
         penalty_units: str = "ning-karypis"  # ours (Liang do not say): SLIM's own units; "sklearn": scikit-learn's alpha
         max_iter: int = 1000  # scikit-learn's ElasticNet default (coordinate-descent sweeps)
         tol: float = 1e-4  # scikit-learn's ElasticNet default (duality-gap tolerance)
+        warm_start: bool = True  # ours: each setting starts from the previous setting's W (the same solution up to tol, fewer sweeps)
 
     def __init__(self, n_items: int, config: Config | None = None):
         self.config = config if config is not None else self.Config()
@@ -168,11 +187,30 @@ class SLIM(ClosedFormModel):
         self.l1: float | None = None
         self.l2: float | None = None
         self._W_device: torch.Tensor | None = None  # Wᵀ, torch sparse COO on the scoring device
+        self._path: sp.csc_matrix | None = None  # the last fit's W (float32): the next setting's warm start
 
     def candidates(self) -> Iterable[dict[str, Any]]:
+        """The grid as a regularisation path: from the most to the least penalised, and with
+        ``warm_start`` each setting changes one penalty from the one before (l1 descending, l2
+        sweeping down then up), so that each fit starts near its solution.  Without warm starts
+        the grid is in the order written."""
         c = self.config
-        return [{"l1": float(l1), "l2": float(l2)}
-                for l1, l2 in itertools.product(c.l1_penalties, c.l2_penalties)]
+        if not c.warm_start:
+            return [{"l1": float(l1), "l2": float(l2)}
+                    for l1, l2 in itertools.product(c.l1_penalties, c.l2_penalties)]
+        l2s = sorted(set(c.l2_penalties), reverse=True)
+        path = []
+        for k, l1 in enumerate(sorted(set(c.l1_penalties), reverse=True)):
+            path += [{"l1": float(l1), "l2": float(l2)} for l2 in (l2s if k % 2 == 0 else l2s[::-1])]
+        return path
+
+    def path_state(self) -> dict[str, Any] | None:
+        """What the next fit starts from (the training loop keeps it in the search's checkpoint, so
+        that a resumed search warm-starts exactly as the uninterrupted one)."""
+        return {"W": self._path} if self.config.warm_start and self._path is not None else None
+
+    def load_path_state(self, state: dict[str, Any] | None) -> None:
+        self._path = None if state is None else sp.csc_matrix(state["W"], dtype=np.float32)
 
     def fit(self, train: sp.spmatrix, *, seed: int = 0, device: torch.device | None = None,
             **setting: Any) -> None:
@@ -182,13 +220,17 @@ class SLIM(ClosedFormModel):
         _check_penalties(l1, l2)
         train = _check_train(train, self.n_items, self.name)
         started = time.perf_counter()
+        start = self._path if c.warm_start else None
         w = slim_weights(train, l1, l2, threads=torch.get_num_threads(), max_iter=c.max_iter,
-                         tol=c.tol, penalty_units=c.penalty_units)
+                         tol=c.tol, penalty_units=c.penalty_units, start=start)
         self.W = w.astype(np.float32)
+        # the next start is this W as kept (float32), in a resumed search as in an uninterrupted one
+        self._path = self.W if c.warm_start else None
         self.l1, self.l2 = l1, l2
         self._W_device = None
-        log.debug("SLIM fitted with l1=%g l2=%g: %d non-zeros (%.1f per item) in %.1fs", l1, l2,
-                  w.nnz, w.nnz / max(1, self.n_items), time.perf_counter() - started)
+        log.debug("SLIM fitted with l1=%g l2=%g%s: %d non-zeros (%.1f per item) in %.1fs", l1, l2,
+                  " (warm start)" if start is not None else "", w.nnz, w.nnz / max(1, self.n_items),
+                  time.perf_counter() - started)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         if self.W is None:

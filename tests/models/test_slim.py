@@ -113,3 +113,57 @@ def test_sklearn_units_are_ning_karypis_penalties_times_the_users():
     np.testing.assert_allclose(model.W.toarray(), w, rtol=1e-6, atol=1e-7)
     with pytest.raises(EvcfError, match="penalty_units"):
         build_model("slim", 5, penalty_units="scikit")
+
+
+# --- warm starts along the regularisation path (issue 18) ------------------------------------------
+
+def test_the_grid_is_a_path_from_most_to_least_penalised_one_penalty_changing_at_a_time():
+    model = build_model("slim", 5, l1_penalties=[0.1, 1.0, 0.5], l2_penalties=[2.0, 0.5])
+    assert [(s["l1"], s["l2"]) for s in model.candidates()] == [
+        (1.0, 2.0), (1.0, 0.5), (0.5, 0.5), (0.5, 2.0), (0.1, 2.0), (0.1, 0.5)]
+    cold = build_model("slim", 5, l1_penalties=[0.1, 1.0], l2_penalties=[2.0, 0.5], warm_start=False)
+    assert [(s["l1"], s["l2"]) for s in cold.candidates()] == [(0.1, 2.0), (0.1, 0.5), (1.0, 2.0), (1.0, 0.5)]
+
+
+def test_a_warm_started_path_reaches_each_settings_own_solution(monkeypatch):
+    """Each fit starts from the previous W, and still lands on the direct solve of its own problem."""
+    import evcf.models.slim as slim_module
+
+    starts = []
+    real = slim_module.slim_weights
+
+    def recording(*args, start=None, **kwargs):
+        starts.append(None if start is None else start.copy())
+        return real(*args, start=start, **kwargs)
+
+    monkeypatch.setattr(slim_module, "slim_weights", recording)
+    model = build_model("slim", 5, l1_penalties=[0.1, 1.0], l2_penalties=[0.5, 2.0], **TIGHT)
+    previous = None
+    for setting in model.candidates():
+        model.fit(sp.csr_matrix(X), **setting)
+        if previous is None:
+            assert starts[-1] is None
+        else:  # the previous setting's W, as kept
+            assert (starts[-1] != previous).nnz == 0
+        w = model.W.toarray()
+        for j in range(X.shape[1]):
+            np.testing.assert_allclose(w[:, j], slim_column_directly(X, j, setting["l1"], setting["l2"]),
+                                       atol=1e-5, err_msg=f"{setting} column {j}")
+        assert (np.diag(w) == 0).all()
+        previous = model.W.copy()
+
+
+def test_a_warm_start_matches_the_cold_start_and_takes_fewer_sweeps():
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((300, 40)) < 0.15).astype(np.float64))
+    cold = slim_weights(x, 0.5, 1.0, tol=1e-8, max_iter=10_000)
+    before = slim_weights(x, 1.0, 1.0, tol=1e-8, max_iter=10_000)
+    warm = slim_weights(x, 0.5, 1.0, tol=1e-8, max_iter=10_000, start=before)
+    np.testing.assert_allclose(warm.toarray(), cold.toarray(), atol=1e-6)
+    assert (warm.diagonal() == 0).all()
+    same = slim_weights(x, 0.5, 1.0, tol=1e-8, max_iter=1, start=cold)  # one sweep from the solution
+    np.testing.assert_allclose(same.toarray(), cold.toarray(), atol=1e-6)
+    with pytest.raises(ValueError, match="warm start"):
+        slim_weights(x, 0.5, 1.0, start=sp.csc_matrix((3, 3)))
+    with pytest.raises(ValueError, match="self-weights"):
+        slim_weights(x, 0.5, 1.0, start=sp.identity(40, format="csc"))
