@@ -107,7 +107,12 @@ def _pick(figures: list[Figure], hparams: dict, train: dict) -> tuple[Figure | N
     def mismatches(figure: Figure) -> list[str]:
         return [k for k, v in figure.recorded.items() if k in wanted and wanted[k] is not None and wanted[k] != v]
 
-    ranked = sorted(figures, key=lambda f: len(mismatches(f)))
+    def matches(figure: Figure) -> int:
+        return sum(1 for k, v in figure.recorded.items() if k in wanted and wanted[k] == v)
+
+    # fewest settings that differ from the run's; then the figure that recorded most of them (a
+    # figure from before a setting existed says nothing about it)
+    ranked = sorted(figures, key=lambda f: (len(mismatches(f)), -matches(f)))
     best = ranked[0]
     model_keys = [k for k in mismatches(best) if k.startswith("model.")]
     if model_keys:  # another network or search: its cost says nothing about this one

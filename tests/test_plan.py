@@ -72,6 +72,20 @@ def test_a_figure_of_another_network_is_not_used(tmp_path):
     assert row.epoch_h is None and "model.hidden_size" in row.note
 
 
+def test_the_figure_that_recorded_the_runs_settings_is_preferred(tmp_path):
+    """SLIM: a figure from before warm starts (nothing recorded) and one measured along the warm path;
+    a warm-started run uses the second, a cold one the first (the second is of another search)."""
+    bench = _bench(tmp_path / "bench", slim={"fit_s_extrapolated": 1000.0})
+    (bench / "later.json").write_text(json.dumps({
+        "device": "cpu", "shape": {"name": "ml-20m"}, "eval_users": 1000,
+        "models": {"slim": {"fit_s_extrapolated": 400.0, "hparams": {"warm_start": True}}}}))
+    for warm, fit_s in ((True, 400.0), (False, 1000.0)):
+        config = load_config(PARAMS, ["datasets=[ml-20m]", "models=[slim]",
+                                      f"model_params={{slim: {{model: {{warm_start: {str(warm).lower()}}}}}}}"])
+        (row,) = make_plan(config, device="cpu", figures=bench_figures(bench))
+        assert row.unit == "run" and row.epoch_h == pytest.approx(fit_s * 16 / 3600), (warm, row.note)
+
+
 def test_the_papers_defaults(tmp_path):
     out = _plan()
     assert out.returncode == 0, out.stderr
