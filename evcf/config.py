@@ -16,8 +16,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
-from .data.readers import RAW_FORMATS
-from .data.split import FINGERPRINT_KEYS
 from .errors import EvcfError
 from .identity import CLOSED_FORM_TRAIN
 
@@ -60,6 +58,8 @@ def build_schema() -> dict[str, Any]:
     Training and model sections take their keys and types from ``TrainConfig`` and each model's
     ``Config`` dataclass, so the schema cannot drift from the code.
     """
+    from .data.readers import RAW_FORMATS  # here, not at the top: they import pandas, which the bench's
+    from .data.split import FINGERPRINT_KEYS  # recipes (run_settings) do not need
     from .models import MODEL_NAMES, model_class
     from .training import TrainConfig
 

@@ -14,11 +14,15 @@
 #   bench-tf32.json   params.yaml's recipes, in each precision: per-step latency (20 synchronised
 #   bench-bf16.json   steps after 3 warm-up) and pipelined throughput (100 steps queued in 5 rounds,
 #                     one synchronisation each: steps/s, users/s, s/epoch), FLOP floor, evaluation
-#   tests.json        tests/test_cuda.py's outcome, test by test (or that pytest is not installed)
+#   tests.json        tests/test_cuda.py's outcome, test by test (skipped where pytest is not installed)
 #   numerics.json     fp32 vs TF32 vs bf16 test NDCG@100 and Recall@20, Mult-VAE and Vamp, seeds
-#                     1-3, on the synthetic data (scripts/numerics_check.py; rewritten after each run)
+#                     1-3, on the synthetic data (scripts/numerics_check.py; rewritten after each run);
+#                     skipped, and said so, where numpy, scipy or pandas is not installed
 #   summary.json      each stage's status (ok, failed, timed out, skipped), seconds, limit and file
 #   *.log             each stage's output
+# It needs torch alone: env, gemm and the bench stages run with nothing else installed (the bench
+# draws its synthetic data with torch and reads params.yaml with evcf's YAML subset reader where
+# numpy, scipy and PyYAML are absent: the JSON's synthetic_data and params_check say so).
 # On the CPU the TF32 parts are skipped (CUDA only) and said so.  Options:
 #   --device cuda|cpu   (default cuda)
 #   --budget SECONDS    the whole check's time (default 450); each stage gets at most its own limit
@@ -139,11 +143,28 @@ for precision in "${precisions[@]}"; do
         --out "$dest/bench-$precision.json"
 done
 
-stage tests "$dest/tests.json" "$(limit_of tests)" \
-    "$PYTHON" "$stages" tests --out "$dest/tests.json" -- -rxXs tests/test_cuda.py
+# absent NAME...: those of the Python modules NAME that do not import here, comma-separated
+absent() {
+    "$PYTHON" -c 'import importlib.util, sys
+print(", ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))' "$@" 2>/dev/null
+}
 
-stage numerics "$dest/numerics.json" "$(limit_of numerics)" \
-    "$PYTHON" scripts/numerics_check.py --device "$device" --models mult-vae vamp "${numerics_args[@]}" \
-    --out "$dest/numerics.json"
+missing=$(absent pytest)
+if [ -n "$missing" ]; then
+    skip tests "$dest/tests.json" "pytest is not installed here: the CUDA tests did not run"
+else
+    stage tests "$dest/tests.json" "$(limit_of tests)" \
+        "$PYTHON" "$stages" tests --out "$dest/tests.json" -- -rxXs tests/test_cuda.py
+fi
+
+# the numerics check trains through the whole pipeline (the split, the metrics table): numpy, scipy, pandas
+missing=$(absent numpy scipy pandas)
+if [ -n "$missing" ]; then
+    skip numerics "$dest/numerics.json" "needs numpy, scipy and pandas: $missing not installed here"
+else
+    stage numerics "$dest/numerics.json" "$(limit_of numerics)" \
+        "$PYTHON" scripts/numerics_check.py --device "$device" --models mult-vae vamp "${numerics_args[@]}" \
+        --out "$dest/numerics.json"
+fi
 
 echo "gpu_check: done in $(( $(date +%s) - started )) s; see $dest/summary.json"

@@ -18,9 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("mult-vae", "vamp", "hvamp-gated")
 # not on the GPU machine's image (or not needed there): the check must run without them
 ABSENT = ("jsonschema", "implicit", "sklearn", "tabulate")
+# a machine with Python and torch alone (issue 22): none of evcf's other dependencies
+BARE = (*ABSENT, "numpy", "scipy", "pandas", "yaml", "pytest", "tqdm", "snakemake")
 
 BLOCKER = '''
-# as if the modules named in EVCF_TEST_BLOCKED_MODULES were not installed: every finder says "not found"
+# as if the modules named in EVCF_TEST_BLOCKED_MODULES (packages, or dotted module names) were not
+# installed: every finder says "not found"
 import os, sys
 
 _BLOCKED = set(filter(None, os.environ.get("EVCF_TEST_BLOCKED_MODULES", "").split(",")))
@@ -31,7 +34,7 @@ class _Absent:
         self._inner = inner
 
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in _BLOCKED:
+        if name in _BLOCKED or name.split(".")[0] in _BLOCKED:
             return None
         return self._inner.find_spec(name, path, target)
 
@@ -184,13 +187,13 @@ def test_a_stage_that_wrote_nothing_leaves_a_stand_in_and_its_status(tmp_path):
 
 
 def test_a_failing_stage_does_not_stop_the_later_ones(tmp_path):
-    """Without pandas, training cannot import: each bench fails, and the stages after it still run."""
+    """Without evcf.training, nothing trains: each bench fails, and the stages after it still run."""
     tree = copy_tree(tmp_path / "tree")
     dest = tmp_path / "out"
     dest.mkdir()
     (dest / "bench-fp32.json").write_text('{"models": {"mult-vae": {"epoch_s": 1.0}}}\n')  # an earlier check's
     proc = subprocess.run(["bash", str(tree / "scripts" / "gpu_check.sh"), str(dest), "--device", "cpu"],
-                          cwd=tmp_path, env=bare_env(tmp_path, ("pandas",)), capture_output=True, text=True,
+                          cwd=tmp_path, env=bare_env(tmp_path, ("evcf.training",)), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stages = load(dest, "summary.json")["stages"]
@@ -199,9 +202,8 @@ def test_a_failing_stage_does_not_stop_the_later_ones(tmp_path):
     for name in ("bench-fp32", "bench-bf16", "numerics"):
         assert stages[name]["status"].startswith("failed (exit ") and stages[name]["stand_in"] is True, name
         stand_in = load(dest, f"{name}.json")
-        assert stand_in["measured"] is False and "No module named 'pandas'" in stand_in["log_tail"]
+        assert stand_in["measured"] is False and "No module named 'evcf.training'" in stand_in["log_tail"]
     assert stages["tests"]["status"] == "ok" and load(dest, "tests.json")["pytest_exit_code"] != 0  # recorded
-    assert load(dest, "env.json")["packages"]["pandas"] is False
 
 
 def test_without_cuda_the_cuda_check_stops_at_once_and_says_why(tmp_path):
@@ -214,3 +216,51 @@ def test_without_cuda_the_cuda_check_stops_at_once_and_says_why(tmp_path):
     env = json.loads((dest / "env.json").read_text())
     assert env["usable"] is False and "cannot see CUDA" in env["problem"]
     assert sorted(p.name for p in dest.iterdir()) == ["env.json", "env.log"]  # nothing measured, nothing faked
+
+
+@pytest.fixture(scope="module")
+def bare_checked(tmp_path_factory):
+    """The check with torch the only third-party package that imports (issue 22's GPU machine)."""
+    tmp = tmp_path_factory.mktemp("gpu-check-bare")
+    tree = copy_tree(tmp / "tree")
+    env = bare_env(tmp, BARE)
+    blocked = subprocess.run([sys.executable, "-c", "import numpy"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert blocked.returncode != 0 and "No module named 'numpy'" in blocked.stderr  # the blocker blocks
+    assert subprocess.run([sys.executable, "-c", "import torch"], env=env, timeout=120).returncode == 0
+    dest = tmp / "out"
+    proc = subprocess.run(["bash", str(tree / "scripts" / "gpu_check.sh"), str(dest), "--device", "cpu"],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    return proc, dest
+
+
+def test_with_torch_alone_the_bench_stages_measure_and_the_others_say_why_not(bare_checked):
+    proc, dest = bare_checked
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    stages = load(dest, "summary.json")["stages"]
+    assert {name: s["status"] for name, s in stages.items()} == {
+        "env": "ok", "gemm": "ok", "bench-fp32": "ok", "bench-tf32": "skipped (CUDA only)", "bench-bf16": "ok",
+        "tests": "skipped (pytest is not installed here: the CUDA tests did not run)",
+        "numerics": "skipped (needs numpy, scipy and pandas: numpy, scipy, pandas not installed here)"}
+    assert not any(s.get("stand_in") for s in stages.values())
+    env = load(dest, "env.json")
+    assert not any(env["packages"][p] for p in ("numpy", "scipy", "pandas", "yaml", "jsonschema", "pytest"))
+    assert load(dest, "numerics.json") == {"stage": "numerics", "measured": False,
+                                           "skipped": "needs numpy, scipy and pandas: numpy, scipy, pandas not "
+                                                      "installed here"}
+    for precision in ("fp32", "bf16"):
+        bench = load(dest, f"bench-{precision}.json")
+        assert bench["complete"] is True and bench["precision"] == precision and set(bench["models"]) == set(MODELS)
+        assert bench["params_check"].startswith("evcf's YAML subset reader")  # said, not hidden
+        assert bench["synthetic_data"].startswith("torch (numpy is not installed)")
+        assert bench["recipes"].endswith("data.ml-20m")
+        for name, m in bench["models"].items():
+            assert m["precision"] == precision, name
+            for key in ("step_s", "users_per_s", "pipelined_steps_per_s", "pipelined_users_per_s", "step_flops",
+                        "eval_s"):
+                assert positive(m[key]), (name, key, m[key])
+            assert len(m["step_times_s"]) == 2 and sum(m["pipelined_round_steps"]) == 4
+        # params.yaml's recipes reached the models: Vamp's optimizer and learning rate, and its pseudo-inputs
+        # from the command line on top
+        assert bench["models"]["vamp"]["optimizer"] == "adam-normgrad" and bench["models"]["vamp"]["lr"] == 0.0005
+        assert bench["models"]["vamp"]["hparams"]["n_pseudo"] == 8

@@ -45,8 +45,10 @@ def load_params_checked(path: Path) -> tuple[dict, str]:
     With PyYAML and jsonschema (the pipeline's environment): read and validated as the pipeline
     does (``"schema"``).  Without jsonschema: read by PyYAML with anchors refused, not validated
     against the schema (``"yaml only: ..."``); each setting the bench uses still goes through the
-    model's and training's config dataclasses, which refuse unknown keys.  Without PyYAML: an
-    EvcfError naming the package.
+    model's and training's config dataclasses, which refuse unknown keys.  Without PyYAML (a GPU
+    machine with torch only): read by :mod:`evcf.yamlsubset`, which reads params.yaml's subset of
+    YAML as PyYAML does and refuses the rest (anchors and aliases included), not validated
+    (``"evcf's YAML subset reader: ..."``).
     """
     from ..config import check_plain_yaml, validate
 
@@ -56,8 +58,12 @@ def load_params_checked(path: Path) -> tuple[dict, str]:
     try:
         import yaml
     except ImportError:
-        raise EvcfError("PyYAML is not installed, so the params file cannot be read", path=path,
-                        fix="install pyyaml, or leave out --params (the code's defaults)") from None
+        from ..yamlsubset import load_file
+
+        log.warning("bench: PyYAML is not installed: %s is read by evcf's YAML subset reader, not validated "
+                    "against the schema", path)
+        return load_file(path), ("evcf's YAML subset reader: PyYAML and jsonschema absent, not validated "
+                                 "against the schema")
     check_plain_yaml(path)
     config = yaml.safe_load(path.read_text())
     try:
@@ -104,13 +110,30 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     called with the results so far (``"complete": false``) after each model, so that a run cut
     short keeps the models it measured.
     """
-    import numpy as np
     import torch
 
     from .. import __version__
     from ..batches import DeviceCSR
-    from ..data.shapes import SHAPES, Shape, check_sizes, heldout_split, synthetic_matrix
-    from ..models import MODEL_NAMES, VAEModel, build_model, model_class
+    from ..data.shapes import (SHAPES, Shape, check_sizes, heldout_split, heldout_split_host, synthetic_host_csr,
+                               synthetic_matrix)
+    from ..models import MODEL_NAMES, VAEModel, build_model
+    from ..models import model_class as registered
+
+    try:  # the data as the bench has always made it; torch alone where they are absent (evcf/optional.py)
+        import numpy as np
+        import scipy.sparse  # noqa: F401
+        host_numpy = True
+    except ImportError as exc:
+        host_numpy, absent = False, exc.name
+
+    def model_class(name: str) -> type:
+        """The registry's class; a model whose module needs a package that is not installed, said so."""
+        try:
+            return registered(name)
+        except ModuleNotFoundError as exc:
+            raise EvcfError(f"model {name!r} needs {exc.name}, which is not installed",
+                            fix=f"install {exc.name}, or bench the VAE models only (--models mult-vae vamp ...)"
+                            ) from None
     from ..training import numerics, resolve_device, train_config
 
     # --- arguments ----------------------------------------------------------------------------
@@ -124,7 +147,15 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     else:
         raise EvcfError(f"unknown shape {shape!r}", fix=f"use one of {', '.join(SHAPES)} or --users/--items/--nnz")
     check_sizes(the_shape.users, the_shape.items, the_shape.nnz)
-    models = list(models) if models else [n for n in MODEL_NAMES if issubclass(model_class(n), VAEModel)]
+    if not models:  # every VAE model (whose modules need torch alone: the others are skipped where absent)
+        models = []
+        for n in MODEL_NAMES:
+            try:
+                if issubclass(registered(n), VAEModel):
+                    models.append(n)
+            except ModuleNotFoundError:
+                continue
+    models = list(models)
     for name in models:
         model_class(name)  # EvcfError naming the valid models
     if len(set(models)) != len(models):
@@ -158,6 +189,9 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
                         fix="set it for both with --train (or --batch-size, --precision)")
     if reference_batches not in ("host", "device"):
         raise EvcfError(f"--reference-batches {reference_batches!r} is not host or device", fix="use host or device")
+    if reference_steps and reference_batches == "host" and not host_numpy:
+        raise EvcfError(f"the reference style densifies batches with scipy on the host, and {absent} is not "
+                        "installed", fix="--reference-steps 0 (ours only), or --reference-batches device")
     if pipelined_steps < 0:
         raise EvcfError("--pipelined-steps must not be negative", fix="e.g. --pipelined-steps 100, or 0 to skip")
     if threads is not None and threads < 1:
@@ -239,13 +273,21 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     result["peak_rss_method"] = ("VmHWM per phase (reset via /proc/self/clear_refs)" if memory.can_reset
                                  else "getrusage ru_maxrss (peak so far)")
     mark = time.perf_counter()
-    train_csr = synthetic_matrix(the_shape.users, the_shape.items, the_shape.nnz, seed)
     n_eval = min(eval_users, the_shape.users)
     eval_nnz = max(n_eval, round(n_eval * the_shape.nnz / the_shape.users))  # the same clicks per user
-    eval_in, eval_out = heldout_split(synthetic_matrix(n_eval, the_shape.items, eval_nnz, seed + 1), seed + 2)
+    if host_numpy:
+        train_csr = synthetic_matrix(the_shape.users, the_shape.items, the_shape.nnz, seed)
+        eval_in, eval_out = heldout_split(synthetic_matrix(n_eval, the_shape.items, eval_nnz, seed + 1), seed + 2)
+        result["eval_users"] = int((np.diff(eval_out.indptr) > 0).sum())
+        result["synthetic_data"] = "numpy"
+    else:  # the same sizes and skew, drawn by torch: another matrix than numpy's
+        train_csr = synthetic_host_csr(the_shape.users, the_shape.items, the_shape.nnz, seed)
+        eval_in, eval_out = heldout_split_host(synthetic_host_csr(n_eval, the_shape.items, eval_nnz, seed + 1),
+                                               seed + 2)
+        result["eval_users"] = int((eval_out.indptr[1:] > eval_out.indptr[:-1]).sum())
+        result["synthetic_data"] = f"torch ({absent} is not installed): numpy's sizes and skew, another matrix"
     data = {"train": DeviceCSR(train_csr, dev), "eval_in": DeviceCSR(eval_in, dev), "eval_out": eval_out}
     result["synthetic_s"] = time.perf_counter() - mark
-    result["eval_users"] = int((np.diff(eval_out.indptr) > 0).sum())
     log.info("bench: %s matrix %s x %s, %s clicks (%.1f s); GEMM %.0f GFLOP/s", the_shape.name,
              f"{the_shape.users:,}", f"{the_shape.items:,}", f"{the_shape.nnz:,}", result["synthetic_s"],
              result["gemm"]["gflops"])

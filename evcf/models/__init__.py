@@ -7,19 +7,13 @@ the model's frozen ``Config`` dataclass, then builds ``Model(n_items, Config(**h
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import typing
 from typing import Any
 
 from evcf.errors import EvcfError
 from evcf.models.base import ClosedFormModel, LossParts, VAEModel
-from evcf.models.baselines import EASE, Popularity
-from evcf.models.cdae import CDAE
-from evcf.models.multvae import EvcfMultVAE, GatedMultVAE, MultDAE, MultVAE
-from evcf.models.recvae import RecVAE
-from evcf.models.slim import SLIM
-from evcf.models.vamp import GatedHVamp, HVamp, Vamp
-from evcf.models.wmf import WMF
 
 __all__ = [
     "MODEL_NAMES",
@@ -44,21 +38,25 @@ __all__ = [
     "RecVAE",
 ]
 
-_REGISTRY: dict[str, type] = {
-    "mult-dae": MultDAE,
-    "mult-vae": MultVAE,
-    "mult-vae-gated": GatedMultVAE,
-    "mult-vae-evcf": EvcfMultVAE,
-    "vamp": Vamp,
-    "hvamp": HVamp,
-    "hvamp-gated": GatedHVamp,
-    "popularity": Popularity,
-    "ease": EASE,
-    "wmf": WMF,
-    "slim": SLIM,
-    "cdae": CDAE,
-    "recvae": RecVAE,
+# name -> (module, class).  A model's module is imported when the model is first asked for
+# (model_class, build_model, or ``from evcf.models import MultVAE``), so that the VAE models load
+# without the packages that only the baselines need (scipy, pandas: evcf/optional.py).
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "mult-dae": ("multvae", "MultDAE"),
+    "mult-vae": ("multvae", "MultVAE"),
+    "mult-vae-gated": ("multvae", "GatedMultVAE"),
+    "mult-vae-evcf": ("multvae", "EvcfMultVAE"),
+    "vamp": ("vamp", "Vamp"),
+    "hvamp": ("vamp", "HVamp"),
+    "hvamp-gated": ("vamp", "GatedHVamp"),
+    "popularity": ("baselines", "Popularity"),
+    "ease": ("baselines", "EASE"),
+    "wmf": ("wmf", "WMF"),
+    "slim": ("slim", "SLIM"),
+    "cdae": ("cdae", "CDAE"),
+    "recvae": ("recvae", "RecVAE"),
 }
+_CLASS_MODULES = {cls: module for module, cls in _REGISTRY.values()}
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -66,10 +64,18 @@ MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 def model_class(name: str) -> type:
     """The class registered under ``name``; :class:`EvcfError` listing the valid names otherwise."""
     try:
-        return _REGISTRY[name]
+        module, cls = _REGISTRY[name]
     except (KeyError, TypeError):
         raise EvcfError(f"unknown model {name!r}",
                         fix=f"use one of {', '.join(MODEL_NAMES)}") from None
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def __getattr__(attr: str) -> type:
+    """``evcf.models.MultVAE`` and the other model classes, their module imported on first use."""
+    if attr in _CLASS_MODULES:
+        return getattr(importlib.import_module(f"{__name__}.{_CLASS_MODULES[attr]}"), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 def model_config_fields(name: str) -> set[str]:

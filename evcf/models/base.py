@@ -16,13 +16,15 @@ of the users in the batch (built on the training device from a sparse matrix, on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
 
-import scipy.sparse as sp
 import torch
 from torch import nn
 
 from evcf.batches import Clicks
+
+if TYPE_CHECKING:  # annotations only: the VAE models load without scipy (evcf/optional.py)
+    import scipy.sparse as sp
 
 __all__ = ["VAEModel", "ClosedFormModel", "LossParts", "Phase"]
 
