@@ -289,6 +289,9 @@ def test_slim_fits_a_seeded_sample_along_its_path_and_extrapolates_per_item_time
     assert m["fit_s_extrapolated"] == pytest.approx(m["grid_fit_s_extrapolated"] / 16, rel=1e-3)
     assert m["warm_start_speedup"] == pytest.approx(m["path_item_s"]["cold"] / m["path_item_s"]["warm"], rel=1e-3)
     assert 0 <= m["warm_vs_cold_max_rel_diff"] < 0.05  # the same solutions up to the stopping rule
+    assert 0 <= m["warm_vs_cold_objective_max_rel_diff"] < 1e-3
+    # different weights (the stopping rule's slack) give different objectives: the figure is computed
+    assert (m["warm_vs_cold_objective_max_rel_diff"] > 0) == (m["warm_vs_cold_max_rel_diff"] > 0)
     assert m["threads"] == torch.get_num_threads()
     assert m["grid_s_extrapolated"] == pytest.approx(16 * m["fit_s_extrapolated"], rel=1e-3)
     assert m["w_mib_extrapolated"] == pytest.approx(m["w_nnz_per_item"] * items * 12 / 2**20, rel=1e-3)
@@ -557,3 +560,22 @@ def test_a_multi_pass_model_is_timed_pass_by_pass_as_the_loop_trains_it(monkeypa
     assert len(encoder) == 1 and len(decoder) == 1 and encoder != decoder
     assert len(stepped) == 4 * (1 + 2)  # per pass: the FLOP-counted step (warm-up 1), 2 timed
     assert vae.bench_phases is not None
+
+
+def test_slims_objective_as_the_bench_computes_it():
+    """½ ‖x_j − X w_j‖² + (l2/2) ‖w_j‖² + l1 Σ w_j, recomputed densely here, in both units."""
+    import scipy.sparse as sp
+
+    from evcf.bench.baselines import _slim_objectives
+
+    rng = np.random.default_rng(3)
+    x = (rng.random((30, 6)) < 0.4).astype(float)
+    w = rng.random((6, 6)) * (rng.random((6, 6)) < 0.5)
+    np.fill_diagonal(w, 0.0)
+    items = np.array([1, 4])
+    for units, scale in (("ning-karypis", 1.0), ("sklearn", 30.0)):
+        got = _slim_objectives(sp.csc_matrix(x), sp.csc_matrix(w), items, {"l1": 0.3, "l2": 2.0}, units)
+        for k, j in enumerate(items):
+            r = x[:, j] - x @ w[:, j]
+            want = 0.5 * r @ r + 0.5 * 2.0 * scale * w[:, j] @ w[:, j] + 0.3 * scale * w[:, j].sum()
+            assert got[k] == pytest.approx(want, rel=1e-12), (units, j)
