@@ -14,19 +14,10 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .args import json_object
 from .errors import EvcfError
 
 log = logging.getLogger("evcf")
-
-
-def _json_arg(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -258,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("synth", help="generate the seeded synthetic rating data")
-    p.add_argument("--spec", type=_json_arg, default={}, help='JSON, e.g. {"n_users": 3000, "seed": 0}')
+    p.add_argument("--spec", type=json_object, default={}, help='JSON, e.g. {"n_users": 3000, "seed": 0}')
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_synth)
 
@@ -268,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, required=True, help="keep ratings strictly above this")
     p.add_argument("--min-items", type=int, required=True)
     p.add_argument("--heldout", type=int, required=True, help="validation users = test users = this many")
-    p.add_argument("--fingerprint", type=_json_arg, default=None, help="JSON of the known split fingerprint")
+    p.add_argument("--fingerprint", type=json_object, default=None, help="JSON of the known split fingerprint")
     p.add_argument("--md5", help="the raw archive's pinned md5: checked before it is read")
     p.add_argument("--sha256", help="the raw archive's pinned sha256: checked before it is read")
     p.add_argument("--unverified", action="store_true", help="no pinned checksum (params.yaml: unverified: true)")
@@ -280,13 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--hparams", type=_json_arg, default={}, help="JSON model hyperparameters")
-    p.add_argument("--train", type=_json_arg, default={}, help="JSON training settings")
+    p.add_argument("--hparams", type=json_object, default={}, help="JSON model hyperparameters")
+    p.add_argument("--train", type=json_object, default={}, help="JSON training settings")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--tuned", default=None,
                    help="winner.json of the (dataset, model) grid: its setting is applied on top")
-    p.add_argument("--settings-source", type=_json_arg, default={},
+    p.add_argument("--settings-source", type=json_object, default={},
                    help="JSON: the settings the command line changed, credited in metrics.json")
     p.add_argument("--out", required=True, help="results/<dataset>/<model>/seed-<seed>")
     p.set_defaults(func=cmd_train)
@@ -300,9 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=int, required=True)
     p.add_argument("--rungs", type=int, required=True)
     p.add_argument("--point", type=int, default=None, help="rung 0: the grid point's index")
-    p.add_argument("--setting", type=_json_arg, default={}, help="rung 0: the point's grid setting")
-    p.add_argument("--hparams", type=_json_arg, default=None, help="rung 0: the point's model settings")
-    p.add_argument("--train", type=_json_arg, default=None, help="rung 0: the point's training settings")
+    p.add_argument("--setting", type=json_object, default={}, help="rung 0: the point's grid setting")
+    p.add_argument("--hparams", type=json_object, default=None, help="rung 0: the point's model settings")
+    p.add_argument("--train", type=json_object, default=None, help="rung 0: the point's training settings")
     p.add_argument("--promoted", default=None, help="rung > 0: the previous rung's decision.json")
     p.add_argument("--slot", type=int, default=0, help="rung > 0: which promoted point (0 = the best)")
     p.add_argument("--points-dir", required=True, help="results/tune/<dataset>/<model>: the point folders")

@@ -594,8 +594,7 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
     if ckpt is not None:
         tried, best_score = ckpt["tried"], ckpt["best_score"]
         best_state, best_setting = ckpt["state"], ckpt["setting"]
-        if hasattr(model, "load_path_state"):  # a warm-started path (SLIM) goes on from where it was
-            model.load_path_state(ckpt.get("path"))
+        model.load_path_state(ckpt.get("path"))  # a warm-started path (SLIM) goes on from where it was
         say(f"{model_name}: resuming its search after {len(tried)} of {len(candidates)} settings ({ckpt_path})")
     val_in = DeviceCSR(data.validation_tr, device)
     started, saved_at = time.perf_counter(), _clock()
@@ -604,7 +603,7 @@ def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str
         nonlocal saved_at
         _atomic_torch_save({"identity": identity, "model": model_name, "state": best_state, "setting": best_setting,
                             "best_score": best_score, "tried": tried, "evcf_version": __version__,
-                            "path": model.path_state() if hasattr(model, "path_state") else None}, ckpt_path)
+                            "path": model.path_state()}, ckpt_path)
         saved_at = _clock()
 
     # a model that keeps its best epoch (CDAE) scores its epochs on the validation users itself

@@ -140,3 +140,17 @@ def test_bad_tune_grid_key(tmp_path):
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "tune.synthetic-tiny.mult-vae" in errors[0], proc.stderr
+
+
+@pytest.mark.parametrize("args,option", [
+    (["train", "--data", "d", "--dataset", "d", "--model", "mult-vae", "--seed", "1", "--out", "o",
+      "--hparams", "[1, 2]"], "--hparams"),
+    (["bench", "--train", "3"], "--train"),
+    (["bench", "--hparams", '"vamp"'], "--hparams"),
+])
+def test_a_json_option_that_is_not_an_object_is_a_usage_error(tmp_path, args, option):
+    """evcf and evcf bench share one JSON-object argument type (evcf/args.py)."""
+    proc = evcf(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"argument {option}: expected a JSON object" in proc.stderr, proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -82,18 +82,10 @@ __all__ = ["run_bench", "format_table", "add_parser", "gemm_rate", "step_flops",
            "load_params_checked", "recipe"]
 
 
-def _json_settings(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
 def _json_object(text: str) -> dict:
-    value = _json_settings(text)
+    from ..args import json_object
+
+    value = json_object(text)
     if not all(isinstance(v, dict) for v in value.values()):
         raise argparse.ArgumentTypeError(f'expected {{"model": {{...}}, ...}}, got {text!r}')
     return value
@@ -134,6 +126,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``evcf bench`` on the CLI's subparsers."""
+    from ..args import json_object
+
     p = subparsers.add_parser(
         "bench", help="time evcf's training step, evaluation and preprocessing against the reference style",
         description="Time evcf's training step (as `evcf train` takes it), evaluation and preprocessing "
@@ -153,13 +147,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--reference-steps", type=int, default=None,
                    help="timed reference-style steps (default: --steps; 0 skips the reference)")
     p.add_argument("--batch-size", type=int, default=None, help="one batch size for every model (default: the recipe's)")
-    p.add_argument("--train", type=_json_settings, default=None,
+    p.add_argument("--train", type=json_object, default=None,
                    help='JSON training settings on top of the recipe, e.g. \'{"fused_optimizer": true}\'')
     p.add_argument("--hparams", type=_json_object, default=None,
                    help='JSON per model, on top of the recipe, e.g. \'{"vamp": {"n_pseudo": 500}}\'')
     p.add_argument("--reference-hparams", type=_json_object, default=None,
                    help="JSON per model: model options of the reference-style model only")
-    p.add_argument("--reference-train", type=_json_settings, default=None,
+    p.add_argument("--reference-train", type=json_object, default=None,
                    help='JSON training settings of the reference path only, on top of ours with the optimizer '
                         'unfused, e.g. \'{"fused_optimizer": true}\' (not batch_size, tf32, deterministic)')
     p.add_argument("--reference-batches", choices=["host", "device"], default="host",

@@ -148,3 +148,12 @@ class ClosedFormModel:
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state` returned (the loop calls it with the best setting's state)."""
         raise NotImplementedError
+
+    def path_state(self) -> dict[str, Any] | None:
+        """What the next :meth:`fit` starts from when the fits depend on each other (SLIM's warm
+        start along its regularisation path); the search's checkpoint keeps it.  None: each fit
+        depends only on its setting and the seed."""
+        return None
+
+    def load_path_state(self, state: dict[str, Any] | None) -> None:
+        """Restore what :meth:`path_state` returned (a resumed search goes on from where it was)."""

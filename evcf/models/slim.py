@@ -205,8 +205,7 @@ class SLIM(ClosedFormModel):
         return path
 
     def path_state(self) -> dict[str, Any] | None:
-        """What the next fit starts from (the training loop keeps it in the search's checkpoint, so
-        that a resumed search warm-starts exactly as the uninterrupted one)."""
+        """The next fit's warm start (ClosedFormModel.path_state): the last fit's W."""
         return {"W": self._path} if self.config.warm_start and self._path is not None else None
 
     def load_path_state(self, state: dict[str, Any] | None) -> None:
