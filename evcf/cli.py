@@ -186,6 +186,49 @@ def cmd_tune_summary(args: argparse.Namespace) -> None:
              + (f" on {winner['dataset']}" if args.borrow else "") + ")")
 
 
+def cmd_tune_replay(args: argparse.Namespace) -> None:
+    """What ``tuning: halving`` would have picked from finished full searches, without training."""
+    from .io import write_json
+    from .tuning import Halving, replay_search
+
+    halvings = []
+    for text in args.halving:
+        eta, _, rungs = text.partition(":")
+        if not (eta.isdigit() and rungs.isdigit() and int(eta) >= 2 and int(rungs) >= 1):
+            raise EvcfError(f"--halving {text!r} is not ETA:RUNGS with ETA >= 2 and RUNGS >= 1",
+                            fix="e.g. --halving 3:3 6:2")
+        halvings.append(Halving(eta=int(eta), rungs=int(rungs)))
+    reports = []
+    for folder in args.tune_dirs:
+        folder = Path(folder)
+        runs = Path(args.runs) if args.runs else None
+        if runs is None and folder.parent.parent.name == "tune":  # results/tune/<d>/<m> -> results/<d>/<m>
+            runs = folder.parent.parent.parent / folder.parent.name / folder.name
+        reports.append(replay_search(folder, halvings, runs))
+    print(format_replay(reports))
+    if args.out:
+        write_json(Path(args.out), {"command": " ".join(["evcf", *sys.argv[1:]]), "searches": reports})
+        print(f"ok: {args.out}")
+
+
+def format_replay(reports: list[dict]) -> str:
+    def num(value: float | None, fmt: str = ".4f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = ["search | points | full: winner, val NDCG@100 | seeds' sd (range), n | halving eta:rungs: winner, "
+             "val NDCG@100, difference | epochs (of the full grid's)"]
+    for r in reports:
+        for h in r["replays"]:
+            verdict = {None: "no seeds to compare", True: "within the seeds' range",
+                       False: "outside the seeds' range"}[h["within_seed_spread"]]
+            lines.append(f"{r['folder']} | {r['points']} | point {r['full_winner']}, {num(r['validation_ndcg@100'])} | "
+                         f"{num(r['seeds_sd'])} ({num(r['seeds_range'])}), {len(r['seeds'])} | "
+                         f"{h['eta']}:{h['rungs']}: point {h['winner']}, {num(h['validation_ndcg@100'])}, "
+                         f"{h['difference']:+.4f} ({verdict}) | {h['epochs']} of {r['full_epochs']} "
+                         f"({h['epochs'] / r['full_epochs']:.0%})")
+    return "\n".join(lines)
+
+
 def cmd_collect(args: argparse.Namespace) -> None:
     """One file per (dataset, model): its runs' metrics and identities, and their mean."""
     from .evaluate import METRICS
@@ -318,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True, help="the seed the search trained with")
     p.add_argument("--out-dir", required=True, help="results/tune/<dataset>/<model>: summary.csv, winner.json")
     p.set_defaults(func=cmd_tune_summary)
+
+    p = sub.add_parser("tune-replay", help="what tuning: halving would pick from finished full searches (no training)")
+    p.add_argument("tune_dirs", nargs="+", metavar="TUNE_DIR",
+                   help="a full search's folder, results/tune/<dataset>/<model> (its point-<i>/ and winner.json)")
+    p.add_argument("--halving", nargs="+", default=["3:3"], metavar="ETA:RUNGS",
+                   help="the halving settings to replay (default 3:3, params.yaml's halving default)")
+    p.add_argument("--runs", default=None, help="the Table 1 runs of the full winner (seed-*/metrics.json) for the "
+                   "seed spread (default: results/<dataset>/<model> beside results/tune)")
+    p.add_argument("--out", default=None, help="also write the replays as JSON")
+    p.set_defaults(func=cmd_tune_replay)
 
     p = sub.add_parser("plan", help="jobs, epochs, hours and disk of the selection in params.yaml, before running it")
     p.add_argument("--params", default="params.yaml", help="the configuration file (default: params.yaml here)")

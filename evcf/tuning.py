@@ -34,7 +34,7 @@ from .io import write_csv, write_json
 
 __all__ = ["MODES", "Halving", "tuning_mode", "halving_settings", "rung_budgets", "rung_slots", "decide_rung",
            "summarize_full", "summarize_halving", "borrow_winner", "rung_result", "read_winner", "winner_for_run",
-           "SELECT_KEY"]
+           "replay_halving", "replay_search", "SELECT_KEY"]
 
 MODES = ("full", "halving")  # params.yaml `tuning`; false switches the search off
 SELECT_KEY = "validation_ndcg@100"  # in metrics.json, rung results and winner.json
@@ -211,3 +211,102 @@ def winner_for_run(path: Path, hparams: dict, train: dict, *, dataset: str, seed
         record["tuned_on"] = tuned_on  # a winner searched on another dataset (params.yaml tune_from)
     same_run = winner.get("point") and tuned_on == dataset and winner.get("seed") == seed
     return hparams, train, record, (Path(winner["point"]) if same_run else None)
+
+
+def replay_halving(histories: dict[int, list[dict]], schedules: dict[int, int], halving: Halving) -> dict:
+    """What ``tuning: halving`` would pick from a full grid's histories, without training.
+
+    A point stopped at a budget has trained the first epochs of its full run, unchanged (the
+    schedules depend on the epoch, and a resumed run continues exactly), so each rung's standings
+    are the full histories read up to the budget, and they are ranked and promoted by the search's
+    own :func:`rung_result` and :func:`decide_rung`.  ``histories``: point -> its ``history.csv``
+    rows (``epoch``, ``val_ndcg@100``), the whole run; ``schedules``: point -> its full schedule E.
+    Returns the winner, its standing, each rung's budgets and promotions, and the epochs the search
+    would have trained (a point's last rung budget, or fewer where its run ended earlier).
+    """
+    if not histories:
+        raise EvcfError("no grid points to replay", fix="pass a full search's folder (results/tune/<dataset>/<model>)")
+    alive = sorted(histories)
+    slots = rung_slots(len(alive), halving)
+    trained = dict.fromkeys(alive, 0)
+    rungs: list[dict] = []
+    results: list[dict] = []
+    for rung in range(halving.rungs):
+        results = []
+        for point in alive:
+            budget = rung_budgets(schedules[point], halving)[rung]
+            last = int(histories[point][-1]["epoch"])
+            trained[point] = min(budget, last)
+            results.append({"point": point, "budget": budget,
+                            **rung_result(histories[point], budget, finished=last <= budget)})
+        keep = slots[rung + 1] if rung + 1 < halving.rungs else 1
+        decision = decide_rung(results, keep)
+        rungs.append({"rung": rung, "points": list(alive), "budgets": sorted({r["budget"] for r in results}),
+                      "promoted": decision["promoted"]})
+        alive = decision["promoted"]
+    best = next(r for r in results if r["point"] == alive[0])
+    return {"eta": halving.eta, "rungs": halving.rungs, "winner": best["point"], SELECT_KEY: best[SELECT_KEY],
+            "best_epoch": best["best_epoch"], "epochs": sum(trained.values()), "rung_decisions": rungs}
+
+
+def replay_search(tune_dir: Path, halvings: list[Halving], runs_dir: Path | None = None) -> dict:
+    """A finished full search (``tune_dir``: its ``point-<i>/`` folders and ``winner.json``) replayed
+    under each of ``halvings``; beside each, the full grid's winner and the spread of its Table 1
+    seeds' validation NDCG@100 (``runs_dir``: ``seed-*/metrics.json``, where they exist).
+
+    Every point must have finished its run (``metrics.json``): a halving search's eliminated points
+    stopped early, so their histories cannot stand for the runs another search would train.
+    """
+    import csv
+
+    tune_dir = Path(tune_dir)
+    winner = read_winner(tune_dir / "winner.json")
+    if winner.get("search") != "full":
+        raise EvcfError(f"the search in this folder is {winner.get('search') or winner['source']!r}, not a full grid: "
+                        "only a full grid's points ran their whole schedule", path=tune_dir / "winner.json",
+                        fix="replay a search run with tuning: full")
+    histories: dict[int, list[dict]] = {}
+    schedules: dict[int, int] = {}
+    settings: dict[int, dict] = {}
+    folders = sorted(tune_dir.glob("point-*"), key=lambda p: int(p.name.split("-", 1)[1]))
+    for folder in folders:
+        point = int(folder.name.split("-", 1)[1])
+        fix = "re-run the full search (snakemake tune) so that every point finishes"
+        metrics = _read_json(folder / "metrics.json", fix=fix)
+        progress = _read_json(folder / "progress.json", fix=fix)
+        try:
+            with open(folder / "history.csv", newline="") as handle:
+                rows = [{"epoch": int(r["epoch"]), HISTORY_KEY: float(r[HISTORY_KEY])} for r in csv.DictReader(handle)]
+        except (OSError, KeyError, ValueError) as exc:
+            raise EvcfError(f"cannot read the point's history ({exc!r})", path=folder / "history.csv", fix=fix) from None
+        if not rows or rows[-1]["epoch"] != metrics.get("epochs_run"):
+            raise EvcfError("the point's history does not match its finished run (metrics.json epochs_run)",
+                            path=folder, fix=fix)
+        histories[point], schedules[point] = rows, int(progress["epochs"])
+    if not histories:
+        raise EvcfError("no point-<i> folders", path=tune_dir, fix="pass a full search's folder (results/tune/<dataset>/<model>)")
+    with open(tune_dir / "summary.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            settings[int(row["point"])] = {k: v for k, v in row.items()
+                                           if k not in ("point", SELECT_KEY, "best_epoch", "epochs_run", "selected")}
+    full_point = int(Path(winner["point"]).name.split("-", 1)[1])
+    seeds = []
+    if runs_dir is not None:
+        for path in sorted(Path(runs_dir).glob("seed-*/metrics.json")):
+            seeds.append(float(_read_json(path, fix="re-run that Table 1 run")[SELECT_KEY]))
+    spread = max(seeds) - min(seeds) if len(seeds) > 1 else None
+    sd = None
+    if len(seeds) > 1:
+        mean = sum(seeds) / len(seeds)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in seeds) / (len(seeds) - 1))
+    # the full winner's score from its history, as the replay reads every score (history.csv rounds)
+    full_score = rung_result(histories[full_point], schedules[full_point], finished=True)[SELECT_KEY]
+    replays = []
+    for halving in halvings:
+        replay = replay_halving(histories, schedules, halving)
+        diff = replay[SELECT_KEY] - full_score
+        replays.append({**replay, "setting": settings.get(replay["winner"], {}), "difference": diff,
+                        "within_seed_spread": None if spread is None else abs(diff) <= spread})
+    return {"folder": str(tune_dir), "points": len(histories), "full_epochs": sum(len(h) for h in histories.values()),
+            "full_winner": full_point, "full_setting": winner["setting"], SELECT_KEY: full_score,
+            "seeds": seeds, "seeds_sd": sd, "seeds_range": spread, "replays": replays}

@@ -154,3 +154,12 @@ def test_a_json_option_that_is_not_an_object_is_a_usage_error(tmp_path, args, op
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert f"argument {option}: expected a JSON object" in proc.stderr, proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_tune_replay_names_a_bad_halving_setting_and_a_folder_that_is_no_full_search(tmp_path):
+    assert_one_clear_error(evcf("tune-replay", "results/tune/d/m", "--halving", "3", cwd=tmp_path),
+                           "--halving '3' is not ETA:RUNGS", "e.g. --halving 3:3")
+    assert_one_clear_error(evcf("tune-replay", "results/tune/d/m", "--halving", "1:3", cwd=tmp_path),
+                           "--halving '1:3' is not ETA:RUNGS with ETA >= 2")
+    assert_one_clear_error(evcf("tune-replay", "nowhere", cwd=tmp_path), "winner.json", "re-run the search")
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -86,3 +86,22 @@ def test_dvc_repro_runs_the_same_search_and_picks_the_same_winner(halving_run, t
     for name in ("summary.csv", "winner.json"):
         assert (root / TUNE / name).read_text() == (halving_run / TUNE / name).read_text()
     assert [s["validation_ndcg@100"] for s in _slots(root)] == [s["validation_ndcg@100"] for s in _slots(halving_run)]
+
+
+def test_a_replay_of_the_full_grid_picks_what_the_halving_search_picked(halving_run, tmp_path):
+    """`evcf tune-replay` over a full search of the same grid: the same promotions, winner and epochs
+    as the halving search that really ran (a run stopped at a budget is the full run's first epochs)."""
+    full = _copy(tmp_path / "full")
+    params = yaml.safe_load((full / "params.yaml").read_text())
+    params["tuning"] = "full"
+    dump_params(full / "params.yaml", params)
+    run([tool("snakemake"), "--cores", "2", f"{TUNE}/winner.json"], cwd=full)
+    run([tool("evcf"), "tune-replay", TUNE, "--halving", "3:3", "--out", "replay.json"], cwd=full)
+    (replay,) = json.loads((full / "replay.json").read_text())["searches"][0]["replays"]
+    decisions = [json.loads((halving_run / TUNE / f"rung-{r}/decision.json").read_text()) for r in range(3)]
+    assert [d["promoted"] for d in replay["rung_decisions"]] == [[p["point"] for p in d["promoted"]] for d in decisions]
+    winner = json.loads((halving_run / TUNE / "winner.json").read_text())
+    assert f"point-{replay['winner']}" == winner["point"].rsplit("/", 1)[1]
+    assert replay["validation_ndcg@100"] == pytest.approx(winner["validation_ndcg@100"], abs=1e-6)  # history.csv rounds
+    trained = sum(len(pd.read_csv(p / "history.csv")) for p in (halving_run / TUNE).glob("point-*"))
+    assert replay["epochs"] == trained

@@ -123,3 +123,86 @@ def test_halving_trains_a_fraction_of_the_full_grid_at_the_papers_grid_sizes():
         epochs = sum(n * (b - (budgets[r - 1] if r else 0)) for r, (n, b) in enumerate(zip(slots, budgets)))
         assert epochs / (points * 400) < 0.4
     assert math.ceil(400 / 9) == rung_budgets(400, halving)[0]
+
+
+def _history(scores):
+    return [{"epoch": e, "val_ndcg@100": s} for e, s in enumerate(scores, start=1)]
+
+
+def test_replay_reads_each_rung_from_the_full_histories_and_keeps_the_late_bloomer_out():
+    from evcf.tuning import replay_halving
+
+    # 4 points, 4 epochs, eta 2, rungs 3: budgets 1, 2, 4 for 4, 2, 1 points (worked by hand)
+    histories = {0: _history([0.30, 0.31, 0.32, 0.33]),  # leads early, ends second
+                 1: _history([0.20, 0.25, 0.30, 0.32]),
+                 2: _history([0.10, 0.20, 0.40, 0.50]),  # the full grid's winner, but last at epoch 1
+                 3: _history([0.25, 0.35, 0.36, 0.30])}  # best at epoch 3 (0.36), ends lower
+    replay = replay_halving(histories, dict.fromkeys(histories, 4), Halving(eta=2, rungs=3))
+    # rung 0 at 1 epoch: 0 (0.30), 3 (0.25) go on; rung 1 at 2 epochs: 3 (0.35) beats 0 (0.31);
+    # rung 2 trains 3 to 4 epochs: its best is 0.36 at epoch 3
+    assert [r["promoted"] for r in replay["rung_decisions"]] == [[0, 3], [3], [3]]
+    assert (replay["winner"], replay["validation_ndcg@100"], replay["best_epoch"]) == (3, 0.36, 3)
+    assert replay["epochs"] == 1 + 1 + 2 + 4  # points 1 and 2 one epoch each, 0 two, 3 all four
+
+
+def test_replay_counts_a_run_that_stopped_early_to_its_last_epoch():
+    from evcf.tuning import replay_halving
+
+    histories = {0: _history([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]),
+                 1: _history([0.2, 0.35, 0.2])}  # early stopping ended it at epoch 3 of 9
+    replay = replay_halving(histories, {0: 9, 1: 9}, Halving(eta=3, rungs=2))  # budgets 3, 9
+    assert replay["rung_decisions"][0]["promoted"] == [1] and replay["winner"] == 1
+    assert replay["epochs"] == 3 + 3  # point 1 stops at its third epoch in the last rung as well
+
+
+def _full_search(root, curves, seeds):
+    """A finished full search written by hand: results/tune/d/m/point-<i>/ and the winner's seeds."""
+    tune = root / "results/tune/d/m"
+    for i, scores in enumerate(curves):
+        point = tune / f"point-{i}"
+        point.mkdir(parents=True)
+        pd.DataFrame(_history(scores)).to_csv(point / "history.csv", index=False)
+        (point / "metrics.json").write_text(json.dumps({"validation_ndcg@100": max(scores), "best_epoch": 1,
+                                                        "epochs_run": len(scores)}))
+        (point / "progress.json").write_text(json.dumps({"epochs": len(scores)}))
+    best = max(range(len(curves)), key=lambda i: max(curves[i]))
+    pd.DataFrame([{"point": i, "train.lr": 0.1 * (i + 1), "validation_ndcg@100": max(c), "best_epoch": 1,
+                   "epochs_run": len(c), "selected": i == best} for i, c in enumerate(curves)]
+                 ).to_csv(tune / "summary.csv", index=False)
+    (tune / "winner.json").write_text(json.dumps({"source": "search", "search": "full", "setting": {"train.lr": 0.1},
+                                                  "validation_ndcg@100": max(curves[best]),
+                                                  "point": f"results/tune/d/m/point-{best}"}))
+    for seed, value in enumerate(seeds, start=1):
+        (root / f"results/d/m/seed-{seed}").mkdir(parents=True)
+        (root / f"results/d/m/seed-{seed}/metrics.json").write_text(json.dumps({"validation_ndcg@100": value}))
+    return tune
+
+
+def test_a_replayed_winner_is_judged_against_the_range_of_the_full_winners_seeds(tmp_path):
+    from evcf.tuning import replay_search
+
+    # eta 3, 2 rungs on 3 epochs: budgets 1 and 3; point 0 leads at epoch 1, point 1 wins at 3
+    tune = _full_search(tmp_path, [[0.30, 0.31, 0.32], [0.20, 0.30, 0.34], [0.10, 0.11, 0.12]], [0.33, 0.34, 0.36])
+    report = replay_search(tune, [Halving(eta=3, rungs=2)], tmp_path / "results/d/m")
+    (replay,) = report["replays"]
+    assert (report["full_winner"], replay["winner"]) == (1, 0)
+    assert replay["difference"] == pytest.approx(-0.02) and report["seeds_range"] == pytest.approx(0.03)
+    assert replay["within_seed_spread"] is True  # |−0.02| <= the seeds' range 0.03
+    assert replay["epochs"] == 1 + 1 + 3 and report["full_epochs"] == 9
+    narrow = _full_search(tmp_path / "narrow", [[0.30, 0.31, 0.32], [0.20, 0.30, 0.34], [0.1, 0.1, 0.1]], [0.345, 0.35])
+    assert replay_search(narrow, [Halving(eta=3, rungs=2)], tmp_path / "narrow/results/d/m")[
+        "replays"][0]["within_seed_spread"] is False  # range 0.01
+
+
+def test_a_replay_refuses_a_search_whose_points_did_not_all_finish(tmp_path):
+    from evcf.tuning import replay_search
+
+    tune = _full_search(tmp_path, [[0.3, 0.31, 0.32], [0.2, 0.3, 0.34]], [])
+    winner = json.loads((tune / "winner.json").read_text())
+    (tune / "winner.json").write_text(json.dumps({**winner, "search": "halving"}))
+    with pytest.raises(EvcfError, match="not a full grid"):
+        replay_search(tune, [Halving()])
+    (tune / "winner.json").write_text(json.dumps(winner))
+    (tune / "point-1/metrics.json").unlink()  # a point that never finished its run
+    with pytest.raises(EvcfError, match="metrics.json"):
+        replay_search(tune, [Halving()])
