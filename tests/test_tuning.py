@@ -189,6 +189,11 @@ def test_a_replayed_winner_is_judged_against_the_range_of_the_full_winners_seeds
     assert replay["difference"] == pytest.approx(-0.02) and report["seeds_range"] == pytest.approx(0.03)
     assert replay["within_seed_spread"] is True  # |−0.02| <= the seeds' range 0.03
     assert replay["epochs"] == 1 + 1 + 3 and report["full_epochs"] == 9
+    assert report["seeds_sd"] == pytest.approx(0.015275, abs=1e-6)  # sample sd of 0.33, 0.34, 0.36
+    # a difference equal to the range counts as within (binary-exact numbers: no rounding at the edge)
+    edge = _full_search(tmp_path / "edge", [[0.5, 0.5, 0.5], [0.25, 0.25, 0.75]], [0.5, 0.75])
+    (at_edge,) = replay_search(edge, [Halving(eta=3, rungs=2)], tmp_path / "edge/results/d/m")["replays"]
+    assert (at_edge["difference"], at_edge["within_seed_spread"]) == (-0.25, True)
     narrow = _full_search(tmp_path / "narrow", [[0.30, 0.31, 0.32], [0.20, 0.30, 0.34], [0.1, 0.1, 0.1]], [0.345, 0.35])
     assert replay_search(narrow, [Halving(eta=3, rungs=2)], tmp_path / "narrow/results/d/m")[
         "replays"][0]["within_seed_spread"] is False  # range 0.01
@@ -203,6 +208,10 @@ def test_a_replay_refuses_a_search_whose_points_did_not_all_finish(tmp_path):
     with pytest.raises(EvcfError, match="not a full grid"):
         replay_search(tune, [Halving()])
     (tune / "winner.json").write_text(json.dumps(winner))
+    metrics = json.loads((tune / "point-1/metrics.json").read_text())
+    (tune / "point-1/metrics.json").write_text(json.dumps({**metrics, "epochs_run": 5}))  # history ends at 3
+    with pytest.raises(EvcfError, match="history does not match"):
+        replay_search(tune, [Halving()])
     (tune / "point-1/metrics.json").unlink()  # a point that never finished its run
     with pytest.raises(EvcfError, match="metrics.json"):
         replay_search(tune, [Halving()])
