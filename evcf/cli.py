@@ -212,21 +212,25 @@ def cmd_tune_replay(args: argparse.Namespace) -> None:
 
 
 def format_replay(reports: list[dict]) -> str:
-    def num(value: float | None, fmt: str = ".4f") -> str:
-        return "-" if value is None else format(value, fmt)
+    """One line per (search, halving setting), as a GitHub table (evcf plan's format)."""
+    from tabulate import tabulate
 
-    lines = ["search | points | full: winner, val NDCG@100 | seeds' sd (range), n | halving eta:rungs: winner, "
-             "val NDCG@100, difference | epochs (of the full grid's)"]
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    headers = ["search", "points", "full: winner", "val NDCG@100", "seeds: sd (range), n", "halving", "winner",
+               "val NDCG@100", "difference", "epochs (of the full grid's)"]
+    table = []
     for r in reports:
         for h in r["replays"]:
-            verdict = {None: "no seeds to compare", True: "within the seeds' range",
+            verdict = {None: "no seeds", True: "within the seeds' range",
                        False: "outside the seeds' range"}[h["within_seed_spread"]]
-            lines.append(f"{r['folder']} | {r['points']} | point {r['full_winner']}, {num(r['validation_ndcg@100'])} | "
-                         f"{num(r['seeds_sd'])} ({num(r['seeds_range'])}), {len(r['seeds'])} | "
-                         f"{h['eta']}:{h['rungs']}: point {h['winner']}, {num(h['validation_ndcg@100'])}, "
-                         f"{h['difference']:+.4f} ({verdict}) | {h['epochs']} of {r['full_epochs']} "
-                         f"({h['epochs'] / r['full_epochs']:.0%})")
-    return "\n".join(lines)
+            table.append([r["folder"], r["points"], f"point {r['full_winner']}", num(r["validation_ndcg@100"]),
+                          f"{num(r['seeds_sd'])} ({num(r['seeds_range'])}), {len(r['seeds'])}",
+                          f"{h['eta']}:{h['rungs']}", f"point {h['winner']}", num(h["validation_ndcg@100"]),
+                          f"{h['difference']:+.4f}: {verdict}",
+                          f"{h['epochs']} of {r['full_epochs']} ({h['epochs'] / r['full_epochs']:.0%})"])
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
