@@ -73,6 +73,7 @@ class Figure:
     eval_users: int | None = None
     fit_s: float | None = None  # self-fitting: one setting's fit
     recorded: dict = field(default_factory=dict)  # settings the figure was measured with
+    note: str = ""  # the bench's note (e.g. why it skipped the model)
 
 
 def bench_figures(folder: Path) -> dict[tuple[str, str, str], list[Figure]]:
@@ -92,7 +93,8 @@ def bench_figures(folder: Path) -> dict[tuple[str, str, str], list[Figure]]:
             recorded.update({f"model.{k}": v for k, v in (m.get("hparams") or {}).items()})
             figure = Figure(source=path.name, epoch_s=m.get("epoch_s"), eval_s=m.get("eval_s"),
                             eval_users=data.get("eval_users"), recorded=recorded,
-                            fit_s=m.get("fit_s_extrapolated"))
+                            # a fit too long to time is extrapolated; a short one (popularity) timed whole
+                            fit_s=m.get("fit_s_extrapolated", m.get("fit_s")), note=str(m.get("note") or ""))
             figures.setdefault((device, shape, model), []).append(figure)
     return figures
 
@@ -218,7 +220,10 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict) -> list[Row
                 settings = len(list(build_model(model, n_items or 2, **hparams).candidates()))
                 eval_s = (figure.eval_s or 0.0) * heldout / (figure.eval_users or heldout)
                 row.unit, row.epoch_h = "run", (figure.fit_s + eval_s) * settings / 3600
-                row.note = "; ".join(x for x in (why, f"{settings} settings fitted in each run") if x)
+                row.note = "; ".join(x for x in (why, f"{settings} settings fitted in each run" if settings > 1 else "")
+                                     if x)
+            elif figure.note.startswith("skipped"):
+                row.note = f"no figure: the bench {figure.note}"
             else:
                 row.note = "no figure of this kind for this model"
             count = _parameter_count(model, n_items, hparams) if (n_items and gradient) else None

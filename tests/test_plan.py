@@ -113,3 +113,14 @@ def test_bad_overrides_are_refused():
         load_config(PARAMS, ["tuning=halving", "tune={default: {ease: {model.lambdas: [[1.0], [2.0]]}}}"])
     with pytest.raises(EvcfError, match="unknown dataset 'nope'"):
         load_config(PARAMS, ["tune_from={netflix: nope}"])
+
+
+def test_a_whole_fit_counts_and_a_skipped_model_says_why(tmp_path):
+    """Popularity's fit is timed whole (fit_s, no extrapolation): one setting, fit + validation of
+    10,000 users at 2 s per 1,000.  EASE skipped by the bench: the row gives the bench's reason."""
+    bench = _bench(tmp_path / "bench", popularity={"epoch_s": None, "fit_s": 0.5, "eval_s": 2.0},
+                   ease={"epoch_s": None, "note": "skipped: too many items to invert here"})
+    config = load_config(PARAMS, ["datasets=[ml-20m]", "models=[popularity, ease]"])
+    rows = {r.model: r for r in make_plan(config, device="cpu", figures=bench_figures(bench))}
+    assert rows["popularity"].unit == "run" and rows["popularity"].epoch_h == pytest.approx((0.5 + 20.0) / 3600)
+    assert rows["ease"].epoch_h is None and rows["ease"].note == "no figure: the bench skipped: too many items to invert here"
