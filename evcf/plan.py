@@ -217,11 +217,15 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict) -> list[Row
             elif not gradient and figure.fit_s is not None:
                 from .models import build_model
 
-                settings = len(list(build_model(model, n_items or 2, **hparams).candidates()))
+                built = build_model(model, n_items or 2, **hparams)
+                settings = len(list(built.candidates()))
+                # a fit that selects its epoch (CDAE) scores the validation users after every epoch
+                validations = built.config.epochs if getattr(built, "selects_epochs", False) else 1
                 eval_s = (figure.eval_s or 0.0) * heldout / (figure.eval_users or heldout)
-                row.unit, row.epoch_h = "run", (figure.fit_s + eval_s) * settings / 3600
-                row.note = "; ".join(x for x in (why, f"{settings} settings fitted in each run" if settings > 1 else "")
-                                     if x)
+                row.unit, row.epoch_h = "run", (figure.fit_s + eval_s * validations) * settings / 3600
+                row.note = "; ".join(x for x in (why, f"{settings} settings fitted in each run" if settings > 1 else "",
+                                                 f"validated after each of {validations} epochs" if validations > 1
+                                                 else "") if x)
             elif figure.note.startswith("skipped"):
                 row.note = f"no figure: the bench {figure.note}"
             else:

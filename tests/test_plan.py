@@ -124,3 +124,17 @@ def test_a_whole_fit_counts_and_a_skipped_model_says_why(tmp_path):
     rows = {r.model: r for r in make_plan(config, device="cpu", figures=bench_figures(bench))}
     assert rows["popularity"].unit == "run" and rows["popularity"].epoch_h == pytest.approx((0.5 + 20.0) / 3600)
     assert rows["ease"].epoch_h is None and rows["ease"].note == "no figure: the bench skipped: too many items to invert here"
+
+
+def test_a_fit_that_selects_its_epoch_counts_a_validation_after_every_epoch(tmp_path):
+    """CDAE validates after each of its epochs: per setting, the fit plus 200 validations of 10,000
+    users at 3 s per 1,000 (by hand: 1,000 + 200 x 30 = 7,000 s), times its settings."""
+    from evcf.models import build_model
+
+    bench = _bench(tmp_path / "bench", cdae={"epoch_s": 5.0, "fit_s_extrapolated": 1000.0, "eval_s": 3.0})
+    config = load_config(PARAMS, ["datasets=[ml-20m]", "models=[cdae]"])
+    (row,) = make_plan(config, device="cpu", figures=bench_figures(bench))
+    assert build_model("cdae", 100).config.epochs == 200  # params.yaml's ML-20M recipe keeps the default
+    # five weight decays searched in the run (params.yaml model_params.cdae)
+    assert row.epoch_h == pytest.approx((1000.0 + 200 * 30.0) * 5 / 3600), row.note
+    assert "5 settings fitted in each run; validated after each of 200 epochs" in row.note
