@@ -213,6 +213,11 @@ def winner_for_run(path: Path, hparams: dict, train: dict, *, dataset: str, seed
     return hparams, train, record, (Path(winner["point"]) if same_run else None)
 
 
+def _point_index(folder: Path) -> int:
+    """``i`` of a grid point's folder ``point-<i>``."""
+    return int(Path(folder).name.split("-", 1)[1])
+
+
 def replay_halving(histories: dict[int, list[dict]], schedules: dict[int, int], halving: Halving) -> dict:
     """What ``tuning: halving`` would pick from a full grid's histories, without training.
 
@@ -268,9 +273,8 @@ def replay_search(tune_dir: Path, halvings: list[Halving], runs_dir: Path | None
     histories: dict[int, list[dict]] = {}
     schedules: dict[int, int] = {}
     settings: dict[int, dict] = {}
-    folders = sorted(tune_dir.glob("point-*"), key=lambda p: int(p.name.split("-", 1)[1]))
-    for folder in folders:
-        point = int(folder.name.split("-", 1)[1])
+    for folder in sorted(tune_dir.glob("point-*"), key=_point_index):
+        point = _point_index(folder)
         fix = "re-run the full search (snakemake tune) so that every point finishes"
         metrics = _read_json(folder / "metrics.json", fix=fix)
         progress = _read_json(folder / "progress.json", fix=fix)
@@ -289,7 +293,7 @@ def replay_search(tune_dir: Path, halvings: list[Halving], runs_dir: Path | None
         for row in csv.DictReader(handle):
             settings[int(row["point"])] = {k: v for k, v in row.items()
                                            if k not in ("point", SELECT_KEY, "best_epoch", "epochs_run", "selected")}
-    full_point = int(Path(winner["point"]).name.split("-", 1)[1])
+    full_point = _point_index(winner["point"])
     seeds = []
     if runs_dir is not None:
         for path in sorted(Path(runs_dir).glob("seed-*/metrics.json")):
