@@ -127,8 +127,9 @@ def test_bench_has_latency_and_pipelined_throughput_for_each_model(checked, prec
             assert positive(m[key]), (name, key, m[key])
         assert len(m["step_times_s"]) == 2 and m["pipelined_steps"] == 4
         assert sum(m["pipelined_round_steps"]) == 4 and len(m["pipelined_round_step_s"]) == 4
-        assert m["pipelined_epoch_s"] == pytest.approx(m["pipelined_step_s"] * m["steps_per_epoch"], rel=1e-3)
-        assert m["pipelined_users_per_s"] == pytest.approx(m["batch_size"] / m["pipelined_step_s"], rel=1e-3)
+        # 2e-3: both figures are rounded to 4 significant digits in the JSON (see test_bench.ROUNDED)
+        assert m["pipelined_epoch_s"] == pytest.approx(m["pipelined_step_s"] * m["steps_per_epoch"], rel=2e-3)
+        assert m["pipelined_users_per_s"] == pytest.approx(m["batch_size"] / m["pipelined_step_s"], rel=2e-3)
     assert load(dest, "bench-tf32.json") == {"stage": "bench-tf32", "measured": False, "skipped": "CUDA only"}
 
 
