@@ -20,6 +20,7 @@ from evcf.batches import Clicks, clicks_of
 from evcf.models.base import LossParts, VAEModel
 from evcf.models.layers import (
     Dense,
+    Dropout,
     GaussianEncoder,
     eval_mode,
     init_weights,
@@ -62,7 +63,7 @@ class MultDAE(VAEModel):
         validate_config(self.config, self.name)
         c = self.config
         self.n_items = n_items
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.encoder = Dense(n_items, c.hidden_size, items_first=True)  # I -> H, tanh; W stored (I, H)
         self.decoder = nn.Linear(c.hidden_size, n_items)  # H -> I, logits
         init_weights(self, c.init)

@@ -51,7 +51,7 @@ from torch import nn
 from evcf.batches import Clicks
 from evcf.errors import EvcfError
 from evcf.models.base import LossParts, Phase, VAEModel
-from evcf.models.layers import LOG_2PI, at_least_float32, eval_mode, first_layer_from_rows, nll, reparameterise
+from evcf.models.layers import LOG_2PI, Dropout, at_least_float32, eval_mode, first_layer_from_rows, nll, reparameterise
 
 __all__ = ["RecVAE", "DenseEncoder", "composite_log_prior", "ENCODER", "DECODER"]
 
@@ -156,8 +156,8 @@ class RecVAE(VAEModel):
         self.config = c = config if config is not None else self.Config()
         self._validate(c)
         self.n_items = n_items
-        self.dropout = nn.Dropout(c.dropout)  # the encoder passes' input dropout
-        self.no_dropout = nn.Dropout(0.0)  # the decoder passes, the frozen copy and scoring
+        self.dropout = Dropout(c.dropout)  # the encoder passes' input dropout
+        self.no_dropout = Dropout(0.0)  # the decoder passes, the frozen copy and scoring
         self.encoder = DenseEncoder(n_items, c.hidden_size, c.latent_size, c.num_layers, c.ln_eps)
         self.decoder = nn.Linear(c.latent_size, n_items)  # Z -> I logits
         # PyTorch's default initialisation throughout, as the authors' code

@@ -32,6 +32,7 @@ from evcf.errors import EvcfError
 from evcf.models.base import VAEModel
 from evcf.models.layers import (
     LOG_2PI,
+    Dropout,
     GaussianEncoder,
     GaussianHead,
     JointInput,
@@ -258,10 +259,10 @@ class HVamp(VAEModel):
                                     logvar_clamp=c.logvar_clamp)
         # q(z1 | x, z2)
         if self.one_layer:  # one layer over [dropout(x) ⊕ z2]
-            self.q_z1_x = nn.Dropout(c.dropout)
+            self.q_z1_x = Dropout(c.dropout)
             self.q_z1_joint = hidden_layer(n_items + c.z2_size, h, g, items_first=True)  # W stored (I+Z2, H)
         else:  # a branch for each input, then 2H->H and (L-2) H->H
-            self.q_z1_x = nn.Sequential(nn.Dropout(c.dropout), hidden_layer(n_items, h, g, items_first=True))
+            self.q_z1_x = nn.Sequential(Dropout(c.dropout), hidden_layer(n_items, h, g, items_first=True))
             self.q_z1_z2 = hidden_layer(c.z2_size, h, g)
             self.q_z1_joint = mlp(2 * h, h, n_layers - 1, g)
         self.q_z1_head = GaussianHead(h, c.z1_size, c.logvar_clamp)

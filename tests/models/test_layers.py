@@ -13,11 +13,13 @@ from torch import nn
 
 from evcf.models.layers import (
     Dense,
+    Dropout,
     GatedDense,
     GaussianHead,
     JointInput,
     first_layer_from_rows,
     init_weights,
+    keep_mask,
     kl_standard_normal,
     l2_normalise,
     log_normal_diag,
@@ -301,8 +303,9 @@ def _old_nll(logits: torch.Tensor, x: torch.Tensor, likelihood: str, clamp: floa
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("pad", [False, True])
 def test_nll_from_the_clicks_equals_the_dense_formula(likelihood, dtype, pad):
-    """Values and gradients, with and without padded click lists; logits out to ±25 so that the
-    clamp (c = 1e-5, |l| > 11.5) binds for many items; a user without clicks included."""
+    """Values and gradients (of a sum weighted per user, so each row's upstream gradient differs),
+    with and without padded click lists; logits out to ±25 so that the clamp (c = 1e-5,
+    |l| > 11.5) binds for many items; a user without clicks included."""
     from evcf.batches import clicks_of
 
     g = torch.Generator().manual_seed(3)
@@ -311,6 +314,7 @@ def test_nll_from_the_clicks_equals_the_dense_formula(likelihood, dtype, pad):
     logits64 = torch.randn(6, 50, generator=g, dtype=torch.float64) * 8.0
     clicks = clicks_of(x, pad=pad)
     assert pad == (clicks.batch_row.numel() > int(x.sum()))
+    weights = torch.randn(6, generator=g, dtype=torch.float64)  # a different upstream gradient per user
     results = []
     for use_clicks in (False, True):
         logits = logits64.to(dtype).requires_grad_()
@@ -320,13 +324,29 @@ def test_nll_from_the_clicks_equals_the_dense_formula(likelihood, dtype, pad):
             got = nll(logits, xx, likelihood, 1e-5, clk)
         else:
             got = _old_nll(logits, xx, likelihood, 1e-5)
-        (grad,) = torch.autograd.grad(got.sum(), logits)
+        (grad,) = torch.autograd.grad((got * weights.to(got.dtype)).sum(), logits)
         results.append((got.detach(), grad))
     (want, want_grad), (got, got_grad) = results
     assert got.dtype == want.dtype
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-5}[dtype]
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * 10)
     torch.testing.assert_close(got_grad.double(), want_grad.double(), rtol=tol, atol=tol)
+
+
+def test_the_multinomial_gradient_from_the_clicks_passes_gradcheck_with_repeated_and_padded_clicks():
+    """The hand-written backward against finite differences (float64): a click listed twice counts
+    twice, a padding click (value 0) not at all, values other than 1 scale their term."""
+    from evcf.models.layers import _MultinomialFromClicks
+
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 7, generator=g, dtype=torch.float64).requires_grad_()
+    batch_row = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    cols = torch.tensor([1, 1, 4, 0, 6, 3, 3])
+    values = torch.tensor([1.0, 1.0, 2.5, 1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda l: _MultinomialFromClicks.apply(l, batch_row, cols, values), (logits,))
+    dense = torch.zeros(3, 7, dtype=torch.float64).index_put_((batch_row, cols), values, accumulate=True)
+    torch.testing.assert_close(_MultinomialFromClicks.apply(logits, batch_row, cols, values),
+                               -(torch.log_softmax(logits, 1) * dense).sum(1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,3 +421,39 @@ def test_a_padded_click_list_changes_nothing_in_the_first_layer():
     assert padded.batch_row.numel() == 64 > int(x.sum())
     torch.testing.assert_close(first_layer_from_rows(dropout, layer, x, padded), exact, rtol=0, atol=0)
     torch.testing.assert_close(exact, layer(torch.nn.functional.normalize(x, dim=1)), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.9])
+def test_dropout_keeps_each_entry_with_probability_one_minus_p_and_rescales_like_nn_dropout(p):
+    """The models' Dropout draws its mask as uniforms < 1 − p (faster on the CPU than bernoulli_):
+    the same law as nn.Dropout's.  Checked against that law directly: the kept fraction is within
+    5 sd of 1 − p over 10^6 entries, kept entries are x / (1 − p), the rest exactly 0, the gradient
+    is the same mask / (1 − p), and rows and columns are not correlated (each entry its own draw)."""
+    torch.manual_seed(0)
+    x = (torch.rand(1000, 1000) + 0.5).requires_grad_()  # no zeros: a zero output means dropped
+    out = Dropout(p).train()(x)
+    kept = out != 0
+    n, keep = kept.numel(), 1.0 - p
+    assert abs(kept.float().mean().item() - keep) < 5 * math.sqrt(keep * p / n)
+    torch.testing.assert_close(out[kept], x.detach()[kept] / keep)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / keep)
+    # independence: the kept fraction of each row (and column) varies as Binomial(1000, keep)'s does
+    for dim in (0, 1):
+        spread = kept.float().mean(dim=dim).std().item()
+        assert 0.8 < spread / math.sqrt(keep * p / 1000) < 1.2, dim
+    neighbours = stats.pearsonr(kept[:, :-1].flatten().float(), kept[:, 1:].flatten().float())[0]
+    assert abs(neighbours) < 0.01  # sd ~0.001 over 10^6 pairs
+
+
+def test_dropout_is_the_identity_in_eval_mode_and_at_p_0_and_zeros_at_p_1_as_nn_dropout_is():
+    x = torch.rand(50, 40) + 0.5
+    for p in (0.0, 0.5, 1.0):
+        assert torch.equal(Dropout(p).eval()(x), nn.Dropout(p).eval()(x)) and torch.equal(Dropout(p).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), nn.Dropout(1.0).train()(x)) and not Dropout(1.0).train()(x).any()
+    # the mask is drawn from torch's generator: a seed gives the same mask, another seed another one
+    torch.manual_seed(3)
+    a = keep_mask(x, 0.5)
+    torch.manual_seed(3)
+    assert torch.equal(keep_mask(x, 0.5), a) and not torch.equal(keep_mask(x, 0.5), a)

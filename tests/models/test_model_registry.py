@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 import pytest
+from torch import nn
 
 from evcf.errors import EvcfError
 from evcf.models import (
@@ -16,6 +17,7 @@ from evcf.models import (
     model_class,
     model_config_fields,
 )
+from evcf.models.layers import Dropout
 
 
 def test_model_names_are_unique_lowercase_dash_and_match_their_classes():
@@ -136,3 +138,12 @@ def test_invalid_values_are_errors(name, hparams, word):
 def test_bad_item_count():
     with pytest.raises(EvcfError, match="n_items"):
         build_model("mult-vae", 0)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_dropout_of_a_model_draws_its_mask_with_evcf_dropout(name):
+    """The models' dropouts are evcf.models.layers.Dropout (the same law as nn.Dropout, a faster mask
+    on the CPU: tests/models/test_layers.py); a plain nn.Dropout left in a model is slower there."""
+    model = build_model(name, 11, **({"n_pseudo": 3} if "vamp" in name else {}))
+    if isinstance(model, VAEModel):  # every VAE row drops its input out (CDAE draws its own mask)
+        assert {type(m) for m in model.modules() if isinstance(m, nn.Dropout)} == {Dropout}, name
