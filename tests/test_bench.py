@@ -20,6 +20,7 @@ import evcf.models.slim
 import evcf.optim
 import evcf.training
 from evcf.bench import format_table, gemm_rate, load_params, run_bench, step_flops
+from evcf.bench import vae
 from evcf.bench.baselines import SLIM_CHUNKS
 from evcf.bench.table import fmt
 from evcf.data.readers import read_ratings
@@ -73,6 +74,14 @@ def test_bench_cli_runs_prints_a_table_and_writes_the_documented_json(tmp_path):
         assert spread["min"] <= spread["q1"] <= spread["median"] == m["step_s"] <= spread["q3"] <= spread["max"]
         assert m["epoch_s"] == pytest.approx(m["step_s"] * m["steps_per_epoch"], rel=ROUNDED)
         assert m["x_floor"] == pytest.approx(m["epoch_s"] / m["floor_epoch_s"], rel=ROUNDED)
+        # the floor: the epoch's FLOPs at the GEMM rate measured around this model's own bench
+        window = m["gemm_window"]
+        assert positive(window["before_gflops"]) and positive(window["after_gflops"])
+        assert m["gemm_gflops"] == window["gflops"] == pytest.approx(
+            (window["before_gflops"] + window["after_gflops"]) / 2, rel=ROUNDED)
+        assert m["epoch_flops"] == m["step_flops"] * m["steps_per_epoch"]
+        assert m["floor_epoch_s"] == pytest.approx(m["epoch_flops"] / (m["gemm_gflops"] * 1e9), rel=ROUNDED)
+        assert m["reference_x_floor"] == pytest.approx(m["reference_epoch_s"] / m["floor_epoch_s"], rel=ROUNDED)
         assert m["check_loss_rel_diff"] < 1e-6  # both paths train the same model
         assert m["load_average_start"] is not None
     # the recipes are params.yaml's for ml-20m (the default dataset of a custom shape)
@@ -541,7 +550,6 @@ def test_a_multi_pass_model_is_timed_pass_by_pass_as_the_loop_trains_it(monkeypa
     """RecVAE's epoch is 3 encoder passes and 1 decoder pass (its params.yaml row): the bench times each
     pass's steps with that pass's optimizer and adds the passes up; a single-pass step would count
     one pass."""
-    from evcf.bench import vae
 
     stepped = []
     real = evcf.training.train_step
@@ -558,6 +566,8 @@ def test_a_multi_pass_model_is_timed_pass_by_pass_as_the_loop_trains_it(monkeypa
     steps_per_pass = math.ceil(80 / 20)
     assert entry["epoch_s"] == pytest.approx(sum(p["step_s"] for p in entry["passes"]) * steps_per_pass, rel=ROUNDED)
     assert entry["steps_per_epoch"] == 4 * steps_per_pass and positive(entry["x_floor"])
+    assert entry["epoch_flops"] == sum(p["step_flops"] for p in entry["passes"]) * steps_per_pass
+    assert entry["floor_epoch_s"] == pytest.approx(entry["epoch_flops"] / (entry["gemm_gflops"] * 1e9), rel=ROUNDED)
     # each pass stepped its own optimizer: the encoder passes one, the decoder pass another
     encoder = {opt for phase, opt in stepped if phase == "encoder"}
     decoder = {opt for phase, opt in stepped if phase == "decoder"}
@@ -583,3 +593,30 @@ def test_slims_objective_as_the_bench_computes_it():
             r = x[:, j] - x @ w[:, j]
             want = 0.5 * r @ r + 0.5 * 2.0 * scale * w[:, j] @ w[:, j] + 0.3 * scale * w[:, j].sum()
             assert got[k] == pytest.approx(want, rel=1e-12), (units, j)
+
+
+def test_the_floor_divides_the_epochs_flops_by_the_rate_of_the_models_own_window():
+    """By hand: 2e12 FLOPs an epoch at the mean of 100 and 300 GFLOP/s is a 10-s floor; each path's
+    × floor is its epoch over that; a path the entry did not time gets none."""
+    window = vae.gemm_window({"gflops": 100.0, "size": 8}, {"gflops": 300.0, "size": 8})
+    assert window == {"gflops": 200.0, "before_gflops": 100.0, "after_gflops": 300.0}
+    entry = {"epoch_flops": 2e12, "epoch_s": 25.0, "reference_epoch_s": 40.0, "pipelined_epoch_s": None}
+    vae.set_floor(entry, window)
+    assert entry["floor_epoch_s"] == 10.0 and entry["gemm_gflops"] == 200.0 and entry["gemm_window"] is window
+    assert (entry["x_floor"], entry["reference_x_floor"]) == (2.5, 4.0) and "pipelined_x_floor" not in entry
+
+
+def test_each_vae_rows_floor_uses_the_gemm_rates_measured_just_before_and_after_its_own_bench(monkeypatch):
+    """A machine whose speed drifts: the run's rates are 100, 200, 300, ... GFLOP/s in the order they
+    are measured.  The first is the run's; each VAE row gets the next two, around its own steps."""
+    import evcf.bench.run as bench_run
+
+    rates = iter(range(100, 10_000, 100))
+    monkeypatch.setattr(bench_run, "gemm_rate", lambda *a, **k: {"gflops": float(next(rates)), "dtype": "float32",
+                                                                   "size": 8, "tf32": False})
+    result = run_bench(**TINY_ARGS, models=["mult-vae", "vamp"], reference_steps=0)
+    assert result["gemm"]["gflops"] == 100.0
+    for name, (before, after) in (("mult-vae", (200.0, 300.0)), ("vamp", (400.0, 500.0))):
+        m = result["models"][name]
+        assert (m["gemm_window"]["before_gflops"], m["gemm_window"]["after_gflops"]) == (before, after), name
+        assert m["floor_epoch_s"] == pytest.approx(m["epoch_flops"] / ((before + after) / 2 * 1e9), rel=ROUNDED)

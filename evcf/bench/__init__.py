@@ -15,8 +15,10 @@ seeded synthetic training matrix of the dataset's shape (:mod:`evcf.data.shapes`
   be given model options of its own (``--reference-hparams``).
 * the median step time and its spread (quartiles, min, max), times the steps of an epoch;
 * the epoch's FLOP floor: the matrix-product FLOPs of one step (:func:`step_flops`) times the
-  steps of an epoch, divided by this machine's measured GEMM rate (:func:`gemm_rate`), so that
-  "× floor" means the same on any machine;
+  steps of an epoch, divided by this machine's GEMM rate (:func:`gemm_rate`) measured just before
+  and just after the model's bench (the mean of the two; both kept as ``gemm_window``), so that
+  "× floor" means the same on any machine, and on a machine whose speed drifts during the bench
+  each model is divided by the rate of its own window;
 * the time to evaluate ``--eval-users`` held-out users, and the peak resident memory of each phase.
 
 The models that fit themselves are timed by their own training code, at the first point of their

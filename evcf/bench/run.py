@@ -19,7 +19,7 @@ from .baselines import bench_baseline
 from .preprocess import bench_preprocess
 from .table import fmt
 from .timer import PeakMemory, gemm_rate, load_average, machine, precision_settings, rounded
-from .vae import bench_phases, bench_vae
+from .vae import bench_phases, bench_vae, gemm_window, set_floor
 
 __all__ = ["run_bench", "recipe", "load_params", "load_params_checked"]
 
@@ -267,8 +267,12 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
 
     # --- the machine's GEMM rate, the data -------------------------------------------------------
     gemm_dtype = torch.bfloat16 if run_precision == "bf16" else torch.float32
-    result["gemm"] = gemm_rate(dev, gemm_dtype, gemm_size or (8192 if dev.type == "cuda" else 2048),
-                               tf32=run_precision == "tf32")
+
+    def measure_gemm() -> dict[str, Any]:
+        return gemm_rate(dev, gemm_dtype, gemm_size or (8192 if dev.type == "cuda" else 2048),
+                         tf32=run_precision == "tf32")
+
+    result["gemm"] = measure_gemm()  # the run's first; each VAE row's floor uses its own window's
     memory = PeakMemory(dev)
     result["peak_rss_method"] = ("VmHWM per phase (reset via /proc/self/clear_refs)" if memory.can_reset
                                  else "getrusage ru_maxrss (peak so far)")
@@ -300,15 +304,17 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
                      min(cfg.batch_size, the_shape.users), warmup,
                      steps, reference_steps)
             multi_pass = model_class(name).epoch_phases is not VAEModel.epoch_phases
+            before = measure_gemm()
             with numerics(cfg, dev):  # the recipe's TF32 and deterministic settings, as in training
                 if multi_pass:  # an epoch of several passes (RecVAE): each pass timed as the loop trains it
                     entry = bench_phases(name, model_hparams, cfg, data, steps=steps, warmup=warmup, seed=seed,
-                                         device=dev, memory=memory, gemm=result["gemm"])
+                                         device=dev, memory=memory)
                 else:
                     entry = bench_vae(name, model_hparams, reference_hparams.get(name, {}), cfg, data, steps=steps,
                                       warmup=warmup, reference_steps=reference_steps, seed=seed, device=dev,
-                                      memory=memory, gemm=result["gemm"], pipelined_steps=pipelined_steps,
+                                      memory=memory, pipelined_steps=pipelined_steps,
                                       reference_cfg=reference_cfgs[name], reference_batches=reference_batches)
+            set_floor(entry, gemm_window(before, measure_gemm()))
         else:
             log.info("bench: %s (its own fit)", name)
             with numerics(cfg, dev):

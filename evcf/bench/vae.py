@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from ..errors import EvcfError
 from .timer import PeakMemory, load_average, spread, sync
 
-__all__ = ["step_flops", "batch_stream", "bench_vae", "PIPELINED_ROUNDS"]
+__all__ = ["step_flops", "batch_stream", "bench_vae", "bench_phases", "set_floor", "gemm_window", "PIPELINED_ROUNDS"]
 
 PIPELINED_ROUNDS = 5  # the pipelined steps are timed in this many rounds (the spread of their step time)
 
@@ -80,12 +80,13 @@ def time_evaluation(model: Any, data: dict[str, Any], cfg: Any, *, device: Any, 
 
 
 def bench_phases(name: str, hparams: dict, cfg: Any, data: dict[str, Any], *, steps: int, warmup: int, seed: int,
-                 device: Any, memory: PeakMemory, gemm: dict[str, Any]) -> dict[str, Any]:
+                 device: Any, memory: PeakMemory) -> dict[str, Any]:
     """A model whose epoch is several passes (``epoch_phases``: RecVAE's encoder and decoder passes),
     timed as the loop trains it: its optimizers (``training.make_optimizers``), ``on_epoch_start``,
     then per pass ``begin_phase`` and synchronised :func:`~evcf.training.train_step` calls with that
     pass's optimizer(s).  The epoch is the sum over the passes of the median step × the steps of a
-    pass; the floor sums each pass's matrix-product FLOPs the same way.  No reference path (the
+    pass; ``epoch_flops`` sums each pass's matrix-product FLOPs the same way (the caller turns it
+    into the floor: :func:`set_floor`).  No reference path (the
     authors' code is not ours to run) and no pipelined rounds.
     """
     import torch
@@ -129,18 +130,37 @@ def bench_phases(name: str, hparams: dict, cfg: Any, data: dict[str, Any], *, st
                            "step_s": spread(times)["median"], "step_spread_s": spread(times), "step_times_s": times})
     time_evaluation(model, data, cfg, device=device, memory=memory, into=out)
     epoch_s = sum(p["step_s"] for p in passes) * steps_per_pass
-    floor = sum(p["step_flops"] for p in passes) * steps_per_pass / (gemm["gflops"] * 1e9)
     out.update(passes=passes, steps_per_epoch=steps_per_pass * len(passes), steps_per_pass=steps_per_pass,
                step_flops=sum(p["step_flops"] for p in passes) // len(passes),
+               epoch_flops=sum(p["step_flops"] for p in passes) * steps_per_pass,
                step_s=epoch_s / (steps_per_pass * len(passes)), epoch_s=epoch_s,
-               users_per_s=train.n_rows / epoch_s, floor_epoch_s=floor, x_floor=epoch_s / floor,
-               reference_epoch_s=None, speedup=None, load_average_end=load_average())
+               users_per_s=train.n_rows / epoch_s, reference_epoch_s=None, speedup=None,
+               load_average_end=load_average())
     return out
+
+
+def set_floor(out: dict[str, Any], gemm: dict[str, Any]) -> None:
+    """The epoch's FLOP floor, ``epoch_flops`` ÷ the GEMM rate ``gemm["gflops"]``, and "× floor" of
+    each path the model's entry timed (ours, pipelined, reference).  ``run_bench`` gives the rate
+    measured around the model's own steps (:func:`gemm_window`), so a machine whose speed drifts
+    during a bench divides each model's times by its own window's rate."""
+    floor = out["epoch_flops"] / (gemm["gflops"] * 1e9)
+    out.update(gemm_gflops=gemm["gflops"], gemm_window=gemm, floor_epoch_s=floor, x_floor=out["epoch_s"] / floor)
+    for path in ("pipelined", "reference"):
+        if out.get(f"{path}_epoch_s") is not None:
+            out[f"{path}_x_floor"] = out[f"{path}_epoch_s"] / floor
+
+
+def gemm_window(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The GEMM rate of a model's window: the mean of the rates measured just before and just after
+    its bench (each the median of its products), both kept so a drift shows."""
+    return {"gflops": (before["gflops"] + after["gflops"]) / 2, "before_gflops": before["gflops"],
+            "after_gflops": after["gflops"]}
 
 
 def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data: dict[str, Any], *,
               steps: int, warmup: int, reference_steps: int, seed: int, device: Any, memory: PeakMemory,
-              gemm: dict[str, Any], pipelined_steps: int = 0, reference_cfg: Any = None,
+              pipelined_steps: int = 0, reference_cfg: Any = None,
               reference_batches: str = "host") -> dict[str, Any]:
     """Memory phases first (each path alone), then the timed steps of both paths interleaved.
 
@@ -242,13 +262,9 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
 
     del paths, model, optimizer, batches
     ours = spread(times["ours"])
-    floor = out["step_flops"] * steps_per_epoch / (gemm["gflops"] * 1e9)
     out.update(step_s=ours["median"], step_spread_s=ours, step_times_s=times["ours"],
                epoch_s=ours["median"] * steps_per_epoch, users_per_s=batch / ours["median"],
-               floor_epoch_s=floor, x_floor=ours["median"] * steps_per_epoch / floor,
-               reference_epoch_s=None, speedup=None)
-    if pipelined_steps:
-        out["pipelined_x_floor"] = out["pipelined_epoch_s"] / floor
+               epoch_flops=out["step_flops"] * steps_per_epoch, reference_epoch_s=None, speedup=None)
     if reference_steps:
         ref = spread(times["reference"])
         pairs = [r / o for r, o in zip(times["reference"], times["ours"])]  # neighbours in time
@@ -265,7 +281,6 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
         out.update(reference_step_s=ref["median"], reference_step_spread_s=ref,
                    reference_step_times_s=times["reference"], reference_epoch_s=ref["median"] * steps_per_epoch,
                    speedup=ref["median"] / ours["median"], speedup_paired=spread(pairs),
-                   reference_x_floor=ref["median"] * steps_per_epoch / floor,
                    check_loss=losses[0], reference_check_loss=losses[1],
                    check_loss_rel_diff=abs(losses[0] - losses[1]) / max(abs(losses[1]), 1e-12))
     out["load_average_end"] = load_average()
