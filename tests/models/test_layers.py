@@ -444,6 +444,12 @@ def test_dropout_keeps_each_entry_with_probability_one_minus_p_and_rescales_like
         assert 0.8 < spread / math.sqrt(keep * p / 1000) < 1.2, dim
     neighbours = stats.pearsonr(kept[:, :-1].flatten().float(), kept[:, 1:].flatten().float())[0]
     assert abs(neighbours) < 0.01  # sd ~0.001 over 10^6 pairs
+    # at p = 0.5 eight entries come from one random byte: all 256 patterns of 8 aligned entries
+    # equally likely (125,000 groups, ~488 each; a byte that is never 0 would leave one pattern out)
+    if p == 0.5:
+        groups = kept.flatten().view(-1, 8).long()
+        patterns = torch.bincount((groups << torch.arange(8)).sum(1), minlength=256)
+        assert stats.chisquare(patterns.numpy()).pvalue > 1e-4
 
 
 def test_dropout_is_the_identity_in_eval_mode_and_at_p_0_and_zeros_at_p_1_as_nn_dropout_is():
