@@ -15,9 +15,17 @@ batch (the size of its scatter) is summed from a host copy of the row lengths, a
 per epoch, and hands each batch over as a :class:`RowBatch`: the dense rows and the coordinates of
 their clicks, which the scatter computed anyway.  The models' sparse first layer reads the clicks
 from there; finding them again in the dense rows (``nonzero``) would make the host wait.
-Static shapes: the click list of a batch is padded to a power of two (:func:`padded_size`), with
-padding entries of value 0 in the batch's last row, so that a compiled or captured step sees a few
-shapes per run instead of one per batch (the click count differs from batch to batch).
+Bucketed shapes: the click list of a batch is padded (:func:`padded_size`: in steps of 64 to 4,096
+entries, less than 1/16 of padding beyond 1,024 clicks) with entries of value 0 spread over the batch's rows and
+items (:func:`pad_clicks`), so that a compiled step (``train.compile``) sees tens of shapes per run
+instead of one per batch (the click count differs from batch to batch).
+
+The step is not capturable as a CUDA graph, and nothing here claims it is: a batch's click list
+still has a length that depends on the data (a bucket, not one size), the last batch of an epoch
+has fewer rows, β reaches the models as a Python float (a 0-d CPU tensor under ``train.compile``),
+and the optimizers count their steps on the host (evcf/optim.py).  Capture would need every one of
+those on the device and one static shape; ``docs/gpu.md`` says why that was not done.
+
 Training, evaluation and CDAE's own loop all cut their batches with :class:`Batches`.  Its
 ``dense_on_host`` option builds each batch as the reference codes do instead (a scipy row slice,
 ``toarray()`` on the host, then a copy to the device): the baseline of ``evcf bench``.
@@ -47,28 +55,40 @@ except ImportError as exc:
     sp = Missing("scipy.sparse", exc)
 
 __all__ = ["DeviceCSR", "HostCSR", "Batches", "Clicks", "RowBatch", "padded_size", "pad_clicks", "clicks_of",
-           "MIN_PADDED_CLICKS"]
+           "MIN_PADDED_CLICKS", "MAX_PADDING_STEP"]
 
-MIN_PADDED_CLICKS = 64  # ours: the shortest click list; tiny batches share one shape
+MIN_PADDED_CLICKS = 64  # ours: the shortest click list, and the smallest step between padded lengths
+MAX_PADDING_STEP = 4096  # ours: the largest step between padded lengths (long lists: < 4,096 entries of padding)
+PADDING_STEPS_PER_DOUBLING = 32  # ours: padded lengths per power of two: at most ~1/16 of a list is padding
 
 
 def padded_size(n_clicks: int) -> int:
-    """The length a batch's click list is padded to: the next power of two, at least 64.
+    """The length a batch's click list is padded to: the next multiple of a step that grows with it.
 
-    At most twice the clicks (the padding costs the sparse first layer and the likelihood's click
-    terms, both O(clicks · H) or less), and about log2(max / min clicks per batch) shapes per run.
+    The step is 1/32 of the power of two at or above ``n_clicks`` (itself a power of two), at least
+    64 and at most 4,096: 2,048 for ML-20M's ~34K clicks at batch 500, 4,096 for Netflix's ~65K.
+    Beyond 1,024 clicks the padding is then less than 1/16 of them (about 1/32 on average; 2.4% at
+    34,000 clicks; below, less than 64 entries), where the next power of two (this function's
+    first form) wasted up to half.  The price
+    is more shapes per run: about 32 per doubling of the click count, against one, so a compiled
+    step (``train.compile``) may see more shapes than a power-of-two padding gave it.
     """
-    return max(MIN_PADDED_CLICKS, 1 << max(n_clicks - 1, 0).bit_length())
+    if n_clicks <= MIN_PADDED_CLICKS:
+        return MIN_PADDED_CLICKS
+    scale = 1 << (n_clicks - 1).bit_length()  # the power of two at or above n_clicks
+    step = min(MAX_PADDING_STEP, max(MIN_PADDED_CLICKS, scale // PADDING_STEPS_PER_DOUBLING))
+    return -(-n_clicks // step) * step
 
 
 class Clicks(NamedTuple):
     """Where the clicks of a batch of rows are: the k-th entry is at (``batch_row[k]``, ``cols[k]``)
     and holds ``values[k]``.
 
-    Row-major: ``batch_row`` ascending, columns ascending within a row (``torch.nonzero``'s order).
-    A padded list (:meth:`DeviceCSR.batch`) ends with entries of value 0 at (last row, item 0):
-    every sum over the entries weighted by ``values`` (the first layer's product, the
-    likelihood's click terms) is unchanged by them.
+    Row-major: ``batch_row`` ascending; unpadded, columns ascending within a row
+    (``torch.nonzero``'s order).  A padded list (:meth:`DeviceCSR.batch`, :func:`pad_clicks`) has
+    entries of value 0 after each row's clicks, at items spread over the catalogue: every sum over
+    the entries weighted by ``values`` (the first layer's product, the likelihood's click terms)
+    is unchanged by them.
     """
 
     batch_row: torch.Tensor  # (n,) int64, the row of the batch
@@ -76,18 +96,37 @@ class Clicks(NamedTuple):
     values: torch.Tensor  # (n,) the entry's value: 1 for a click, 0 for padding
 
 
-def pad_clicks(clicks: Clicks, n_rows: int) -> Clicks:
-    """``clicks`` padded to :func:`padded_size` entries: value 0, in row ``n_rows − 1``, at item 0.
+def pad_clicks(clicks: Clicks, n_rows: int, n_items: int = 1) -> Clicks:
+    """``clicks`` padded to :func:`padded_size` entries of value 0, spread over the rows and the items.
 
-    The padding is made on the clicks' device (no copy from the host)."""
+    Each row gets an equal share of the padding (⌊pad / n_rows⌋ entries, one more in each of the
+    first ``pad mod n_rows`` rows) right after its own clicks, so the list stays row-major (each
+    row's entries contiguous: the bags of ``embedding_bag``); the padding's items run through
+    0, 1, …, ``n_items`` − 1 by position in the list.  So no row holds much of the padding and no
+    item gets much of it: on a GPU ``embedding_bag`` gives each (bag, feature) pair to one thread,
+    which loops over its bag, and the backward pass's ``index_add_`` adds atomically per address
+    (one bag and one item holding all the padding, this function's first form, made both serial).
+    Sums weighted by ``values`` are unchanged (the padding's are 0); only their order differs.
+
+    Made on the clicks' device with sizes known on the host: no read-back, no copy from the host.
+    """
     batch_row, cols, values = clicks
-    n_pad = padded_size(batch_row.numel()) - batch_row.numel() if n_rows else 0
+    n = batch_row.numel()
+    n_pad = padded_size(n) - n if n_rows else 0
     if not n_pad:
         return clicks
-    device = batch_row.device
-    return Clicks(torch.cat([batch_row, torch.full((n_pad,), n_rows - 1, dtype=batch_row.dtype, device=device)]),
-                  torch.cat([cols, torch.zeros(n_pad, dtype=cols.dtype, device=device)]),
-                  torch.cat([values, torch.zeros(n_pad, dtype=values.dtype, device=device)]))
+    device, size = batch_row.device, n + n_pad
+    per_row, extra = divmod(n_pad, n_rows)
+    rows = torch.arange(n_rows, device=device)  # (B,)
+    padding = (rows < extra).to(batch_row.dtype).add_(per_row)  # (B,) each row's padding entries
+    lengths = torch.zeros(n_rows, dtype=batch_row.dtype, device=device).index_add_(
+        0, batch_row, torch.ones_like(batch_row))  # (B,) each row's clicks
+    padded_rows = torch.repeat_interleave(rows, lengths + padding, output_size=size)  # (size,)
+    # click k of row r moves down by the padding of the rows before r: r · per_row + min(r, extra)
+    where = torch.arange(n, device=device) + batch_row * per_row + batch_row.clamp(max=extra)  # (n,)
+    padded_cols = torch.arange(size, dtype=cols.dtype, device=device).remainder_(max(n_items, 1))
+    padded_values = torch.zeros(size, dtype=values.dtype, device=device)
+    return Clicks(padded_rows, padded_cols.index_copy_(0, where, cols), padded_values.index_copy_(0, where, values))
 
 
 def clicks_of(x: torch.Tensor, pad: bool = True) -> Clicks:
@@ -95,7 +134,7 @@ def clicks_of(x: torch.Tensor, pad: bool = True) -> Clicks:
     it: a batch from :class:`Batches` brings its clicks instead), padded as a batch's are."""
     batch_row, cols = torch.nonzero(x, as_tuple=True)  # (nnz,) each, row-major
     clicks = Clicks(batch_row, cols, x[batch_row, cols])
-    return pad_clicks(clicks, x.shape[0]) if pad else clicks
+    return pad_clicks(clicks, x.shape[0], x.shape[1]) if pad else clicks
 
 
 class RowBatch(NamedTuple):
@@ -189,15 +228,16 @@ class DeviceCSR:
               *, n_nonzeros: int | None = None, pad: bool = True) -> RowBatch:
         """The dense 0/1 rows (batch, n_items) on the device, with the coordinates of their clicks.
 
-        With ``pad`` the click list is padded to :func:`padded_size` entries (value 0, in the last
-        row, item 0); without it, it holds the clicks alone.  The padding is made on the device.
+        With ``pad`` the click list is padded to :func:`padded_size` entries (value 0, spread over
+        the rows and items: :func:`pad_clicks`); without it, it holds the clicks alone.  The padding
+        is made on the device.
         """
         batch_row, cols = self.nonzeros(rows, n_nonzeros=n_nonzeros)
         n_rows, n_clicks = len(rows), batch_row.numel()
         out = torch.zeros(n_rows, self.shape[1], dtype=dtype, device=self.device)
         out.view(-1).index_fill_(0, batch_row * self.shape[1] + cols, 1)
         clicks = Clicks(batch_row, cols, torch.ones(n_clicks, dtype=dtype, device=self.device))
-        return RowBatch(out, pad_clicks(clicks, n_rows) if pad else clicks)
+        return RowBatch(out, pad_clicks(clicks, n_rows, self.shape[1]) if pad else clicks)
 
 
 class Batches:

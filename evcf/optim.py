@@ -9,6 +9,13 @@ optimizer runs the elementwise form of its reference code.
 AdamNormGrad's elementwise form is written as multi-tensor operations (``torch._foreach_*``: a few
 kernels for all parameters instead of a dozen per parameter) with its step count and bias
 corrections on the parameters' device, so a step neither reads a value back nor copies one over.
+
+Neither optimizer can be captured in a CUDA graph as built here, and nothing relies on it: torch's
+fused Adam is made without ``capturable=True`` (torch refuses to capture it so), the fused
+AdamNormGrad computes its eps from a step count kept on the host (a new scalar each step, which a
+graph would freeze), and the learning rate is a Python float in both.  The step around them is not
+capturable either (evcf/batches.py: click lists of data-dependent length, a shorter last batch, β
+as a Python float); docs/gpu.md says why that was left for later.
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ class AdamNormGrad(torch.optim.Optimizer):
 
     Unfused: multi-tensor operations over all parameters of a group; ``step`` is a float64 0-d
     tensor on the parameter's device and the bias corrections are computed there, so nothing is
-    read back or copied over (a CUDA graph could capture it).  ``p.grad`` is left untouched.
+    read back or copied over.  ``p.grad`` is left untouched.  (That alone does not make the step
+    capturable as a CUDA graph: the learning rate is a Python float and the rest of the step is
+    not capturable either, see the module's docstring.)
 
     ``fused``: the gradients are divided by their norms in place (multi-tensor; ``p.grad`` is left
     so divided), then torch's fused Adam kernel takes every parameter in one call with

@@ -170,7 +170,9 @@ def keep_mask(like: torch.Tensor, p: float) -> torch.Tensor:
     entry, eight entries from each uniform random byte; otherwise a uniform compared with 1 − p, as
     CDAE's corruption draws it (evcf/models/cdae.py).  A (1000 × 20,108) pseudo-input mask on this
     project's 2-core machine: ~0.05 s by bits, ~0.19 s by uniforms, ~0.45 s by ``bernoulli_``.
-    Both ways are as capturable on a GPU as ``bernoulli_`` (no read-back).
+    Neither way reads a value back from the device (no host synchronisation on a GPU).  Each
+    draw advances the generator's offset by the mask's size, which a CUDA graph would have to
+    register; evcf does not capture its step (evcf/batches.py says why).
     """
     if p == 0.5:
         n = like.numel()
