@@ -1,5 +1,6 @@
 """A training step never waits for the device and never copies to it: no host synchronisation and
-no host-to-device copy inside an epoch or an evaluation batch.
+no host-to-device copy inside an epoch or an evaluation batch.  Every VAE row's step, and CDAE's
+(its own loop: evcf/models/cdae.py), are checked.
 
 On a GPU, reading a value back (``.item()``, ``float()``, a tensor in an ``if``), or an operation
 whose output size depends on the data (``nonzero``, ``bincount``, ``repeat_interleave`` without
@@ -319,3 +320,51 @@ def test_evaluation_copies_to_the_device_only_while_setting_up(train_meta, name)
     assert len(five.to_device) == len(one.to_device) <= 8, five.to_device
     assert {c.split()[1].split(":")[0] for c in five.to_device} == {"batches.py"}  # DeviceCSR, Batches
     assert len(five.to_host) == len(one.to_host) == len(METRICS)  # each column's .cpu(), once
+
+
+# --------------------------------------------------------------------------------------------------
+# CDAE: its own loop (evcf/models/cdae.py), under the same two checks as the VAE rows
+
+CDAE_SMALL = {"hidden_size": 8, "batch_size": 40, "epochs": 1, "weight_decays": [0.1], "fold_in_steps": 2}
+
+
+def cdae_epoch(train_csr, device: torch.device, variant: str) -> tuple[object, list[tuple[torch.Tensor, int]]]:
+    """A CDAE fit's trainer on ``device`` and one epoch's batches (built outside the watch, as the
+    loop builds each epoch's order once)."""
+    model = build_model("cdae", N_ITEMS, **CDAE_SMALL, variant=variant)
+    trainer = model.start_fit(train_csr, seed=1, device=device, weight_decay=0.1)
+    return trainer, list(trainer.epoch())
+
+
+@pytest.mark.parametrize("variant", ["liang2018", "wu2016"])
+def test_a_cdae_epoch_never_waits_for_the_device(train, variant):
+    """CDAE.fit's inner loop: its step (network, user vectors, both optimizers, corruption and the
+    sampled negatives of Wu's variant), the epoch's loss summed on the device as fit sums it."""
+    trainer, batches = cdae_epoch(train.matrix, torch.device("cpu"), variant)
+    assert len(batches) == 3
+    with host_syncs(anywhere_in_evcf) as calls:
+        total = torch.zeros((), dtype=torch.float64)
+        for rows, clicks in batches:
+            total += trainer.step(rows, clicks).double() * rows.numel()
+    assert calls == []
+    assert torch.isfinite(total)
+
+
+@pytest.mark.parametrize("variant", ["liang2018", "wu2016"])
+def test_a_cdae_epoch_copies_nothing_to_the_device(train, variant):
+    """The same steps on the meta device: no host-to-device copy, nothing read back.  (The
+    trainer is built on the CPU and moved: torch makes no generator for the meta device, whose
+    operations draw nothing anyway.)"""
+    trainer, _ = cdae_epoch(train.matrix, torch.device("cpu"), variant)
+    trainer.device, trainer.step_gen = META, None
+    trainer.model.network.to(META)  # the same Parameter objects: Adam's references hold
+    trainer.users = trainer.opt_users.table = trainer.users.to(META)
+    trainer.opt_users.exp_avg, trainer.opt_users.exp_avg_sq = (trainer.opt_users.exp_avg.to(META),
+                                                               trainer.opt_users.exp_avg_sq.to(META))
+    trainer.rows_of = DeviceCSR(train.matrix, META)
+    batches = list(trainer.epoch())
+    with host_copies() as copies:
+        for rows, clicks in batches:
+            loss = trainer.step(rows, clicks)
+    assert loss.device == META
+    assert copies.to_device == [] and copies.to_host == [], copies.to_device
