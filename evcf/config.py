@@ -9,6 +9,7 @@ command-line arguments of ``evcf`` subcommands.  The ``evcf`` CLI itself never r
 from __future__ import annotations
 
 import copy
+import json
 import difflib
 import itertools
 import typing
@@ -235,16 +236,19 @@ def _schema_error(err: jsonschema.ValidationError) -> tuple[tuple, str, str]:
 
 
 def validate(config: dict[str, Any], *, source: str = "params.yaml",
-             overrides: dict[str, Any] | None = None, committed: dict[str, Any] | None = None) -> None:
+             overrides: dict[str, Any] | None = None, committed: dict[str, Any] | None = None,
+             written: dict[str, Any] | None = None) -> None:
     """Raise one EvcfError for the first problem in ``config``; otherwise every run is buildable.
 
     ``overrides`` are the values given on the command line (Snakemake's ``--config``): they are
     typed in place first (see :func:`apply_cli_types`), errors in them say so, and they are kept in
     ``config[COMMAND_LINE]`` so that :func:`run_settings` applies them after every file layer (a
     value typed on the command line wins).  ``committed`` is the config file as last committed
-    (``git show HEAD:params.yaml``), when known: a setting changed since then (by hand, or by
-    ``dvc exp run -S``, which writes params.yaml) that a more specific layer or a grid overrides is
-    refused, naming that layer.  Then: the schema (every key known, every type right), the
+    (``git show HEAD:params.yaml``), when known, and ``written`` the file as it is on disk (before
+    ``--config``; ``config`` itself when not given): a setting changed in the file since the commit
+    (by hand, or by ``dvc exp run -S``, which writes params.yaml) that a more specific layer or a
+    grid overrides is refused, naming that layer.  Values typed with ``--config`` are never taken
+    for edits of the file.  Then: the schema (every key known, every type right), the
     cross-references, and every run and grid point of the selection is resolved and built (model
     and training configs), so a bad value fails here, before any job starts.
     """
@@ -314,11 +318,15 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml",
                                "its settings in one run)", f"remove its grid, list its settings in "
                                f"model_params.{model}.model (its in-run search), or use tuning: full")
 
+    built: set[str] = set()  # the (model, hyperparameters) already built: grid points share most
+
     def check(where: tuple, model: str | None, hparams: dict, train: dict) -> None:
         try:
             train_config(train)
-            if model is not None:
+            key = json.dumps([model, hparams], sort_keys=True, default=str)
+            if model is not None and key not in built:
                 build_model(model, 2, **hparams)  # validates names, types and values of the Config
+                built.add(key)
         except EvcfError as exc:
             raise fail(where, exc.problem, exc.fix or "correct that value") from None
 
@@ -343,7 +351,7 @@ def validate(config: dict[str, Any], *, source: str = "params.yaml",
     for path in sorted(_setting_paths(config[COMMAND_LINE]), key=str):
         _check_applied(config, path, COMMAND_LINE_LABEL, "--config (command line)")
     if committed is not None:
-        for path in sorted(_changed_paths(config, committed), key=str):
+        for path in sorted(_changed_paths(config if written is None else written, committed), key=str):
             _check_applied(config, path, "", f"{source} (changed since the last commit, e.g. by `dvc exp run -S`)")
 
 

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
+# One torch and BLAS thread per test process by default (EVCF_TEST_THREADS=2 runs the suite at two):
+# the tests' tensors are small, and on a 2-core machine torch's default of one thread per core only
+# makes the processes that Snakemake and DVC start compete with the test itself.  Set before torch,
+# numpy or scipy load their thread pools; the processes the tests start inherit the environment.
+TEST_THREADS = os.environ.get("EVCF_TEST_THREADS", "1")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+for _var in THREAD_VARS:
+    os.environ[_var] = TEST_THREADS
+
 import shutil
 import subprocess
 import sys
@@ -69,7 +80,8 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> su
     # this checkout's package first, also in the `evcf` commands that Snakemake and DVC start: the
     # tests check the code beside them, whichever checkout the environment's editable install points to
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={"PATH": env_path, "HOME": str(cwd), "LC_ALL": "C.UTF-8", "PYTHONPATH": str(REPO)})
+                          env={"PATH": env_path, "HOME": str(cwd), "LC_ALL": "C.UTF-8", "PYTHONPATH": str(REPO),
+                               **{var: os.environ[var] for var in THREAD_VARS}})
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

@@ -43,7 +43,8 @@ try:
     for _configfile in workflow.configfiles:
         check_plain_yaml(_configfile)
     FILE_CONFIG = _read_configfiles()
-    validate(config, overrides=workflow.config_settings.config, committed=_read_configfiles("HEAD"))
+    validate(config, overrides=workflow.config_settings.config, committed=_read_configfiles("HEAD"),
+             written=FILE_CONFIG)
 except EvcfError as exc:
     sys.stderr.write(f"error: {exc}\n")
     sys.exit(2)
