@@ -262,7 +262,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     from .report import make_report
 
     written = make_report([Path(r) for r in args.runs], Path(args.out),
-                          benchmarks_dir=Path(args.benchmarks) if args.benchmarks else None)
+                          benchmarks_dir=Path(args.benchmarks) if args.benchmarks else None,
+                          tolerance=args.tolerance)
     print(f"ok: wrote {len(written)} files under {args.out}")
 
 
@@ -394,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", required=True)
     p.add_argument("--benchmarks", default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--tolerance", type=json_object, default=None,
+                   help='the reproduction verdicts\' tolerance δ per dataset (params.yaml report.tolerance), '
+                        'e.g. \'{"ml-20m": 0.002}\' or \'{"ml-20m": {"ndcg@100": 0.002}}\'; without it no cell is settled')
     p.set_defaults(func=cmd_report)
 
     from .bench import add_parser as add_bench_parser

@@ -9,8 +9,9 @@ place.  Outputs, relative to ``out_dir``:
   (the HTML page is what Snakemake's report shows; published values come from
   :mod:`evcf.report.published`)
 * ``significance.csv`` — :mod:`evcf.report.stats`
-* ``claims.csv`` — the paper's claims, each row against the row it extends
-  (:func:`evcf.report.stats.claims_table`; their verdicts are in ``table1.md`` / ``table1.html``)
+* ``claims.csv`` — the paper's claims, each against the paper's comparison row and the ablation's,
+  with the per-seed differences (:func:`evcf.report.stats.claims_table`; their verdicts are in
+  ``table1.md`` / ``table1.html``)
 * ``plots/{metrics,learning_curves,per_user_ndcg,train_time}_<dataset>.{png,csv}`` —
   :mod:`evcf.report.plots`
 * ``summary.json`` — ``{dataset: {model: {"recall@20": mean, "recall@50": mean, "ndcg@100": mean,
@@ -33,7 +34,7 @@ from evcf.report import plots
 from evcf.report.published import load_published
 from evcf.report.stats import CLAIM_COLUMNS, METRICS, SIGNIFICANCE_COLUMNS, average_over_seeds, claims_table, \
     significance_table
-from evcf.report.table import build_table, canonical_model, order_datasets, order_models, \
+from evcf.report.table import PAPER_ROWS, build_table, canonical_model, order_datasets, order_models, \
     render_html, render_latex, render_markdown, render_settings_markdown
 
 __all__ = ["make_report", "load_runs", "RunData"]
@@ -248,8 +249,12 @@ def _csv(frame: pd.DataFrame) -> bytes:
 
 
 def make_report(runs: list[Path], out_dir: Path, *, benchmarks_dir: Path | None = None,
-                reference: str = "mult-vae") -> dict[str, Path]:
+                reference: str = "mult-vae", tolerance: dict | None = None) -> dict[str, Path]:
     """Write Table 1, significance tests, plots and summary metrics for ``runs`` into ``out_dir``.
+
+    ``tolerance``: the reproduction verdicts' δ, ``{dataset: number}`` or ``{dataset: {metric: number}}``
+    (params.yaml ``report.tolerance``, passed by ``evcf report --tolerance``); without one, no cell with a
+    published value is settled.
 
     Returns a mapping from each output's path relative to ``out_dir`` (e.g. ``"table1.md"``,
     ``"plots/metrics_ml-20m.png"``) to its path.  All inputs are validated before anything is written;
@@ -265,15 +270,15 @@ def make_report(runs: list[Path], out_dir: Path, *, benchmarks_dir: Path | None 
     if significance.empty:
         log.warning("reference model %r has no runs next to another model; significance.csv has a "
                     "header only and the table has no significance marks", reference)
-    table = build_table(data.runs, significance, published)
-    claims = claims_table(averaged)
+    table = build_table(data.runs, significance, published, tolerance)
+    claims = claims_table(data.per_user, paper_rows=PAPER_ROWS)
 
     outputs: dict[str, bytes] = {
-        "table1.md": (render_markdown(table, reference, claims)
+        "table1.md": (render_markdown(table, reference, claims, data.runs)
                       + render_settings_markdown(data.runs)).encode("utf-8"),
         "table1.csv": _csv(table),
         "table1.tex": render_latex(table, reference).encode("utf-8"),
-        "table1.html": render_html(table, reference, claims).encode("utf-8"),
+        "table1.html": render_html(table, reference, claims, data.runs).encode("utf-8"),
         "significance.csv": _csv(significance if not significance.empty
                                  else pd.DataFrame(columns=SIGNIFICANCE_COLUMNS)),
         "claims.csv": _csv(claims if not claims.empty else pd.DataFrame(columns=CLAIM_COLUMNS)),

@@ -28,15 +28,18 @@ columns :data:`TABLE_COLUMNS`:
 * ``best`` (True for the best mean of the dataset × metric), ``wilcoxon_p_holm``, ``ttest_p_holm``
   (empty for the reference model and where no test was possible), ``significant`` (Wilcoxon
   p < :data:`SIGNIFICANCE_LEVEL`);
-* the reproduction verdict (:func:`reproduction`): ``se`` and ``se_source`` (``seeds``: sd / √n over
-  n ≥ 2 seeds; ``test users``: the run's standard error over its test users, for a single run),
-  ``ci_low``, ``ci_high`` (our 95% interval), ``z`` = (ours − published) / se, and ``verdict``:
-  ``reproduced`` (the published value inside our 95% interval), ``above`` / ``below`` (ours above or
-  below it), or ``no published value``.
+* the reproduction verdict (:func:`reproduction`), an equivalence decision with tolerance δ:
+  ``sd_used``, ``sd_df``, ``sd_source`` (the seed spread the cell is judged by, :func:`seed_spreads`),
+  ``tolerance`` (δ), ``rounding`` (half a unit of the published value's last decimal), ``half_width``,
+  ``diff_low``, ``diff_high`` (the interval for Δ = ours − published), ``verdict`` (``reproduced``,
+  ``above``, ``below``, ``inconclusive`` or ``no published value``), ``seeds_needed`` (inconclusive: the
+  seeds in all that would settle it, empty when none would) and ``reason``.
 
 **Verdicts and claims.**  :func:`render_markdown` and :func:`render_html` add per dataset the
-verdict of every cell with a published value, and the paper's claims checked by paired tests
-(:func:`evcf.report.stats.claims_table`), each with a one-line verdict (:func:`claim_verdict`).
+verdict of every cell with a published value, and the paper's claims checked by paired tests and the
+seeds' signs (:func:`evcf.report.stats.claims_table`), each with a one-line verdict
+(:func:`claim_verdict`).  On a dataset that is not the paper's (:data:`PAPER_DATASETS`), the claims are
+headed as directions on that dataset, and the verdict section says why nothing is compared.
 
 Markdown has no column groups, so :func:`render_markdown` writes one table per dataset (each a few
 columns wide); :func:`render_latex` and :func:`render_html` group the columns per dataset as the
@@ -45,6 +48,7 @@ paper does.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -57,7 +61,7 @@ from tabulate import tabulate
 from scipy import stats as scipy_stats
 
 from evcf.report.published import Published, load_published
-from evcf.report.stats import CLAIMS, METRICS
+from evcf.report.stats import CLAIMS, METRICS, STRONGEST
 
 __all__ = [
     "METRIC_LABELS",
@@ -76,8 +80,16 @@ __all__ = [
     "render_latex",
     "render_html",
     "reproduction",
+    "half_width",
+    "published_rounding",
+    "seeds_needed",
+    "seed_spreads",
+    "tolerance_for",
+    "title",
     "claim_verdict",
     "NO_PUBLISHED",
+    "PAPER_ROWS",
+    "PAPER_DATASETS",
 ]
 
 SIGNIFICANCE_LEVEL = 0.05  # Holm-corrected Wilcoxon p below this gets the mark
@@ -90,7 +102,7 @@ _DATASET_LABELS = {
     "netflix": "Netflix",
     "ml-1m": "ML-1M",
     "ml-100k": "ML-100K",
-    "synthetic": "Synthetic",
+    "synthetic": "Synthetic (generated, no published values)",  # evcf/data/synthetic.py makes it
 }
 _DATASET_FIRST = ("ml-20m", "netflix")  # the paper's column order; other datasets follow, sorted
 
@@ -106,6 +118,8 @@ _PAPER = {
     "hvamp": "H+Vamp",
     "hvamp-gated": "H+Vamp (Gated)",
 }
+PAPER_ROWS = tuple(_PAPER)  # the rows the headline claim is judged against (evcf.report.stats.claims_table)
+
 # our additional rows: the like-for-like gating ablation, then the extra baselines
 _EXTRA = {"mult-vae-evcf": "Mult-VAE (EVCF recipe)", "popularity": "Popularity", "ease": "EASE", "recvae": "RecVAE"}
 _ALIASES = {"h-vamp": "hvamp", "h-vamp-gated": "hvamp-gated"}  # spellings used in some configs
@@ -129,16 +143,21 @@ TABLE_COLUMNS = [
     "wilcoxon_p_holm",
     "ttest_p_holm",
     "significant",
-    "se",
-    "se_source",
-    "ci_low",
-    "ci_high",
-    "z",
+    "sd_used",
+    "sd_df",
+    "sd_source",
+    "tolerance",
+    "rounding",
+    "half_width",
+    "diff_low",
+    "diff_high",
     "verdict",
+    "seeds_needed",
+    "reason",
 ]
 
 NO_PUBLISHED = "no published value"
-CONFIDENCE = 0.95  # the interval of the reproduction verdict
+CONFIDENCE = 0.95  # the interval of the reproduction verdict (two-sided, as a t interval is usually read)
 
 
 def canonical_model(name: str) -> str:
@@ -188,57 +207,171 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def reproduction(mean: float, std: float, n: int, user_se: float, published: float) -> dict:
-    """The reproduction verdict of one cell: our 95% interval and where the published value lies.
+def published_rounding(value: float) -> float:
+    """Half a unit in the last decimal the source printed: ±0.0005 for a value printed with 3 decimals.
 
-    With n ≥ 2 seeds (and a spread) the standard error is sd / √n and the interval
-    mean ± t_{0.975, n−1} · se; a single run uses its standard error over the test users and
-    mean ± z_{0.975} · se.  ``reproduced`` when the published value lies inside the interval, else
-    ``above`` (ours higher) or ``below``; ``z`` = (ours − published) / se in standard errors.
-    Without a published value: ``no published value`` and nothing else.
+    The decimals are those :func:`_fmt_published` prints (at least three; more where the file has more),
+    so 0.41308 (Kim & Suh print five) gives 0.000005 and 0.36 (Liang et al. print 0.360) 0.0005.
     """
-    out = {"se": np.nan, "se_source": "", "ci_low": np.nan, "ci_high": np.nan, "z": np.nan,
-           "verdict": NO_PUBLISHED}
+    text = f"{value:.6f}".rstrip("0")
+    decimals = max(3, len(text.split(".")[1]) if "." in text else 0)
+    return 0.5 * 10.0 ** -decimals
+
+
+def half_width(sd: float, df: int, n: int, rounding: float) -> float:
+    """Half-width of the interval for Δ = ours − published: t(0.975, df) · sd · √(1 + 1/n) + rounding.
+
+    A prediction-style interval: our mean over n seeds has variance sd²/n and the published value is
+    one more run of the same law (variance sd²), so Δ has variance sd² · (1 + 1/n); the published
+    value's rounding (±half a unit of its last decimal) is added whole, as a bound and not a variance.
+    """
+    return _t_quantile(df) * sd * math.sqrt(1.0 + 1.0 / n) + rounding
+
+
+@functools.lru_cache(maxsize=None)
+def _t_quantile(df: int) -> float:
+    return float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df))
+
+
+@functools.lru_cache(maxsize=None)
+def _f_quantile(df1: int, df2: int) -> float:
+    return float(scipy_stats.f.ppf(0.95, df1, df2))
+
+
+MAX_SEEDS = 100  # the most seeds :func:`seeds_needed` looks at before it says no number will do
+
+
+def seeds_needed(diff: float, sd: float, df: int, n: int, tolerance: float, rounding: float) -> float:
+    """The fewest seeds (in all) at which the same Δ and sd would settle the cell, or NaN if none would.
+
+    Settled: the interval lies within ± tolerance (reproduced) or wholly beyond it (above, below).
+    Each added seed adds one degree of freedom to ``df``.  Because the published value is one run, the
+    interval never gets narrower than about 1.96 · sd + rounding, whatever the number of seeds: when that
+    alone is wider than the band, no number of seeds will do (NaN).
+    """
+    floor = float(scipy_stats.norm.ppf(0.5 + CONFIDENCE / 2)) * sd + rounding  # the half-width as m → ∞
+    if abs(diff) + floor > tolerance and abs(diff) - floor <= tolerance:
+        return float("nan")
+    for m in range(n + 1, MAX_SEEDS + 1):
+        half = half_width(sd, df + (m - n), m, rounding)
+        if abs(diff) + half <= tolerance or abs(diff) - half > tolerance:
+            return float(m)
+    return float("nan")
+
+
+def reproduction(mean: float, published: float, *, sd: float, df: int, n: int, tolerance: float | None,
+                 rounding: float | None = None) -> dict:
+    """The reproduction verdict of one cell: an equivalence decision with tolerance ``tolerance`` (δ).
+
+    Δ = ``mean`` − ``published`` with the interval Δ ± :func:`half_width` (``sd`` with ``df`` degrees of
+    freedom: see :func:`seed_spreads`; ``n`` the row's own seeds; ``rounding`` defaults to
+    :func:`published_rounding`).  ``reproduced`` when the whole interval lies within ± δ; ``above`` /
+    ``below`` when it lies wholly above + δ / below − δ; ``inconclusive`` otherwise, with
+    ``seeds_needed`` (:func:`seeds_needed`).  Without a published value: ``no published value``; without a
+    spread to judge by (no seeded row) or without a tolerance: ``inconclusive`` and why.
+    """
+    out = {"tolerance": np.nan, "rounding": np.nan, "half_width": np.nan, "diff_low": np.nan,
+           "diff_high": np.nan, "verdict": NO_PUBLISHED, "seeds_needed": np.nan, "reason": ""}
     if published is None or math.isnan(published):
         return out
-    if n >= 2 and not math.isnan(std) and std > 0:
-        se, source = std / math.sqrt(n), "seeds"
-        half = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * se
-    elif user_se is not None and not math.isnan(user_se) and user_se > 0:
-        se, source = float(user_se), "test users"
-        half = float(scipy_stats.norm.ppf(0.5 + CONFIDENCE / 2)) * se
-    else:
-        out.update(verdict="no spread to judge by")
+    rounding = published_rounding(published) if rounding is None else rounding
+    out.update(rounding=rounding, verdict="inconclusive")
+    if tolerance is None or math.isnan(tolerance):
+        out["reason"] = "no tolerance δ given (params.yaml report.tolerance)"
+        return out
+    out["tolerance"] = tolerance
+    if sd is None or math.isnan(sd) or df < 1:
+        out["reason"] = "no seed spread (no row here ran two seeds or more)"
         return out
     diff = mean - published
-    verdict = "reproduced" if abs(diff) <= half else "above" if diff > 0 else "below"
-    out.update(se=se, se_source=source, ci_low=mean - half, ci_high=mean + half, z=diff / se, verdict=verdict)
+    half = half_width(sd, df, n, rounding)
+    low, high = diff - half, diff + half
+    out.update(half_width=half, diff_low=low, diff_high=high)
+    if -tolerance <= low and high <= tolerance:
+        out["verdict"] = "reproduced"
+    elif low > tolerance:
+        out["verdict"] = "above"
+    elif high < -tolerance:
+        out["verdict"] = "below"
+    else:
+        needed = seeds_needed(diff, sd, df, n, tolerance, rounding)
+        out["seeds_needed"] = needed
+        out["reason"] = (f"more seeds needed (about {int(needed)} in all)" if not math.isnan(needed) else
+                         "more seeds will not settle it (seed sd too wide for δ)")
+    return out
+
+
+def seed_spreads(ns, sds) -> list[tuple[float, int, str]]:
+    """(sd, degrees of freedom, source) to judge each row of one dataset × metric by.
+
+    ``ns`` and ``sds`` are the rows' seed counts and sample sds (NaN for n = 1).  The seed spread is
+    pooled over the seeded rows (n ≥ 2): s² = Σ (nᵢ − 1) sᵢ² / Σ (nᵢ − 1) with Σ (nᵢ − 1) degrees of
+    freedom — three seeds alone give t(0.975, 2) = 4.3, too wide to tell anything.  A seeded row whose own
+    variance is significantly larger than the other rows' pooled one (one-sided F-test at 5%) is judged
+    by its own sd and n − 1 degrees of freedom instead.  A row fitted once borrows the pooled spread
+    (two fits of a seeded row are the nearest thing to two fits of it); with no seeded row: (NaN, 0, '').
+    """
+    ns = [int(n) for n in ns]
+    sds = [float(s) for s in sds]
+    seeded = [i for i, (n, s) in enumerate(zip(ns, sds)) if n >= 2 and not math.isnan(s)]
+    df_all = sum(ns[i] - 1 for i in seeded)
+    if not seeded:
+        return [(math.nan, 0, "")] * len(ns)
+    pooled = math.sqrt(sum((ns[i] - 1) * sds[i] ** 2 for i in seeded) / df_all)
+    pooled_source = f"seeds pooled over {len(seeded)} rows"
+    out = []
+    for i, (n, s) in enumerate(zip(ns, sds)):
+        if i in seeded:
+            df_other = df_all - (n - 1)
+            var_other = (sum((ns[j] - 1) * sds[j] ** 2 for j in seeded if j != i) / df_other
+                         if df_other else math.nan)
+            if df_other and (var_other == 0 and s > 0 or var_other > 0 and s ** 2 / var_other
+                             > _f_quantile(n - 1, df_other)):
+                out.append((s, n - 1, "this row's seeds (noisier than the other rows)"))
+                continue
+        out.append((pooled, df_all, pooled_source if i in seeded else f"fitted once; {pooled_source}"))
     return out
 
 
 def claim_verdict(rows: pd.DataFrame) -> str:
     """One line for a claim on one dataset from its :func:`~evcf.report.stats.claims_table` rows."""
-    by = {o: [METRIC_LABELS[m] for m in rows.loc[rows["outcome"] == o, "metric"]]
-          for o in ("holds", "reversed", "no difference")}
     n = len(rows)
-    if len(by["holds"]) == n:
+    holds = [METRIC_LABELS[m] for m in rows.loc[rows["outcome"] == "holds", "metric"]]
+    reversed_ = [METRIC_LABELS[m] for m in rows.loc[rows["outcome"] == "reversed", "metric"]]
+    unshown = {reason: [METRIC_LABELS[m] for m in group["metric"]]
+               for reason, group in rows[rows["outcome"] == "not shown"].groupby("reason", sort=True)}
+    if len(holds) == n:
         return f"holds on all {n} metrics"
-    if len(by["reversed"]) == n:
+    if len(reversed_) == n:
         return f"reversed on all {n} metrics (the model is worse)"
-    if len(by["no difference"]) == n:
-        return "not shown: no significant difference on any metric"
-    parts = [f"holds on {', '.join(by['holds'])}" if by["holds"] else "",
-             f"reversed on {', '.join(by['reversed'])}" if by["reversed"] else "",
-             f"no significant difference on {', '.join(by['no difference'])}" if by["no difference"] else ""]
+    why = [f"{reason} on {', '.join(metrics)}" for reason, metrics in unshown.items()]
+    if not holds and not reversed_:
+        if len(unshown) == 1:
+            return f"not shown: {next(iter(unshown))} on {'any metric' if n > 1 else 'the metric'}"
+        return "not shown: " + "; ".join(why)
+    parts = [f"holds on {', '.join(holds)}" if holds else "",
+             f"reversed on {', '.join(reversed_)}" if reversed_ else "",
+             *(f"not shown ({w})" for w in why)]
     return "partly: " + "; ".join(p for p in parts if p)
 
 
+def tolerance_for(tolerance: dict | None, dataset: str, metric: str) -> float:
+    """δ of one dataset × metric from ``tolerance`` (params.yaml ``report.tolerance``, passed by the CLI):
+    ``{dataset: number}`` or ``{dataset: {metric: number}}``; NaN where it names none."""
+    value = (tolerance or {}).get(dataset)
+    if isinstance(value, dict):
+        value = value.get(metric)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
 def build_table(runs: pd.DataFrame, significance: pd.DataFrame | None = None,
-                published: Published | None = None) -> pd.DataFrame:
+                published: Published | None = None, tolerance: dict | None = None) -> pd.DataFrame:
     """The tidy Table 1: one row per (dataset, model, metric) that ran, columns TABLE_COLUMNS.
 
     ``significance`` is :func:`evcf.report.stats.significance_table`'s output (may be None/empty);
-    ``published`` is :func:`evcf.report.published.load_published`'s (None: the package's file).
+    ``published`` is :func:`evcf.report.published.load_published`'s (None: the package's file);
+    ``tolerance`` the reproduction verdicts' δ per dataset (:func:`tolerance_for`; None: no verdicts,
+    each cell with a published value says that no tolerance was given).
     """
     if published is None:
         published = load_published()
@@ -251,20 +384,19 @@ def build_table(runs: pd.DataFrame, significance: pd.DataFrame | None = None,
         for rec in significance.itertuples(index=False):
             sig[(rec.dataset, rec.model, rec.metric)] = (rec.wilcoxon_p_holm, rec.ttest_p_holm)
 
-    # a single run's standard error over its test users (metrics.json's <metric>_se), per cell
-    user_se: dict[tuple[str, str, str], float] = {}
-    for metric in METRICS:
-        if f"{metric}_se" in runs:
-            for (d, m), v in runs.groupby(["dataset", "model"])[f"{metric}_se"].mean().items():
-                user_se[(d, m, metric)] = float(v)
+    # the seed spread each cell is judged by: pooled over the seeded rows of its dataset × metric
+    spread: dict[tuple[str, str, str], tuple[float, int, str]] = {}
+    for (dataset, metric), group in stats.groupby(["dataset", "metric"]):
+        for model, chosen in zip(group["model"], seed_spreads(group["n"], group["std"])):
+            spread[(dataset, model, metric)] = chosen
 
     records = []
     for s in stats.itertuples(index=False):
         pub = published.get((s.dataset, s.model, s.metric))
         p_w, p_t = sig.get((s.dataset, s.model, s.metric), (np.nan, np.nan))
-        verdict = reproduction(float(s.mean), float(s.std), int(s.n), user_se.get((s.dataset, s.model, s.metric),
-                                                                                      np.nan),
-                               pub.value if pub else np.nan)
+        sd, df, sd_source = spread[(s.dataset, s.model, s.metric)]
+        verdict = reproduction(float(s.mean), pub.value if pub else np.nan, sd=sd, df=df, n=int(s.n),
+                               tolerance=tolerance_for(tolerance, s.dataset, s.metric))
         records.append({
             "row_order": models.index(s.model), "section": model_section(s.model),
             "model": s.model, "label": model_label(s.model), "dataset": s.dataset,
@@ -274,6 +406,7 @@ def build_table(runs: pd.DataFrame, significance: pd.DataFrame | None = None,
             "diff": float(s.mean) - pub.value if pub else np.nan,
             "best": False, "wilcoxon_p_holm": p_w, "ttest_p_holm": p_t,
             "significant": bool(p_w < SIGNIFICANCE_LEVEL),
+            "sd_used": sd, "sd_df": df, "sd_source": sd_source,
             **verdict,
         })
     table = pd.DataFrame(records, columns=TABLE_COLUMNS)
@@ -484,55 +617,124 @@ def render_settings_markdown(runs: pd.DataFrame) -> str:
 # --- verdicts and claims, shared by Markdown and HTML --------------------------------------------
 
 def _fmt_verdict(rec) -> str:
-    if rec.verdict in ("reproduced", "above", "below"):
-        return f"{rec.verdict} ({round(rec.z, 1) + 0.0:+.1f} SE)"  # + 0.0: no "-0.0"
-    return rec.verdict
+    return f"{rec.verdict}: {rec.reason}" if rec.reason else rec.verdict
 
 
 def _verdict_rows(table: pd.DataFrame, dataset: str) -> list[list[str]]:
-    """Model, metric, ours, our 95% interval, published, verdict: every cell with a published value."""
+    """Model, metric, ours, published, the interval for Δ, ± δ, verdict: every cell with a published value."""
     body = []
     for row in _comparison_rows(table, dataset):
         for metric in METRICS:
             rec = row.cells.get((dataset, metric))
             if rec is None or math.isnan(rec.published):
                 continue
-            interval = (f"[{rec.ci_low:.4f}, {rec.ci_high:.4f}] ({rec.se_source}, n={rec.n})"
-                        if rec.se_source else f"none (n={rec.n})")
-            body.append([row.label, METRIC_LABELS[metric], f"{rec.mean:.4f}", interval,
-                         _fmt_published(rec.published), _fmt_verdict(rec)])
+            interval = (f"{_fmt_diff(rec.diff)} [{rec.diff_low:+.4f}, {rec.diff_high:+.4f}]"
+                        if not math.isnan(rec.diff_low) else _fmt_diff(rec.diff))
+            kind = "own" if rec.sd_source.startswith("this row") else "pooled"
+            spread = f"{rec.sd_used:.4f} ({kind}, df {rec.sd_df})" if rec.sd_source else "none"
+            tol = "—" if math.isnan(rec.tolerance) else f"±{rec.tolerance:g}"
+            body.append([row.label, METRIC_LABELS[metric], str(rec.n), interval, spread, tol, _fmt_verdict(rec)])
     return body
 
 
-VERDICT_NOTE = ("Verdict: reproduced when the published value lies inside our 95% interval (over seeds: "
-                "mean ± t(0.975, n−1) · sd/√n; for a single run: mean ± 1.96 · its standard error over the "
-                "test users), else above or below it; (±x SE): ours − published in our standard errors.")
+VERDICT_HEADERS = ["Model", "Metric", "n", "Δ [interval]", "Seed sd", "δ", "Verdict"]
 
-CLAIMS_NOTE = ("Each claim: the model against the row it extends, per test user (values averaged over "
-               "seeds), two-sided Wilcoxon signed-rank test, Holm-corrected over every claim and metric of "
-               "the dataset; a cell gives mean difference (model − row it extends) and the corrected p. "
-               "Holds: better with p < 0.05; reversed: worse with p < 0.05.")
+VERDICT_NOTE = ("Verdict: Δ = ours − published with the interval Δ ± (t(0.975, df) · sd · √(1 + 1/n) + half a unit "
+                "of the published value's last decimal) — the published value counted as one more run — is "
+                "reproduced when the whole interval lies within ± δ, above or below when it lies wholly beyond "
+                "+δ or −δ, and inconclusive otherwise; sd is the seed spread pooled over the dataset's seeded "
+                "rows (a row's own when an F-test finds it noisier; a row fitted once borrows the pooled one), "
+                "n the row's seeds (Δ, ours and published are in the table above).")
+
+
+def _tolerance_note(table: pd.DataFrame, dataset: str) -> str:
+    values = sorted(set(table.loc[(table["dataset"] == dataset) & table["tolerance"].notna(), "tolerance"]))
+    if not values:
+        return "No tolerance δ was given for this dataset (params.yaml report.tolerance), so no cell is settled."
+    return (f"δ = {' / '.join(f'{v:g}' for v in values)} on {dataset_label(dataset)}: params.yaml "
+            "report.tolerance (the defaults are Liang et al. 2018's published standard errors).")
+
+
+CLAIMS_NOTE = ("Each claim: the model against its baseline per test user (values averaged over seeds), "
+               "two-sided Wilcoxon signed-rank test, Holm-corrected over every claim and metric of the dataset; "
+               "a cell gives the mean difference (model − baseline), the range of the per-seed differences "
+               "[min, max] and the corrected p. Holds (reversed): better (worse) with p < 0.05 and in every "
+               "seed pair; otherwise not shown, with the reason (n.s. per user, seeds disagree).")
+
+COMPARISON_LABELS = {"paper": "the paper's", "ablation": "ablation (same network, one ingredient)",
+                     "beyond the paper": "not in the paper"}
+
+UNCHECKED = "Not checked here (one of its two rows did not run): "
+
+PAPER_DATASETS = _DATASET_FIRST  # the datasets the paper's claims are about
+
+DIRECTIONS_HEADING = "Directions on this dataset (the paper's claims are about ML-20M and Netflix)"
+
+
+def _claim_cell(r) -> str:
+    spread = (f" [{r.seed_diff_min:+.4f}, {r.seed_diff_max:+.4f}]" if r.n_seed_pairs > 1 else "")
+    against = f" vs {model_label(r.baseline)}" if r.claim == "best-row" else ""
+    return f"{r.mean_diff:+.4f}{spread}{against} (p={r.wilcoxon_p_holm:.2g})"
 
 
 def _claim_parts(claims: pd.DataFrame | None, dataset: str) -> tuple[list[list[str]], list[str]]:
-    """(rows of the claims table: claim, one cell per metric, verdict; claims not checked, as text)."""
+    """(rows of the claims table: claim, compared as, one cell per metric, verdict; claims not checked)."""
     here = pd.DataFrame() if claims is None or claims.empty else claims[claims["dataset"] == dataset]
     body, unchecked = [], []
-    for claim, text, model, baseline in CLAIMS:
-        rows = here[here["claim"] == claim] if len(here) else here
+    for claim in CLAIMS:
+        rows = here[here["claim"] == claim.id] if len(here) else here
         if not len(rows):
-            unchecked.append(f"{text} ({model_label(model)} and {model_label(baseline)} did not both run)")
+            unchecked.append(claim.text)
             continue
-        cells = {r.metric: f"{r.mean_diff:+.4f} (p={r.wilcoxon_p_holm:.2g})" for r in rows.itertuples()}
-        body.append([text[0].upper() + text[1:], *(cells.get(m, "not tested") for m in METRICS),
-                     claim_verdict(rows)])
+        cells = {r.metric: _claim_cell(r) for r in rows.itertuples()}
+        verdict = claim_verdict(rows)
+        if claim.comparison == "beyond the paper" and (rows["outcome"] == "reversed").any():
+            verdict += f": {model_label(claim.baseline)} is better, so the paper's best row is not the best here"
+        body.append([claim.text[0].upper() + claim.text[1:], COMPARISON_LABELS[claim.comparison],
+                     *(cells.get(m, "not tested") for m in METRICS), verdict])
     return body, unchecked
 
 
-def render_markdown(table: pd.DataFrame, reference: str = "mult-vae", claims: pd.DataFrame | None = None) -> str:
+def _claims_heading(dataset: str) -> str:
+    if dataset in PAPER_DATASETS:
+        return f"{dataset_label(dataset)}: the paper's claims"
+    return f"{dataset_label(dataset)}: {DIRECTIONS_HEADING}"
+
+
+def _no_verdicts_line(table: pd.DataFrame, dataset: str) -> str:
+    """Why nothing is compared on a dataset without published values."""
+    return (f"Nothing is compared on {dataset_label(dataset)}: no published values exist for it (the papers "
+            "report ML-20M and Netflix; evcf/report/published.yaml holds theirs), so no cell has a verdict.")
+
+
+def _seeds_lines(table: pd.DataFrame, dataset: str, runs: pd.DataFrame | None) -> list[str]:
+    """Which seeds each row ran (from the runs), grouped: "Seeds 1, 2, 3: Mult-VAE, Vamp"."""
+    if runs is None or runs.empty:
+        return []
+    here = runs[runs["dataset"] == dataset]
+    groups: dict[tuple, list[str]] = {}
+    for model in order_models(here["model"].unique()):
+        seeds = tuple(sorted(here.loc[here["model"] == model, "seed"].astype(int)))
+        groups.setdefault(seeds, []).append(model_label(model))
+    parts = [f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+             f"{' (one run)' if len(seeds) == 1 else ''}: {', '.join(labels)}" for seeds, labels in groups.items()]
+    return [f"Seeds on {dataset_label(dataset)}: " + "; ".join(parts) + "."]
+
+
+def title(table: pd.DataFrame) -> str:
+    """"Table 1 (regenerated)" on the paper's datasets; "Table 1's rows on <datasets>" on any other."""
+    datasets = _datasets(table)
+    if all(d in PAPER_DATASETS for d in datasets):
+        return "Table 1 (regenerated)"
+    return "Table 1's rows on " + ", ".join(dataset_label(d) for d in datasets)
+
+
+def render_markdown(table: pd.DataFrame, reference: str = "mult-vae", claims: pd.DataFrame | None = None,
+                    runs: pd.DataFrame | None = None) -> str:
     """Table 1 as GitHub-flavoured Markdown: per dataset our table, the published comparison, the
-    reproduction verdicts and the paper's claims (``claims``: :func:`evcf.report.stats.claims_table`)."""
-    lines = ["# Table 1 (regenerated)", ""]
+    reproduction verdicts and the paper's claims (``claims``: :func:`evcf.report.stats.claims_table`);
+    ``runs`` (one row per run, with ``seed``) lists each row's seeds."""
+    lines = [f"# {title(table)}", ""]
     for dataset in _datasets(table):
         rows = _rows(table, [dataset])
         headers = ["Model", *(METRIC_LABELS[m] for m in METRICS)]
@@ -551,7 +753,8 @@ def render_markdown(table: pd.DataFrame, reference: str = "mult-vae", claims: pd
                 lines += [f"No published value for {', '.join(missing)} on {dataset_label(dataset)}.",
                           ""]
         lines += _md_verdicts(table, dataset) + _md_claims(claims, dataset)
-    lines += ["**Notes**", "", *(f"- {note}" for note in _notes(table, reference))]
+    notes = _notes(table, reference) + [line for d in _datasets(table) for line in _seeds_lines(table, d, runs)]
+    lines += ["**Notes**", "", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -560,22 +763,24 @@ def _md_verdicts(table: pd.DataFrame, dataset: str) -> list[str]:
     lines = [f"### {name}: did the published results reproduce?", ""]
     body = _verdict_rows(table, dataset)
     if body:
-        lines += [tabulate(body, headers=["Model", "Metric", "Ours", "Our 95% interval", "Published", "Verdict"],
-                           tablefmt="github", disable_numparse=True), "", VERDICT_NOTE, ""]
+        lines += [tabulate(body, headers=VERDICT_HEADERS, tablefmt="github", disable_numparse=True), "",
+                  VERDICT_NOTE + " " + _tolerance_note(table, dataset), ""]
+    else:
+        lines += [_no_verdicts_line(table, dataset), ""]
     missing = _without_published(table, dataset)
-    if missing:
+    if missing and body:
         lines += [f"Verdict for {', '.join(missing)} on {name}: {NO_PUBLISHED}.", ""]
     return lines
 
 
 def _md_claims(claims: pd.DataFrame | None, dataset: str) -> list[str]:
     body, unchecked = _claim_parts(claims, dataset)
-    lines = [f"### {dataset_label(dataset)}: the paper's claims", ""]
+    lines = [f"### {_claims_heading(dataset)}", ""]
     if body:
-        lines += [tabulate(body, headers=["Claim", *(METRIC_LABELS[m] for m in METRICS), "Verdict"],
+        lines += [tabulate(body, headers=["Claim", "Compared as", *(METRIC_LABELS[m] for m in METRICS), "Verdict"],
                            tablefmt="github", disable_numparse=True), "", CLAIMS_NOTE, ""]
     if unchecked:
-        lines += ["Not checked here: " + "; ".join(unchecked) + ".", ""]
+        lines += [UNCHECKED + "; ".join(unchecked) + ".", ""]
     return lines
 
 
@@ -639,7 +844,7 @@ def render_latex(table: pd.DataFrame, reference: str = "mult-vae") -> str:
     rows = _rows(table)
     n_cols = 1 + 3 * len(datasets)
     lines = [
-        "% Table 1 (regenerated) -- written by evcf.report; needs \\usepackage{booktabs}",
+        f"% {title(table)} -- written by evcf.report; needs \\usepackage{{booktabs}}",
         r"\begin{tabular}{l" + "r" * 3 * len(datasets) + "}",
         r"\toprule",
         " & ".join(["Model", *(rf"\multicolumn{{3}}{{c}}{{{_latex_escape(dataset_label(d))}}}"
@@ -715,7 +920,8 @@ def _html_cell(rec) -> str:
     return f'<td class="num">{text} <span class="n">{n}</span>{mark}</td>'
 
 
-def render_html(table: pd.DataFrame, reference: str = "mult-vae", claims: pd.DataFrame | None = None) -> str:
+def render_html(table: pd.DataFrame, reference: str = "mult-vae", claims: pd.DataFrame | None = None,
+                runs: pd.DataFrame | None = None) -> str:
     """Table 1 as a standalone HTML page (for Snakemake's report): the same content as the Markdown,
     with the columns grouped per dataset as in the paper."""
     esc = html.escape
@@ -724,8 +930,8 @@ def render_html(table: pd.DataFrame, reference: str = "mult-vae", claims: pd.Dat
     n_cols = 1 + 3 * len(datasets)
     out = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        "<title>Table 1 (regenerated)</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
-        "<h1>Table 1 (regenerated)</h1>",
+        f"<title>{esc(title(table))}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>",
+        f"<h1>{esc(title(table))}</h1>",
         "<table>", "<thead>",
         '<tr><th rowspan="2">Model</th>'
         + "".join(f'<th class="group" colspan="3">{esc(dataset_label(d))}</th>' for d in datasets)
@@ -763,7 +969,8 @@ def render_html(table: pd.DataFrame, reference: str = "mult-vae", claims: pd.Dat
                        f"{esc(dataset_label(dataset))}.</p>")
     for dataset in datasets:
         out += _html_verdicts_and_claims(table, claims, dataset)
-    out += [f'<p class="note">{esc(note)}</p>' for note in _notes(table, reference, grouped=True)]
+    notes = _notes(table, reference, grouped=True) + [line for d in datasets for line in _seeds_lines(table, d, runs)]
+    out += [f'<p class="note">{esc(note)}</p>' for note in notes]
     out += ["</body>", "</html>", ""]
     return "\n".join(out)
 
@@ -781,16 +988,18 @@ def _html_verdicts_and_claims(table: pd.DataFrame, claims: pd.DataFrame | None, 
     out = [f"<h2>{esc(name)}: did the published results reproduce?</h2>"]
     body = _verdict_rows(table, dataset)
     if body:
-        out += _html_table(["Model", "Metric", "Ours", "Our 95% interval", "Published", "Verdict"], body)
-        out.append(f'<p class="note">{esc(VERDICT_NOTE)}</p>')
+        out += _html_table(VERDICT_HEADERS, body)
+        out.append(f'<p class="note">{esc(VERDICT_NOTE + " " + _tolerance_note(table, dataset))}</p>')
+    else:
+        out.append(f'<p class="note">{esc(_no_verdicts_line(table, dataset))}</p>')
     missing = _without_published(table, dataset)
-    if missing:
+    if missing and body:
         out.append(f'<p class="note">Verdict for {esc(", ".join(missing))} on {esc(name)}: {NO_PUBLISHED}.</p>')
     body, unchecked = _claim_parts(claims, dataset)
-    out.append(f"<h2>{esc(name)}: the paper's claims</h2>")
+    out.append(f"<h2>{esc(_claims_heading(dataset))}</h2>")
     if body:
-        out += _html_table(["Claim", *(METRIC_LABELS[m] for m in METRICS), "Verdict"], body)
+        out += _html_table(["Claim", "Compared as", *(METRIC_LABELS[m] for m in METRICS), "Verdict"], body)
         out.append(f'<p class="note">{esc(CLAIMS_NOTE)}</p>')
     if unchecked:
-        out.append(f'<p class="note">Not checked here: {esc("; ".join(unchecked))}.</p>')
+        out.append(f'<p class="note">{esc(UNCHECKED + "; ".join(unchecked))}.</p>')
     return out
