@@ -114,6 +114,11 @@ def build_schema() -> dict[str, Any]:
             "train": train,
             "model_params": per_model,
             "tune": {"type": "object", "additionalProperties": _closed(grid)},
+            # the reproduction verdicts' δ per dataset: a number, or one per metric (evcf report --tolerance)
+            "report": _closed({"tolerance": {"type": "object", "additionalProperties": {"oneOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
+            ]}}}),
         },
         required=["datasets", "models", "seeds", "data", "train", "model_params"],
     )

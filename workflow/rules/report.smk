@@ -12,5 +12,8 @@ rule make_report:
     params:
         runs=get_report_runs,
         out=get_report_out,
+        # the reproduction verdicts' tolerance δ per dataset (params.yaml report.tolerance)
+        tolerance=shlex.quote(json.dumps(config.get("report", {}).get("tolerance", {}), sort_keys=True)),
     shell:
-        "evcf report --runs {params.runs} --benchmarks benchmarks --out {params.out} 2> {log}"
+        "evcf report --runs {params.runs} --benchmarks benchmarks --out {params.out} "
+        "--tolerance {params.tolerance} 2> {log}"
