@@ -620,3 +620,88 @@ def test_each_vae_rows_floor_uses_the_gemm_rates_measured_just_before_and_after_
         m = result["models"][name]
         assert (m["gemm_window"]["before_gflops"], m["gemm_window"]["after_gflops"]) == (before, after), name
         assert m["floor_epoch_s"] == pytest.approx(m["epoch_flops"] / ((before + after) / 2 * 1e9), rel=ROUNDED)
+
+
+# --------------------------------------------------------------------------------------------------
+# The memory-traffic floor beside the FLOP floor
+
+
+def test_step_traffic_charges_each_operations_reads_and_writes():
+    """By hand, a model of one weight w (n floats) whose loss is (w * x).sum() with plain SGD: the
+    forward is a mul (reads w and x, writes the product) and a sum (reads the product); the backward
+    writes a gradient; the optimizer reads it and reads and writes w in place.  At least the
+    forward's 3 n floats and the update's 3 n; far below that is an undercount, and a step whose
+    data is 10x larger moves about 10x more."""
+    from evcf.bench.vae import step_traffic
+
+    class One(torch.nn.Module):
+        def __init__(self, n: int):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(n))
+
+        def loss(self, x, beta, clicks):
+            from evcf.models.base import LossParts
+
+            value = (self.w * x).sum()
+            zero = torch.zeros(())
+            return LossParts(loss=value, nll=value.detach(), kl=zero, penalty=zero)
+
+    counts = []
+    for n in (10_000, 100_000):
+        model = One(n)
+        counted = step_traffic(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.ones(n), 0.0, False)
+        assert 6 * 4 * n <= counted <= 20 * 4 * n, (n, counted)
+        counts.append(counted)
+    assert counts[1] / counts[0] == pytest.approx(10, rel=0.01)
+
+
+def test_an_indexing_operation_is_charged_the_rows_it_reaches():
+    """An embedding_bag over 3 rows of a 10,000-row table moves those rows, not the table."""
+    from evcf.bench.vae import step_traffic
+
+    class Bag(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.ones(10_000, 8))
+
+        def loss(self, x, beta, clicks):
+            from evcf.models.base import LossParts
+
+            value = torch.nn.functional.embedding_bag(torch.tensor([1, 5, 7]), self.table, torch.tensor([0])).sum()
+            zero = torch.zeros(())
+            return LossParts(loss=value, nll=value.detach(), kl=zero, penalty=zero)
+
+    model = Bag()
+    counted = step_traffic(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.ones(1), 0.0, False)
+    table = 10_000 * 8 * 4
+    # the backward writes a dense gradient (one table) and SGD's in-place update reads it and reads
+    # and writes the table (three): four tables, and the bag's 3 rows (the whole table would be five)
+    assert 4 * table < counted < 4.01 * table, counted / table
+
+
+def test_the_traffic_floor_divides_the_epochs_bytes_by_the_copy_rate():
+    """By hand: 4e11 bytes an epoch at 100 GB/s is a 4-s traffic floor; 2e12 FLOPs at 200 GFLOP/s a
+    10-s FLOP floor: the epoch is bound by FLOPs, and each path's × traffic floor is its epoch / 4."""
+    entry = {"epoch_flops": 2e12, "epoch_bytes": 4e11, "epoch_s": 25.0, "reference_epoch_s": 40.0,
+             "pipelined_epoch_s": 20.0}
+    vae.set_floor(entry, {"gflops": 200.0}, {"gbs": 100.0})
+    assert entry["traffic_floor_epoch_s"] == 4.0 and entry["copy_gbs"] == 100.0 and entry["bound"] == "FLOPs"
+    assert (entry["x_traffic_floor"], entry["reference_x_traffic_floor"], entry["pipelined_x_traffic_floor"]) == (
+        6.25, 10.0, 5.0)
+    slow_memory = {"epoch_flops": 2e12, "epoch_bytes": 4e11, "epoch_s": 25.0}
+    vae.set_floor(slow_memory, {"gflops": 200.0}, {"gbs": 10.0})
+    assert slow_memory["traffic_floor_epoch_s"] == 40.0 and slow_memory["bound"] == "memory traffic"
+
+
+def test_each_vae_row_reports_its_traffic_floor_beside_its_flop_floor():
+    result = run_bench(**TINY_ARGS, models=["mult-vae", "vamp"], reference_steps=0)
+    assert positive(result["bandwidth"]["gbs"])
+    for name, m in result["models"].items():
+        assert positive(m["step_bytes"]) and m["epoch_bytes"] == m["step_bytes"] * m["steps_per_epoch"], name
+        assert m["traffic_floor_epoch_s"] == pytest.approx(m["epoch_bytes"] / (result["bandwidth"]["gbs"] * 1e9),
+                                                           rel=ROUNDED)
+        assert m["bound"] in ("FLOPs", "memory traffic")
+    # Vamp moves its pseudo-inputs (K x I) through the encoder each step: more bytes than Mult-VAE
+    assert result["models"]["vamp"]["step_bytes"] > result["models"]["mult-vae"]["step_bytes"]
+    table = format_table(result)
+    assert "traffic floor s / epoch" in table and "GB / step" in table

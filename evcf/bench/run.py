@@ -18,7 +18,7 @@ from ..errors import EvcfError
 from .baselines import bench_baseline
 from .preprocess import bench_preprocess
 from .table import fmt
-from .timer import PeakMemory, gemm_rate, load_average, machine, precision_settings, rounded
+from .timer import PeakMemory, copy_rate, gemm_rate, load_average, machine, precision_settings, rounded
 from .vae import bench_phases, bench_vae, gemm_window, set_floor
 
 __all__ = ["run_bench", "recipe", "load_params", "load_params_checked"]
@@ -273,6 +273,8 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
                          tf32=run_precision == "tf32")
 
     result["gemm"] = measure_gemm()  # the run's first; each VAE row's floor uses its own window's
+    # the memory-traffic floor's divisor: one copy rate for the run (1 GiB on CUDA, 64 MiB here)
+    result["bandwidth"] = copy_rate(dev, 1024 if dev.type == "cuda" else 64)
     memory = PeakMemory(dev)
     result["peak_rss_method"] = ("VmHWM per phase (reset via /proc/self/clear_refs)" if memory.can_reset
                                  else "getrusage ru_maxrss (peak so far)")
@@ -314,7 +316,7 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
                                       warmup=warmup, reference_steps=reference_steps, seed=seed, device=dev,
                                       memory=memory, pipelined_steps=pipelined_steps,
                                       reference_cfg=reference_cfgs[name], reference_batches=reference_batches)
-            set_floor(entry, gemm_window(before, measure_gemm()))
+            set_floor(entry, gemm_window(before, measure_gemm()), result["bandwidth"])
         else:
             log.info("bench: %s (its own fit)", name)
             with numerics(cfg, dev):

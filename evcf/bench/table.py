@@ -33,11 +33,14 @@ def format_table(result: dict[str, Any]) -> str:
             fmt(m.get("reference_epoch_s")), fmt(m.get("reference_x_floor"), "x"), fmt(m.get("speedup"), "x"),
             fmt(m["step_flops"] / 1e9) if m.get("step_flops") else "-", fmt(m.get("gemm_gflops")),
             fmt(m.get("floor_epoch_s")),
-            fmt(m.get("x_floor"), "x"), fmt(m.get("eval_s")), fmt(m.get("peak_rss_mib")), fmt(m.get("peak_cuda_mib")), note,
+            fmt(m.get("x_floor"), "x"), fmt(m["step_bytes"] / 1e9) if m.get("step_bytes") else "-",
+            fmt(m.get("traffic_floor_epoch_s")), fmt(m.get("x_traffic_floor"), "x"),
+            fmt(m.get("pipelined_x_traffic_floor"), "x"), fmt(m.get("eval_s")), fmt(m.get("peak_rss_mib")), fmt(m.get("peak_cuda_mib")), note,
         ])
     headers = ["model", "batch", "s / epoch", "IQR", "fit (s)", "users / s", "pipelined s / epoch", "steps / s",
                "reference s / epoch", "reference x floor", "speed-up",
-               "GFLOP / step", "GEMM GFLOP/s", "floor s / epoch", "x floor", f"eval {result.get('eval_users') or 0:,} users (s)",
+               "GFLOP / step", "GEMM GFLOP/s", "floor s / epoch", "x floor", "GB / step", "traffic floor s / epoch",
+               "x traffic floor", "pipelined x traffic floor", f"eval {result.get('eval_users') or 0:,} users (s)",
                "peak RSS (MiB)", "peak CUDA (MiB)", "note"]
     shape, gemm = result["shape"], result["gemm"]
     precisions = [result["precision"]] if result.get("precision") else (
@@ -49,7 +52,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"median of {result['steps']} steps ({result['reference_steps']} reference) after {result['warmup_steps']} "
         f"warm-up, the two paths interleaved, times an epoch's steps; IQR: the quartiles of the steps, in s / epoch; "
         f"GEMM {fmt(gemm['gflops'])} GFLOP/s at the start ({gemm['dtype']}, {gemm['size']}^2); floor = FLOPs / "
-        f"GEMM rate, the rate measured around the model's own bench (column GEMM GFLOP/s)",
+        f"GEMM rate, the rate measured around the model's own bench (column GEMM GFLOP/s)"
+        + (f"; traffic floor = bytes moved by a step's operations, unfused (GB / step), / copy rate "
+           f"{fmt(result['bandwidth']['gbs'])} GB/s" if result.get("bandwidth") else ""),
     ]
     if any(m.get("fit_s_extrapolated") is not None for m in result["models"].values()):
         lines.append("~: extrapolated from what was timed (formulas in the JSON; CDAE's steps as above, without a "

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["gemm_rate", "sync", "spread", "load_average", "machine", "maxrss_mib", "PeakMemory", "rounded",
+__all__ = ["gemm_rate", "copy_rate", "sync", "spread", "load_average", "machine", "maxrss_mib", "PeakMemory", "rounded",
            "PRECISIONS", "precision_settings"]
 
 # --precision of the bench and the GPU check: the training settings that each one means
@@ -64,6 +64,29 @@ def gemm_rate(device: Any, dtype: Any, size: int, repeats: int = 5, *, tf32: boo
     return {"size": size, "dtype": str(dtype).replace("torch.", ""), "tf32": tf32,
             "gflops": statistics.median(rates) / 1e9, "gflops_min": min(rates) / 1e9,
             "gflops_max": max(rates) / 1e9}
+
+
+def copy_rate(device: Any, mib: int = 256, repeats: int = 5) -> dict[str, Any]:
+    """This machine's memory bandwidth as a copy sees it: ``repeats`` timed copies of a ``mib``-MiB
+    float32 tensor into another after two untimed ones, each synchronised; bytes moved = 2 × the
+    tensor (read once, written once), GB/s = that ÷ the median time.  The divisor of the bench's
+    memory-traffic floor, as :func:`gemm_rate` is of the FLOP floor."""
+    import torch
+
+    n = mib * 2**20 // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(repeats + 2):
+        sync(device)
+        started = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - started)
+    rates = [2.0 * src.nbytes / t for t in times]
+    return {"mib": mib, "gbs": statistics.median(rates) / 1e9, "gbs_min": min(rates) / 1e9,
+            "gbs_max": max(rates) / 1e9}
 
 
 def sync(device: Any) -> None:

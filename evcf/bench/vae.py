@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from ..errors import EvcfError
 from .timer import PeakMemory, load_average, spread, sync
 
-__all__ = ["step_flops", "batch_stream", "bench_vae", "bench_phases", "set_floor", "gemm_window", "PIPELINED_ROUNDS"]
+__all__ = ["step_flops", "step_traffic", "step_counts", "batch_stream", "bench_vae", "bench_phases", "set_floor", "gemm_window", "PIPELINED_ROUNDS"]
 
 PIPELINED_ROUNDS = 5  # the pipelined steps are timed in this many rounds (the spread of their step time)
 
@@ -50,6 +50,102 @@ def step_flops(model: Any, optimizer: Any, x: Any, beta: float, autocast: bool) 
     with FlopCounterMode(display=False) as counter:
         train_step(model, optimizer, x, beta, autocast=autocast)
     return int(counter.get_total_flops())
+
+
+# aten operations that make no data move (views, metadata, allocation without a fill)
+_NO_TRAFFIC = frozenset({
+    "view", "_unsafe_view", "t", "transpose", "permute", "expand", "as_strided", "slice", "select", "unsqueeze",
+    "squeeze", "detach", "alias", "lift_fresh", "split", "split_with_sizes", "unbind", "empty", "empty_like",
+    "empty_strided", "new_empty", "new_empty_strided", "_reshape_alias", "unfold", "diagonal", "resize_",
+    "set_", "_local_scalar_dense", "is_nonzero", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset",
+})
+# operations that read or write only the rows that their index names: a table counts only those rows
+_INDEXED = frozenset({
+    "embedding", "embedding_bag", "_embedding_bag", "_embedding_bag_forward_only", "_embedding_bag_backward",
+    "_embedding_bag_dense_backward", "_embedding_bag_sparse_backward", "_embedding_bag_per_sample_weights_backward",
+    "embedding_dense_backward", "index_add", "index_add_", "index_copy", "index_copy_", "index_select", "index",
+    "index_put", "index_put_", "_index_put_impl_", "gather", "scatter", "scatter_", "scatter_add", "scatter_add_",
+    "index_fill", "index_fill_", "take",
+})
+
+
+def step_traffic(model: Any, optimizer: Any, x: Any, beta: float, autocast: bool) -> int:
+    """Bytes that one :func:`~evcf.training.train_step` moves to and from memory, counted as it runs.
+
+    Every aten operation that runs (forward, backward, optimizer) is charged the bytes of each
+    tensor it reads and each it writes (an in-place operation both), as if nothing stayed in a
+    cache and no two operations were fused: the traffic of the step as eager torch issues it, the
+    term that bounds a step whose operations are too small or too simple to be limited by their
+    FLOPs (a GPU step's elementwise work, the optimizer's passes over every parameter).  Views and
+    allocations move nothing and are not charged; an indexing operation (``embedding_bag``,
+    ``index_add_``, a gather…) is charged only the rows its index reaches of a larger table.  An
+    epoch's traffic floor is this × ⌈users / B⌉ steps ÷ :func:`~evcf.bench.timer.copy_rate`.
+    """
+    return step_counts(model, optimizer, x, beta, autocast)[1]
+
+
+def _traffic_mode() -> type:
+    """The dispatch mode that :func:`step_traffic` counts bytes with (made here: torch is imported
+    inside functions only)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    def name_of(func: Any) -> str:
+        return func.overloadpacket.__name__  # e.g. "add_" for aten.add_.Tensor
+
+    def charged(t: torch.Tensor, index_numel: int | None, index_dims: int) -> int:
+        nbytes = t.numel() * t.element_size()
+        if index_numel is None or t.dim() < index_dims or t.numel() <= index_numel:
+            return nbytes
+        rows = math.prod(t.shape[:index_dims]) or 1
+        return min(nbytes, index_numel * (nbytes // rows))  # the rows the index reaches
+
+    class Traffic(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            name = name_of(func)
+            if name in _NO_TRAFFIC:
+                return out
+            inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            index_numel, index_dims = None, 1
+            if name in _INDEXED:
+                indices = [t for t in inputs if not t.is_floating_point() and t.dim() > 0]
+                if indices:
+                    index_numel = max(t.numel() for t in indices)
+                if name.startswith(("index_put", "_index_put", "index")) and isinstance(args[1] if len(args) > 1
+                                                                                       else None, (list, tuple)):
+                    index_dims = sum(1 for t in args[1] if t is not None)
+            # each distinct tensor read once and each written once (an in-place operation's both);
+            # a 0-d CPU tensor is a scalar argument, not memory traffic
+            read = {id(t): t for t in inputs if not (t.dim() == 0 and t.device.type == "cpu")}
+            written = {id(t): t for t in outputs if not (t.dim() == 0 and t.device.type == "cpu")}
+            # a fresh output (a dense gradient of a table) is written whole; an indexed table read or
+            # written in place, only in the rows the index reaches
+            self.bytes += sum(charged(t, index_numel, index_dims) for t in read.values())
+            self.bytes += sum(charged(t, index_numel, index_dims) if t_id in read else charged(t, None, 1)
+                              for t_id, t in written.items())
+            return out
+
+    return Traffic
+
+
+def step_counts(model: Any, optimizer: Any, x: Any, beta: float, autocast: bool) -> tuple[int, int]:
+    """(:func:`step_flops`, :func:`step_traffic`) of one and the same step: the bench's first
+    warm-up step counts both."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..training import train_step
+
+    with FlopCounterMode(display=False) as flops, _traffic_mode()() as traffic:
+        train_step(model, optimizer, x, beta, autocast=autocast)
+    return int(flops.get_total_flops()), int(traffic.bytes)
 
 
 def batch_stream(train: Any, batch_size: int, seed: int, dense_on_host: bool) -> Iterator[Any]:
@@ -116,7 +212,7 @@ def bench_phases(name: str, hparams: dict, cfg: Any, data: dict[str, Any], *, st
             if len(stepped) != 1:
                 raise EvcfError(f"bench: pass {phase.name!r} of {name} steps {len(stepped)} optimizer groups",
                                 fix="the bench times passes that step one group each")
-            flops = step_flops(model, stepped[0], next(batches), beta, autocast)
+            flops, traffic = step_counts(model, stepped[0], next(batches), beta, autocast)
             for _ in range(warmup - 1):
                 train_step(model, stepped[0], next(batches), beta, autocast=autocast)
             times = []
@@ -126,29 +222,44 @@ def bench_phases(name: str, hparams: dict, cfg: Any, data: dict[str, Any], *, st
                 train_step(model, stepped[0], next(batches), beta, autocast=autocast)
                 sync(device)
                 times.append(time.perf_counter() - started)
-            passes.append({"phase": phase.name, "groups": list(phase.groups), "step_flops": flops,
+            passes.append({"phase": phase.name, "groups": list(phase.groups), "step_flops": flops, "step_bytes": traffic,
                            "step_s": spread(times)["median"], "step_spread_s": spread(times), "step_times_s": times})
     time_evaluation(model, data, cfg, device=device, memory=memory, into=out)
     epoch_s = sum(p["step_s"] for p in passes) * steps_per_pass
     out.update(passes=passes, steps_per_epoch=steps_per_pass * len(passes), steps_per_pass=steps_per_pass,
                step_flops=sum(p["step_flops"] for p in passes) // len(passes),
                epoch_flops=sum(p["step_flops"] for p in passes) * steps_per_pass,
+               step_bytes=sum(p["step_bytes"] for p in passes) // len(passes),
+               epoch_bytes=sum(p["step_bytes"] for p in passes) * steps_per_pass,
                step_s=epoch_s / (steps_per_pass * len(passes)), epoch_s=epoch_s,
                users_per_s=train.n_rows / epoch_s, reference_epoch_s=None, speedup=None,
                load_average_end=load_average())
     return out
 
 
-def set_floor(out: dict[str, Any], gemm: dict[str, Any]) -> None:
+def set_floor(out: dict[str, Any], gemm: dict[str, Any], bandwidth: dict[str, Any] | None = None) -> None:
     """The epoch's FLOP floor, ``epoch_flops`` ÷ the GEMM rate ``gemm["gflops"]``, and "× floor" of
     each path the model's entry timed (ours, pipelined, reference).  ``run_bench`` gives the rate
     measured around the model's own steps (:func:`gemm_window`), so a machine whose speed drifts
-    during a bench divides each model's times by its own window's rate."""
+    during a bench divides each model's times by its own window's rate.
+
+    Beside it, with ``bandwidth`` (:func:`~evcf.bench.timer.copy_rate`), the memory-traffic floor:
+    ``epoch_bytes`` (:func:`step_traffic`) ÷ the copy rate, and "× traffic floor" of each path.  A
+    step is bound by the larger of the two floors (``bound``); on a GPU the FLOP floor alone is far
+    below a VAE step, whose elementwise work and optimizer passes move memory."""
     floor = out["epoch_flops"] / (gemm["gflops"] * 1e9)
     out.update(gemm_gflops=gemm["gflops"], gemm_window=gemm, floor_epoch_s=floor, x_floor=out["epoch_s"] / floor)
     for path in ("pipelined", "reference"):
         if out.get(f"{path}_epoch_s") is not None:
             out[f"{path}_x_floor"] = out[f"{path}_epoch_s"] / floor
+    if bandwidth is None or out.get("epoch_bytes") is None:
+        return
+    traffic = out["epoch_bytes"] / (bandwidth["gbs"] * 1e9)
+    out.update(copy_gbs=bandwidth["gbs"], traffic_floor_epoch_s=traffic, x_traffic_floor=out["epoch_s"] / traffic,
+               bound="memory traffic" if traffic > floor else "FLOPs")
+    for path in ("pipelined", "reference"):
+        if out.get(f"{path}_epoch_s") is not None:
+            out[f"{path}_x_traffic_floor"] = out[f"{path}_epoch_s"] / traffic
 
 
 def gemm_window(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -223,7 +334,7 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
             step(*fresh(reference=True))
     with memory.phase(out, "peak_rss_mib"):
         model, optimizer, batches, _ = fresh(reference=False)
-        out["step_flops"] = step_flops(model, optimizer, next(batches), beta, autocast)
+        out["step_flops"], out["step_bytes"] = step_counts(model, optimizer, next(batches), beta, autocast)
         for _ in range(warmup - 1):
             step(model, optimizer, batches, autocast)
     time_evaluation(model, data, cfg, device=device, memory=memory, into=out)
@@ -264,7 +375,8 @@ def bench_vae(name: str, hparams: dict, reference_hparams: dict, cfg: Any, data:
     ours = spread(times["ours"])
     out.update(step_s=ours["median"], step_spread_s=ours, step_times_s=times["ours"],
                epoch_s=ours["median"] * steps_per_epoch, users_per_s=batch / ours["median"],
-               epoch_flops=out["step_flops"] * steps_per_epoch, reference_epoch_s=None, speedup=None)
+               epoch_flops=out["step_flops"] * steps_per_epoch, epoch_bytes=out["step_bytes"] * steps_per_epoch,
+               reference_epoch_s=None, speedup=None)
     if reference_steps:
         ref = spread(times["reference"])
         pairs = [r / o for r, o in zip(times["reference"], times["ours"])]  # neighbours in time
