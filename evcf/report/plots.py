@@ -36,7 +36,24 @@ CURVE_COLUMNS = ["epoch", "model", "label", "val_ndcg@100", "val_ndcg@100_min", 
                  "beta", "train_loss", "n_seeds"]
 PER_USER_COLUMNS = ["model", "label", "n_seeds", "n_users", "mean", "q1", "median", "q3",
                     "whisker_low", "whisker_high", "min", "max"]
-TIME_COLUMNS = ["model", "label", "mean_seconds", "std_seconds", "n", "source"]
+TIME_COLUMNS = ["model", "label", "mean_seconds", "std_seconds", "n", "source", "measures"]
+
+# What each source of a run's time measures (evcf/report/__init__.py picks the benchmark when it exists).
+TIME_MEASURES = {
+    # Snakemake's benchmark file of the train_model job: the process from start to exit
+    "benchmark": "the whole job: Python and torch start-up, data loading, training with validation, "
+                 "test evaluation, writing the results (Snakemake's benchmark)",
+    # evcf/training.py run(): perf_counter from the start of run() to just before metrics.json is written;
+    # the split is loaded before run() is called (evcf/cli.py cmd_train), and a resumed run counts only
+    # the execution that finished it.  It is the time `evcf train` prints on its "ok:" line.
+    "wall_seconds": "training only: model building, training with validation and test evaluation, without "
+                    "start-up or data loading (metrics.json wall_seconds, the time evcf train prints; after a "
+                    "resume, the last execution only)",
+}
+_TIME_SHORT = {"benchmark": "the whole job", "wall_seconds": "training only"}
+_TIME_DETAIL = {"benchmark": "the whole job = Snakemake's benchmark (start-up, data loading, training, test)",
+                "wall_seconds": "training only = metrics.json wall_seconds, the time evcf train prints "
+                                "(training and test, no start-up or data loading)"}
 
 # A fixed colour per known model (Tableau 10 and one more); other models share the rest by name.
 _MODEL_COLORS = {
@@ -302,10 +319,11 @@ def _duration(seconds: float) -> str:
 
 
 def train_time_plot(dataset: str, runs: pd.DataFrame) -> tuple[bytes, pd.DataFrame]:
-    """Training time per model, mean ± std over seeds, each bar labelled with its mean.
+    """Time per run per model, mean ± std over seeds, each bar labelled with its mean.
 
     ``runs`` has one row per run with ``train_seconds`` and ``time_source`` (``benchmark`` for
-    Snakemake's benchmark ``s`` column, ``wall_seconds`` for metrics.json's).
+    Snakemake's benchmark ``s`` column, ``wall_seconds`` for metrics.json's): the two measure different
+    things (:data:`TIME_MEASURES`), and the title and the frame's ``measures`` say which.
     """
     r = runs[runs["dataset"] == dataset]
     models = order_models(r["model"].unique())
@@ -320,11 +338,16 @@ def train_time_plot(dataset: str, runs: pd.DataFrame) -> tuple[bytes, pd.DataFra
             "n": len(seconds),
             "source": "+".join(sorted(part.loc[part["train_seconds"].notna(), "time_source"].unique())),
         })
+        sources = rows[-1]["source"].split("+")
+        rows[-1]["measures"] = (TIME_MEASURES.get(sources[0], sources[0]) if len(sources) == 1
+                                else "mixed: " + " / ".join(_TIME_SHORT.get(x, x) for x in sources))
     frame = pd.DataFrame(rows, columns=TIME_COLUMNS)
 
     fig = _figure(len(models))
     ax = fig.subplots()
-    title, detail = f"{dataset_label(dataset)}: training time per run", ""
+    sources = sorted({x for part in frame["source"] for x in part.split("+") if x})
+    what = _TIME_SHORT.get(sources[0], sources[0]) if len(sources) == 1 else "mixed sources"
+    title, detail = f"{dataset_label(dataset)}: time per run ({what})", ""
     if frame["n"].sum() == 0:
         _no_data(ax, "timings")
     else:
@@ -340,15 +363,15 @@ def train_time_plot(dataset: str, runs: pd.DataFrame) -> tuple[bytes, pd.DataFra
         ax.set_ylabel("seconds per run" + (" (log scale)" if log_scale else ""))
         tops = means + frame["std_seconds"].fillna(0.0).to_numpy()
         ax.set_ylim(top=np.nanmax(tops) * (4.0 if log_scale else 1.15))
-        for xi, mean, top in zip(x, means, tops):
+        for xi, mean, top, source in zip(x, means, tops, frame["source"]):
             if np.isfinite(mean) and mean > 0:  # the label sits above the error bar
-                ax.annotate(_duration(mean), (xi, top), xytext=(0, 3), textcoords="offset points",
+                text = _duration(mean) + (f"\n{' + '.join(_TIME_SHORT.get(p, p) for p in source.split('+'))}"
+                                          if len(sources) > 1 else "")
+                ax.annotate(text, (xi, top), xytext=(0, 3), textcoords="offset points",
                             ha="center", va="bottom", fontsize="small")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-        sources = {s for part in frame["source"] for s in part.split("+") if s}
-        where = {"benchmark": "Snakemake benchmark", "wall_seconds": "metrics.json wall_seconds"}
-        detail = (f"mean ± std over seeds ({_seeds_phrase(frame.loc[frame['n'] > 0, 'n'])}); "
-                  f"times from {', '.join(where.get(s, s) for s in sorted(sources))}")
+        detail = (f"mean ± std over seeds ({_seeds_phrase(frame.loc[frame['n'] > 0, 'n'])}); measured: "
+                  + "; ".join(_TIME_DETAIL.get(x, x) for x in sources))
     _titles(fig, ax, title, detail)
     return _png(fig), frame

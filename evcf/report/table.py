@@ -296,8 +296,12 @@ def reproduction(mean: float, published: float, *, sd: float, df: int, n: int, t
     else:
         needed = seeds_needed(diff, sd, df, n, tolerance, rounding)
         out["seeds_needed"] = needed
-        out["reason"] = (f"more seeds needed (about {int(needed)} in all)" if not math.isnan(needed) else
-                         "more seeds will not settle it (seed sd too wide for δ)")
+        if math.isnan(needed):
+            out["reason"] = "more seeds will not settle it (seed sd too wide for δ)"
+        elif n == 1:  # a deterministic model gives the same value at every seed: only a closer match settles it
+            out["reason"] = f"one run; about {int(needed)} seeds would settle it, if the model depends on the seed"
+        else:
+            out["reason"] = f"more seeds needed (about {int(needed)} in all)"
     return out
 
 
