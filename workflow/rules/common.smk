@@ -105,6 +105,13 @@ def get_gpu(wildcards):
     return 1 if uses_gpu(wildcards.model) else 0
 
 
+def get_gpu_slots(wildcards):
+    """The job's `gpu_slots` resource: 1 for a GPU job, else 0.  Locally, `--resources gpu_slots=N`
+    runs up to N GPU jobs at once on the one GPU (docs/gpu.md: when sharing helps, how to pick N;
+    each job's memory cap is torch's per_process_memory_fraction)."""
+    return 1 if uses_gpu(wildcards.model) else 0
+
+
 def get_device(wildcards):
     return "cpu" if DEVICE.startswith("cuda") and not uses_gpu(wildcards.model) else DEVICE
 

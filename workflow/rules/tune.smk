@@ -33,6 +33,7 @@ rule tune_point:
         mem_mb=4000,
         runtime=720,
         gpu=get_gpu,
+        gpu_slots=get_gpu_slots,
     shell:
         "evcf train --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
         "--model {wildcards.model} --seed {params.seed} {params.args} "
@@ -60,6 +61,7 @@ rule tune_rung:
         mem_mb=4000,
         runtime=720,
         gpu=get_gpu,
+        gpu_slots=get_gpu_slots,
     shell:
         "evcf tune-rung --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
         "--model {wildcards.model} --seed {params.seed} --rung {wildcards.rung} {params.args} "
