@@ -553,6 +553,10 @@ def test_plots_are_png_with_data(report):
     assert times.loc["popularity", "source"] == "benchmark"
     assert times.loc["mult-vae", "mean_seconds"] == pytest.approx(12.0)  # wall_seconds 11, 12, 13
     assert times.loc["mult-vae", "source"] == "wall_seconds"
+    # (issue 26) the two sources measure different things, and the frame (and the plot) says which
+    assert times.loc["popularity", "measures"].startswith("the whole job")
+    assert times.loc["mult-vae", "measures"].startswith("training only") and \
+        "the time evcf train prints" in times.loc["mult-vae", "measures"]
     assert len(times) == 4
 
 
