@@ -149,6 +149,37 @@ def test_fitting_held_out_users_leaves_the_network_bit_identical(train):
     torch.testing.assert_close(scores, model.network(x, v).detach())
 
 
+def test_a_held_out_users_vector_minimises_the_penalised_objective(train):
+    """The fold-in fit is Adam (fold_in_lr, fold_in_steps, from 0) on Σ_u ℓ_u(V_u) + λ ‖V_u‖², the
+    objective a training user's vector is learned under: re-implemented here step by step, it gives the
+    same vectors; without the λ ‖V_u‖² term (λ = 5 here, large enough to matter) the vectors differ."""
+    model = fitted(train, user_vector="fit", fold_in_steps=40, weight_decays=[5.0])
+    x = rows(8)
+    v = model.fold_in_user_vectors(x)
+    weights = model.expected_weights(x)
+    for p in model.network.parameters():
+        p.requires_grad_(False)
+
+    def by_hand(penalty: float) -> torch.Tensor:
+        vec = torch.zeros(4, 8, requires_grad=True)
+        opt = torch.optim.Adam([vec], lr=model.config.fold_in_lr)
+        for _ in range(40):
+            target = (x > 0).float()
+            loss = ((target - torch.tanh(model.network(x, vec))).pow(2) * weights).sum(1) \
+                + penalty * vec.pow(2).sum(1)
+            opt.zero_grad()
+            loss.sum().backward()
+            opt.step()
+        return vec.detach()
+
+    try:
+        torch.testing.assert_close(v, by_hand(5.0), rtol=1e-5, atol=1e-6)
+        assert (v - by_hand(0.0)).abs().max() > 1e-3  # the penalty moves the vectors: the test sees it
+    finally:
+        for p in model.network.parameters():
+            p.requires_grad_(True)
+
+
 def test_seeded_determinism_and_state(train):
     x = rows(7, n=6)
     a, b, c = fitted(train, seed=1), fitted(train, seed=1), fitted(train, seed=2)
@@ -321,7 +352,15 @@ def test_the_training_loop_passes_the_validation_users_to_fit(tmp_path, monkeypa
         train={}, seed=1, out_dir=tmp_path / "cdae", device="cpu")
     assert len(seen) == 2 and all(v is not None for v in seen)
     fold_in, heldout, batch_size = seen[0]
-    assert fold_in.shape == data.validation_tr.shape and (heldout != data.validation_te).nnz == 0
+
+    def same_rows(device_csr, matrix) -> bool:  # the fold-in rows' clicks, not only their shape
+        got = sp.csr_matrix((np.ones(len(device_csr.indices)), device_csr.indices.cpu().numpy(),
+                             device_csr.indptr.cpu().numpy()), shape=device_csr.shape)
+        return got.shape == matrix.shape and (got != (sp.csr_matrix(matrix) > 0)).nnz == 0
+
+    assert same_rows(fold_in, data.validation_tr) and (heldout != data.validation_te).nnz == 0
+    # the test users' fold-in rows have the same shape (as many users) but other clicks: caught
+    assert data.test_tr.shape == data.validation_tr.shape and not same_rows(fold_in, data.test_tr)
     tuning = pd.read_csv(tmp_path / "cdae" / "tuning.csv")
     assert list(tuning.columns) == ["weight_decay", "best_epoch", "epochs_run", "val_ndcg@100", "selected"]
     assert (tuning["epochs_run"] == 4).all() and tuning["best_epoch"].between(1, 4).all()

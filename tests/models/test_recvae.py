@@ -119,6 +119,39 @@ def test_the_kl_weight_is_gamma_times_the_users_clicks():
     assert parts.loss.item() == pytest.approx(parts.nll.item()) and parts.kl.item() == 0.0
 
 
+def test_the_decoder_pass_feeds_the_encoder_without_dropout():
+    """The authors' code (RecVAE wsdm notebook) runs the encoder with dropout_rate 0 in the decoder
+    passes: the decoder pass's loss is the NLL of z drawn around the encoder's mean of the *clean* rows,
+    recomputed here by hand from the same random stream; the encoder passes drop inputs (p = 0.5)."""
+    torch.manual_seed(0)
+    model = build_model("recvae", 30, **SMALL)
+    x = (torch.rand(6, 30) < 0.3).float()
+    x[:, 0] = 1.0
+    model.train()
+    model.begin_phase(DECODER)
+    seen = []
+    real = model.encoder.forward
+
+    def spy(rows, clicks, dropout):
+        seen.append(dropout.p)
+        return real(rows, clicks, dropout)
+
+    model.encoder.forward = spy
+    torch.manual_seed(3)
+    parts = model.loss(x)
+    assert seen == [0.0]
+    with torch.no_grad():
+        torch.manual_seed(3)
+        mu, logvar = real(x, None, torch.nn.Dropout(0.0))  # (B, Z) the clean rows' posterior
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        expected = -(torch.log_softmax(model.decoder(z), 1) * x).sum(1).mean()
+    assert parts.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    seen.clear()
+    model.begin_phase(ENCODER)
+    model.loss(x)
+    assert seen[0] == model.config.dropout == 0.5
+
+
 # --------------------------------------------------------------------------------------------------
 # The training contract: alternating passes, the frozen encoder
 
