@@ -7,10 +7,13 @@ torch); none needs an install of evcf (the repository's root is put on ``sys.pat
     python3 scripts/gpu_check_stages.py gemm   --device cuda --size 8192 --out DIR/gemm.json
     python3 scripts/gpu_check_stages.py tests  --out DIR/tests.json [pytest arguments after --]
     python3 scripts/gpu_check_stages.py record --summary DIR/summary.json --stage NAME --file F \\
-        --status ok --rc 0 --seconds 12 --log DIR/NAME.log
+        --status ok --rc 0 --seconds 12 --log DIR/NAME.log --limit 60 --command "python3 ..."
+    python3 scripts/gpu_check_stages.py gpu-adds --summary DIR/summary.json
 
-``record`` adds a stage's outcome to the summary, and where the stage left no JSON of its own
-(it failed, or its time ran out), writes one in its place saying so, with the end of its log.
+``record`` adds a stage's outcome (status, seconds, limit, the command it ran) to the summary, and
+where the stage left no JSON of its own (it failed, or its time ran out), writes one in its place
+saying so, with the end of its log.  ``gpu-adds`` (after a CPU check) says in the summary and on
+the terminal what the same check on a GPU would add.
 """
 
 from __future__ import annotations
@@ -91,10 +94,11 @@ def stage_env(device: str, out: Path) -> int:
 
 
 def stage_gemm(device: str, size: int, repeats: int, out: Path) -> int:
-    """The matrix-product rate in fp32, TF32 (CUDA only) and bf16, as the bench measures it."""
+    """The matrix-product rate in fp32, TF32 (CUDA only) and bf16, as the bench measures it, and the
+    copy rate (the memory bandwidth that the bench's traffic floor divides by)."""
     import torch
 
-    from evcf.bench.timer import gemm_rate
+    from evcf.bench.timer import copy_rate, gemm_rate
 
     dev = torch.device(device)
     result: dict[str, Any] = {"device": device, "size": size, "repeats": repeats,
@@ -108,6 +112,7 @@ def stage_gemm(device: str, size: int, repeats: int, out: Path) -> int:
         rate = gemm_rate(dev, dtype, size, repeats, tf32=tf32)
         result["rates"][name] = {**rate, "tflops": rate["gflops"] / 1e3}
         write_json(out, result)  # each precision as soon as it is measured
+    result["copy"] = copy_rate(dev, 1024 if dev.type == "cuda" else 64)
     write_json(out, result)
     return 0
 
@@ -146,11 +151,12 @@ def stage_tests(out: Path, pytest_args: list[str]) -> int:
 
 
 def stage_record(summary: Path, stage: str, file: Path, status: str, rc: int, seconds: int, log: Path,
-                 limit: int | None) -> int:
-    """Add one stage to the summary; write a stand-in JSON where the stage left none."""
+                 limit: int | None, command: str | None = None) -> int:
+    """Add one stage to the summary (with the command it ran, None where nothing ran); write a
+    stand-in JSON where the stage left none."""
     done = json.loads(summary.read_text()) if summary.is_file() else {"stages": {}}
     entry: dict[str, Any] = {"status": status, "exit_code": rc, "seconds": seconds, "limit_s": limit,
-                             "file": file.name, "log": log.name}
+                             "file": file.name, "log": log.name, "command": command.strip() if command else None}
     if not file.is_file():
         tail = log.read_text(errors="replace")[-4000:] if log.is_file() else ""
         write_json(file, {"stage": stage, "status": status, "exit_code": rc, "measured": False,
@@ -160,6 +166,30 @@ def stage_record(summary: Path, stage: str, file: Path, status: str, rc: int, se
     done["stages"][stage] = entry
     done["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json(summary, done)
+    return 0
+
+
+# what the check on CUDA measures that its CPU mode cannot (said after a CPU check)
+GPU_ADDS = {
+    "gemm": "the TF32 rate, and 8192^3 products and a 1 GiB copy instead of 128^3 and 64 MiB",
+    "bench-fp32": "ML-20M's shape (116,677 x 20,108, 8M clicks) and recipes instead of tiny sizes; a pipelined "
+                  "throughput that differs from the synchronised step (a CPU does its work as it is issued)",
+    "bench-tf32": "the whole stage: the bench with TF32 matrix products (CUDA only, skipped here)",
+    "bench-bf16": "as bench-fp32, under bf16 autocast on the GPU's tensor cores",
+    "tests": "tests/test_cuda.py run on the device (every test skips here: no CUDA)",
+    "numerics": "the tf32 setting beside fp32 and bf16, two seeds, the recipes' whole schedules (here: one "
+                "epoch, one seed)",
+}
+
+
+def stage_gpu_adds(summary: Path) -> int:
+    """Say in the summary and on the terminal what the check on a GPU would add to this CPU run."""
+    done = json.loads(summary.read_text()) if summary.is_file() else {"stages": {}}
+    done["gpu_adds"] = GPU_ADDS
+    write_json(summary, done)
+    print("gpu_check: every stage ran on the CPU at tiny sizes; on CUDA the check adds:")
+    for stage, what in GPU_ADDS.items():
+        print(f"  {stage}: {what}")
     return 0
 
 
@@ -186,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seconds", type=int, required=True)
     r.add_argument("--log", type=Path, required=True)
     r.add_argument("--limit", type=int, default=None)
+    r.add_argument("--command", dest="stage_command", default=None, help="the stage's command line, as it ran")
+    a = sub.add_parser("gpu-adds")
+    a.add_argument("--summary", type=Path, required=True)
     args = p.parse_args(argv)
     if args.command == "env":
         return stage_env(args.device, args.out)
@@ -193,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         return stage_gemm(args.device, args.size, args.repeats, args.out)
     if args.command == "tests":
         return stage_tests(args.out, [a for a in args.pytest_args if a != "--"])
+    if args.command == "gpu-adds":
+        return stage_gpu_adds(args.summary)
     return stage_record(args.summary, args.stage, args.file, args.status, args.rc, args.seconds, args.log,
-                        args.limit)
+                        args.limit, args.stage_command)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,55 @@ def test_the_check_runs_to_the_end_and_says_what_each_stage_did(checked):
     assert not any(s.get("stand_in") for s in stages.values())
     for name, s in stages.items():
         assert (dest / s["file"]).is_file() and (dest / s["log"]).is_file(), name
+    limits = json.loads(subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--limits", "--device", "cpu"],
+                                       capture_output=True, text=True, timeout=60, check=True).stdout)["limits_s"]
+    # what ran: each stage's command and its own limit (a skipped stage ran nothing)
+    assert stages["bench-tf32"]["command"] is None and "bench-tf32" not in limits
+    for name in ("env", "gemm", "bench-fp32", "bench-bf16", "tests", "numerics"):
+        assert stages[name]["limit_s"] == limits[name], name
+    assert stages["env"]["command"].endswith("env --device cpu --out " + str(dest / "env.json"))
+    assert "gemm_rate" not in stages["gemm"]["command"] and " gemm --device cpu --size 128 " in stages["gemm"]["command"]
+    for precision in ("fp32", "bf16"):
+        assert f"-m evcf.cli --log-level INFO bench --users 200 " in stages[f"bench-{precision}"]["command"]
+        assert f"--precision {precision} " in stages[f"bench-{precision}"]["command"]
+    assert stages["tests"]["command"].endswith("tests/test_cuda.py")
+    assert "scripts/numerics_check.py --device cpu --models mult-vae vamp --seeds 1 " in stages["numerics"]["command"]
+
+
+def test_the_cpu_check_says_what_a_gpu_would_add(checked):
+    proc, dest, _ = checked
+    adds = load(dest, "summary.json")["gpu_adds"]
+    assert set(adds) == {"gemm", "bench-fp32", "bench-tf32", "bench-bf16", "tests", "numerics"}
+    assert "TF32" in adds["bench-tf32"] and "test_cuda.py" in adds["tests"] and "tf32" in adds["numerics"]
+    assert "on CUDA the check adds:" in proc.stdout and "  bench-tf32: the whole stage" in proc.stdout
+
+
+def limits_of(device: str) -> dict:
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--limits", "--device", device],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_the_stages_limits_fit_the_default_budget_and_the_cuda_check_fits_nine_minutes():
+    """Every stage can run to its own limit within the default budget (none is cut short or skipped
+    by the ones before it), and on CUDA the budget plus the last stage's kill grace is <= 9 minutes."""
+    cuda, cpu = limits_of("cuda"), limits_of("cpu")
+    assert list(cuda["limits_s"]) == ["env", "gemm", "bench-fp32", "bench-tf32", "bench-bf16", "tests", "numerics"]
+    for plan in (cuda, cpu):
+        assert sum(plan["limits_s"].values()) <= plan["default_budget_s"], plan
+        assert all(limit >= 20 for limit in plan["limits_s"].values()), plan
+    assert cuda["default_budget_s"] + cuda["grace_s"] <= 9 * 60
+
+
+def test_limits_that_overrun_the_budget_stop_the_check_before_it_starts(tmp_path):
+    script = (ROOT / "scripts" / "gpu_check.sh").read_text().replace("tests=110", "tests=400")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "gpu_check.sh").write_text(script)
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "more than the default budget of 520 s" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_env_names_the_copy_torch_and_the_missing_packages(checked):
@@ -111,6 +160,7 @@ def test_gemm_rates_in_each_precision_that_the_device_has(checked):
     assert gemm["rates"]["bf16"]["dtype"] == "bfloat16" and gemm["rates"]["fp32"]["tf32"] is False
     for rate in gemm["rates"].values():
         assert positive(rate["gflops"]) and rate["tflops"] == pytest.approx(rate["gflops"] / 1e3)
+    assert positive(gemm["copy"]["gbs"]) and gemm["copy"]["mib"] == 64  # the traffic floor's divisor
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -123,7 +173,8 @@ def test_bench_has_latency_and_pipelined_throughput_for_each_model(checked, prec
     for name, m in bench["models"].items():
         assert m["precision"] == precision, name
         for key in ("step_s", "epoch_s", "users_per_s", "pipelined_step_s", "pipelined_steps_per_s",
-                    "pipelined_users_per_s", "pipelined_epoch_s", "step_flops", "floor_epoch_s", "eval_s"):
+                    "pipelined_users_per_s", "pipelined_epoch_s", "step_flops", "floor_epoch_s", "eval_s",
+                    "step_bytes", "traffic_floor_epoch_s", "x_traffic_floor", "pipelined_x_traffic_floor"):
             assert positive(m[key]), (name, key, m[key])
         assert len(m["step_times_s"]) == 2 and m["pipelined_steps"] == 4
         assert sum(m["pipelined_round_steps"]) == 4 and len(m["pipelined_round_step_s"]) == 4
@@ -181,7 +232,8 @@ def test_a_stage_that_wrote_nothing_leaves_a_stand_in_and_its_status(tmp_path):
     assert stages["gemm"]["status"] == "ok" and "stand_in" not in stages["gemm"]
     assert json.loads((tmp_path / "gemm.json").read_text()) == {"rates": {}}  # its own file, untouched
     assert stages["bench-fp32"] == {"status": "timed out after 90 s", "exit_code": 124, "seconds": 90, "limit_s": 90,
-                                    "file": "bench-fp32.json", "log": "bench-fp32.log", "stand_in": True}
+                                    "file": "bench-fp32.json", "log": "bench-fp32.log", "command": None,
+                                    "stand_in": True}
     stand_in = json.loads((tmp_path / "bench-fp32.json").read_text())
     assert stand_in["measured"] is False and stand_in["status"] == "timed out after 90 s"
     assert stand_in["log_tail"].endswith("CUDA out of memory\n")
