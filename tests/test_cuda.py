@@ -274,3 +274,14 @@ def test_compiled_training_on_cuda_matches_eager(processed):
         graphs = counters["stats"]["unique_graphs"]
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-4)
     assert graphs <= len(shapes), (graphs, shapes)
+
+
+def test_a_jobs_gpu_memory_cap_comes_from_the_environment():
+    """docs/gpu.md: jobs sharing a GPU (--resources gpu_slots=N) each cap their memory with
+    PYTORCH_CUDA_ALLOC_CONF=per_process_memory_fraction:F, which torch's allocator reads at start."""
+    code = ("import torch; torch.zeros(1, device='cuda'); "
+            "print(torch.cuda.get_per_process_memory_fraction(0))")
+    env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "per_process_memory_fraction:0.25"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split()[-1]) == 0.25
