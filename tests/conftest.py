@@ -101,3 +101,30 @@ def write_synthetic_split(out: Path, heldout: int, **spec) -> Path:
     raw = generate_ratings(SyntheticSpec(**spec))
     write_split(split_users(binarize_filter(raw, 3.5, 5), heldout), out)
     return out
+
+
+def committed_clone(dest: Path) -> Path:
+    """What a user has after ``git clone``: the pipeline's files (this checkout's, as they are now,
+    with the real params.yaml) committed in a fresh git repository with a clean work tree, DVC set
+    up as the repository sets it up.  The package is linked in (DVC lists it as a dependency)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, dest / name)
+    for name in ("workflow", "profiles", ".dvc"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("tmp", "cache"))
+    (dest / "evcf").symlink_to(REPO / "evcf")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"]):
+        run(cmd, dest)
+    assert run(["git", "status", "--porcelain"], dest).stdout == ""
+    return dest
+
+
+def readme_block(heading: str) -> list[str]:
+    """The shell commands of the first ```bash block under ``heading`` in README.md (comments and
+    blank lines left out): the tests run what the README tells users to type."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index(heading):]
+    block = section[section.index("```bash") + len("```bash"):]
+    block = block[:block.index("```")]
+    return [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]

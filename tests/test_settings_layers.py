@@ -78,10 +78,10 @@ def test_grid_points_get_the_command_line_value_too():
 
 def test_a_command_line_value_a_grid_would_replace_is_refused():
     with pytest.raises(EvcfError) as err:
-        resolved({"model_params": {"vamp": {"train": {"batch_size": "100"}}}}, model="vamp")
+        resolved({"model_params": {"vamp": {"train": {"max_beta": "0.7"}}}}, model="vamp")
     text = str(err.value)
-    assert text.startswith("--config (command line): model_params.vamp.train.batch_size")
-    assert "tune.synthetic.vamp.train.batch_size" in text and "tuning: false" in text
+    assert text.startswith("--config (command line): model_params.vamp.train.max_beta")
+    assert "tune.synthetic.vamp.train.max_beta" in text and "tuning: false" in text
 
 
 def test_train_epochs_0_is_blamed_on_the_command_lines_train():
@@ -116,7 +116,8 @@ def changed(path: str, value):
     ("model_params.cdae.model.batch_size", 50, "data.synthetic.model_params.cdae.model"),
     ("model_params.mult-vae.train.epochs", 5, "data.synthetic.train"),
     ("train.epochs", 5, "data.synthetic.train"),  # shadowed for every run: no effect at all
-    ("model_params.vamp.train.batch_size", 100, "tune.synthetic.vamp.train.batch_size"),
+    ("model_params.vamp.train.max_beta", 0.7, "tune.synthetic.vamp.train.max_beta"),
+    ("model_params.vamp.train.batch_size", 100, "data.synthetic.model_params.vamp.train"),
 ])
 def test_a_changed_file_value_that_would_be_dropped_is_refused_naming_the_layer(path, value, shadow):
     with pytest.raises(EvcfError) as err:
@@ -124,6 +125,32 @@ def test_a_changed_file_value_that_would_be_dropped_is_refused_naming_the_layer(
     text = str(err.value)
     assert f"{path}: overridden by {shadow}" in text and "changed since the last commit" in text, text
     validate(changed(path, value))  # without the committed file to compare with: the documented layering
+
+
+def test_a_row_setting_shadowed_on_one_of_two_datasets_is_refused():
+    """The paper's default selects two datasets: a row's value changed in params.yaml that one
+    dataset's layer overrides is refused even though it reaches the other dataset's runs; a shared
+    default (``train``) shadowed on one dataset only is accepted, by design."""
+    config = changed("model_params.cdae.model.batch_size", 50)
+    config["datasets"] = ["ml-100k", "synthetic"]
+    with pytest.raises(EvcfError) as err:
+        validate(config, committed=PARAMS)
+    assert "overridden by data.synthetic.model_params.cdae.model (more specific) for cdae on synthetic" in str(err.value)
+    assert run_settings(config, "ml-100k", "cdae")[0]["batch_size"] == 50  # where it does apply
+    shared = changed("train.epochs", 5)
+    shared["datasets"] = ["ml-100k", "synthetic"]
+    validate(shared, committed=PARAMS)  # data.synthetic.train sets its own epochs; ml-100k gets 5
+    assert run_settings(shared, "ml-100k", "mult-vae")[1]["epochs"] == 5
+
+
+def test_values_typed_on_the_command_line_are_not_taken_for_file_edits():
+    """Snakemake merges --config into the config before the committed-file check sees it: the check
+    compares the file as written (``written``) with the commit, so a typed value is applied, not
+    refused as an edit that the command line overrides."""
+    typed = {"model_params": {"mult-vae": {"train": {"lr": 0.002}}}}
+    config = snakemake_config(typed)
+    validate(config, overrides=typed, committed=PARAMS, written=copy.deepcopy(PARAMS))
+    assert run_settings(config, "synthetic", "mult-vae")[1]["lr"] == 0.002
 
 
 def test_a_changed_file_value_that_applies_is_accepted():
@@ -179,3 +206,26 @@ def test_evcf_train_records_the_settings_source(tmp_path):
                  "--train", json.dumps({"eval_batch_size": 50}), "--settings-source", json.dumps(typed),
                  "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["settings_source"] == typed
+
+
+def test_validating_the_papers_defaults_builds_each_distinct_model_once(monkeypatch, capsys):
+    """Every start (snakemake, dvc, evcf plan) validates the selection; grid points share their
+    architecture, so each distinct (model, hyperparameters) is built once, not once per point.
+    The time is printed (pytest -s shows it), not asserted."""
+    import json
+    import time
+
+    import evcf.models
+
+    config = copy.deepcopy(PARAMS)  # the paper's selection: ml-20m and netflix, every model and grid
+    built = []
+    real = evcf.models.build_model
+    monkeypatch.setattr(evcf.models, "build_model",
+                        lambda name, n, **hp: (built.append(json.dumps([name, hp], sort_keys=True)), real(name, n, **hp))[1])
+    started = time.perf_counter()
+    validate(config)
+    seconds = time.perf_counter() - started
+    assert built and len(built) == len(set(built)), "a (model, hyperparameters) pair was built twice"
+    assert {json.loads(b)[0] for b in built} == set(config["models"])
+    with capsys.disabled():
+        print(f"\nvalidate(paper's defaults): {len(built)} models built in {seconds:.2f} s")
