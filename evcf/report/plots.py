@@ -95,7 +95,9 @@ def _tick_label(model: str, n: int) -> str:
 
 def _titles(fig: Figure, ax, main: str, detail: str = "") -> None:
     """The figure's title, with a smaller line of detail (what the marks mean, n) under it."""
-    fig.suptitle(main, fontsize="large")
+    # wrapped to the axes' width too: a long dataset label ("Synthetic (generated, no published values)")
+    # would otherwise run into the legend beside the axes
+    fig.suptitle(textwrap.fill(main, max(30, int((fig.get_figwidth() - 3.2) * 9))), fontsize="large")
     if detail:  # wrapped to about the axes' width (the figure less the legend and the y label)
         chars = max(40, int((fig.get_figwidth() - 3.2) * 15))
         ax.set_title(textwrap.fill(detail, chars), fontsize="small", color="#444444")
