@@ -190,3 +190,15 @@ def test_claims_match_scipy_on_the_seed_averaged_values():
     assert row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(x, y).pvalue, rel=1e-9)
     assert row["ttest_p"] == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-9)
     assert row["mean_diff"] == pytest.approx((x - y).mean())
+
+
+def test_claim_outcome_at_its_edges():
+    from evcf.report.stats import claim_outcome
+
+    assert claim_outcome(0.01, 0.049, [0.01, 0.02]) == ("holds", "")
+    assert claim_outcome(0.01, 0.05, [0.01, 0.02]) == ("not shown", "n.s. per user")  # p < 0.05, not ≤
+    assert claim_outcome(0.01, float("nan"), [0.01]) == ("not shown", "n.s. per user")
+    assert claim_outcome(-0.01, 0.001, [-0.01, -0.02]) == ("reversed", "")
+    assert claim_outcome(0.01, 0.001, [0.01, -0.001]) == ("not shown", "seeds disagree")
+    assert claim_outcome(0.01, 0.001, [0.01, 0.0]) == ("not shown", "seeds disagree")  # a tie is no agreement
+    assert claim_outcome(0.01, 0.001, []) == ("not shown", "seeds disagree")
