@@ -705,3 +705,24 @@ def test_each_vae_row_reports_its_traffic_floor_beside_its_flop_floor():
     assert result["models"]["vamp"]["step_bytes"] > result["models"]["mult-vae"]["step_bytes"]
     table = format_table(result)
     assert "traffic floor s / epoch" in table and "GB / step" in table
+
+
+def test_a_generated_dataset_is_benched_on_its_own_split_with_its_recipes():
+    """--shape synthetic (a dataset of params.yaml with a `synthetic` spec): the bench generates and
+    splits it as the pipeline does, trains on its training users, evaluates its validation users,
+    and uses data.synthetic's recipes; it also times a job's start-up (evcf plan counts it per job)."""
+    from evcf.bench.run import generated_split
+
+    params = load_params(PARAMS)
+    params["data"]["synthetic"]["synthetic"].update(n_users=400, n_items=100, mean_items=15)
+    params["data"]["synthetic"]["heldout_users"] = 40
+    result = run_bench(shape="synthetic", params=params, params_source="params.yaml", models=["mult-vae", "vamp"],
+                       steps=2, warmup=1, reference_steps=0, skip_preprocess=True, device="cpu", gemm_size=128)
+    split = generated_split(params, "synthetic")
+    assert result["shape"] == {"name": "synthetic", "users": split.train.shape[0], "items": 100,
+                               "nnz": split.train.nnz}
+    assert result["eval_users"] == int((np.diff(split.validation_te.indptr) > 0).sum()) == 40
+    assert result["recipes"] == "params.yaml, data.synthetic" and result["synthetic_data"].startswith("the dataset")
+    vamp = result["models"]["vamp"]  # data.synthetic's Vamp: batch 50, 100 pseudo-inputs
+    assert (vamp["batch_size"], vamp["hparams"]["n_pseudo"]) == (50, 100)
+    assert positive(result["job_startup"]["seconds"]) and "evcf.training" in result["job_startup"]["imports"]

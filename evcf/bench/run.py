@@ -18,7 +18,7 @@ from ..errors import EvcfError
 from .baselines import bench_baseline
 from .preprocess import bench_preprocess
 from .table import fmt
-from .timer import PeakMemory, copy_rate, gemm_rate, load_average, machine, precision_settings, rounded
+from .timer import PeakMemory, copy_rate, gemm_rate, job_startup, load_average, machine, precision_settings, rounded
 from .vae import bench_phases, bench_vae, gemm_window, set_floor
 
 __all__ = ["run_bench", "recipe", "load_params", "load_params_checked"]
@@ -140,12 +140,22 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     explicit = [v is not None for v in (users, items, nnz)]
     if any(explicit) and not all(explicit):
         raise EvcfError("--users, --items and --nnz go together", fix="give all three, or none and a --shape")
+    generated = None  # a generated dataset of params.yaml, benched on its own split
     if all(explicit):
         the_shape = Shape("custom", int(users), int(items), int(nnz), None)
     elif shape in SHAPES:
         the_shape = SHAPES[shape]
+    elif params is not None and "synthetic" in (params.get("data", {}).get(shape) or {}):
+        if not host_numpy:
+            raise EvcfError(f"--shape {shape} generates and splits the dataset, which needs numpy, scipy and pandas",
+                            fix="install them, or bench a named shape (--shape ml-20m)")
+        generated = generated_split(params, shape)
+        the_shape = Shape(shape, int(generated.train.shape[0]), int(generated.train.shape[1]),
+                          int(generated.train.nnz), None)
     else:
-        raise EvcfError(f"unknown shape {shape!r}", fix=f"use one of {', '.join(SHAPES)} or --users/--items/--nnz")
+        raise EvcfError(f"unknown shape {shape!r}",
+                        fix=f"use one of {', '.join(SHAPES)}, a generated dataset of --params (e.g. --shape "
+                            "synthetic), or --users/--items/--nnz")
     check_sizes(the_shape.users, the_shape.items, the_shape.nnz)
     if not models:  # every VAE model (whose modules need torch alone: the others are skipped where absent)
         models = []
@@ -198,7 +208,7 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
         raise EvcfError("--threads must be at least 1", fix="e.g. --threads 2")
     if eval_users < 1:
         raise EvcfError("--eval-users must be at least 1", fix="e.g. --eval-users 10000")
-    dataset = dataset or (the_shape.name if the_shape.name in SHAPES else "ml-20m")
+    dataset = dataset or (the_shape.name if the_shape.name in SHAPES or generated is not None else "ml-20m")
     recipes, reference_cfgs = {}, {}
     for name in models:  # every setting checked before the long parts (on a 2-item model)
         if issubclass(model_class(name), VAEModel):
@@ -281,7 +291,12 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     mark = time.perf_counter()
     n_eval = min(eval_users, the_shape.users)
     eval_nnz = max(n_eval, round(n_eval * the_shape.nnz / the_shape.users))  # the same clicks per user
-    if host_numpy:
+    if generated is not None:  # the dataset itself: its training users, its validation users evaluated
+        train_csr, eval_in, eval_out = generated.train, generated.validation_tr, generated.validation_te
+        result["eval_users"] = int((np.diff(eval_out.indptr) > 0).sum())
+        result["synthetic_data"] = (f"the dataset itself: params data.{the_shape.name}, generated and split as the "
+                                    "pipeline does; its validation users evaluated")
+    elif host_numpy:
         train_csr = synthetic_matrix(the_shape.users, the_shape.items, the_shape.nnz, seed)
         eval_in, eval_out = heldout_split(synthetic_matrix(n_eval, the_shape.items, eval_nnz, seed + 1), seed + 2)
         result["eval_users"] = int((np.diff(eval_out.indptr) > 0).sum())
@@ -294,6 +309,7 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
         result["synthetic_data"] = f"torch ({absent} is not installed): numpy's sizes and skew, another matrix"
     data = {"train": DeviceCSR(train_csr, dev), "eval_in": DeviceCSR(eval_in, dev), "eval_out": eval_out}
     result["synthetic_s"] = time.perf_counter() - mark
+    result["job_startup"] = job_startup()  # what each pipeline job pays before training (evcf plan)
     log.info("bench: %s matrix %s x %s, %s clicks (%.1f s); GEMM %.0f GFLOP/s", the_shape.name,
              f"{the_shape.users:,}", f"{the_shape.items:,}", f"{the_shape.nnz:,}", result["synthetic_s"],
              result["gemm"]["gflops"])
@@ -336,6 +352,24 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     result["wall_s"] = time.perf_counter() - started
     result["complete"] = True
     return rounded(result)
+
+
+def generated_split(params: dict, name: str) -> Any:
+    """The split (:class:`~evcf.data.sparse.SplitData`) of params.yaml's generated dataset ``name``:
+    generated, binarised, filtered and split as ``evcf generate`` and ``evcf split`` make it (in a
+    temporary folder), so a bench at its shape times the quick start's own data."""
+    import tempfile
+
+    from ..data.sparse import load_split
+    from ..data.split import binarize_filter, split_users, write_split
+    from ..data.synthetic import SyntheticSpec, generate_ratings
+
+    entry = params["data"][name]
+    raw = generate_ratings(SyntheticSpec(**entry["synthetic"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_split(split_users(binarize_filter(raw, entry["threshold"], entry["min_items"]), entry["heldout_users"]),
+                    Path(tmp))
+        return load_split(Path(tmp))
 
 
 def _precision_name(cfg: Any) -> str:

@@ -80,14 +80,14 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def columns(rows: list[list[str]], headers: list[str]) -> str:
-    """A plain text table: the first and last columns left-aligned, the others right-aligned, two
-    spaces between columns, a rule of dashes under the headers."""
+def columns(rows: list[list[str]], headers: list[str], left: int = 1) -> str:
+    """A plain text table: the first ``left`` columns and the last left-aligned, the others
+    right-aligned, two spaces between columns, a rule of dashes under the headers."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
     last = len(widths) - 1
 
     def line(cells: list[str]) -> str:
-        return "  ".join(str(c).ljust(w) if i in (0, last) else str(c).rjust(w)
+        return "  ".join(str(c).ljust(w) if i < left or i == last else str(c).rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])

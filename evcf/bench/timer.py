@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["gemm_rate", "copy_rate", "sync", "spread", "load_average", "machine", "maxrss_mib", "PeakMemory", "rounded",
+__all__ = ["gemm_rate", "copy_rate", "job_startup", "sync", "spread", "load_average", "machine", "maxrss_mib", "PeakMemory", "rounded",
            "PRECISIONS", "precision_settings"]
 
 # --precision of the bench and the GPU check: the training settings that each one means
@@ -87,6 +87,26 @@ def copy_rate(device: Any, mib: int = 256, repeats: int = 5) -> dict[str, Any]:
     rates = [2.0 * src.nbytes / t for t in times]
     return {"mib": mib, "gbs": statistics.median(rates) / 1e9, "gbs_min": min(rates) / 1e9,
             "gbs_max": max(rates) / 1e9}
+
+
+# what a training job imports before its first step (evcf train: the loop, the models, the data, evaluation)
+JOB_IMPORTS = "import evcf.cli, evcf.training, evcf.models, evcf.data.sparse, evcf.evaluate, torch.optim"
+
+
+def job_startup(repeats: int = 3) -> dict[str, Any]:
+    """Seconds a fresh Python process takes to import what a training job imports (the median of
+    ``repeats`` processes): the start-up that every job of the pipeline pays once (``evcf plan``
+    counts it per job, which matters for short runs such as the quick start's)."""
+    import subprocess
+
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", JOB_IMPORTS], capture_output=True, text=True)
+        if proc.returncode != 0:  # a machine without the pipeline's packages (the GPU check's): said, not timed
+            return {"seconds": None, "imports": JOB_IMPORTS, "error": proc.stderr.strip().splitlines()[-1:]}
+        times.append(time.perf_counter() - started)
+    return {"seconds": statistics.median(times), "min_s": min(times), "max_s": max(times), "imports": JOB_IMPORTS}
 
 
 def sync(device: Any) -> None:
