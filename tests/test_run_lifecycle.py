@@ -93,10 +93,11 @@ def test_weights_none_keeps_no_weights(processed, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "metrics.json", "per_user.csv", PROGRESS]
 
 
-def test_sigterm_checkpoints_and_the_rerun_trains_the_later_epochs_only(processed, tmp_path):
-    """A scheduler's preemption (SIGTERM) at epoch N: the run finishes epoch N, writes a checkpoint
-    (the 10-minute interval has not passed) and exits 143; the rerun says it resumes and trains
-    epochs N+1 onwards only, ending as the uninterrupted run."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_and_the_rerun_trains_the_later_epochs_only(processed, tmp_path, signum):
+    """A scheduler's preemption (SIGTERM) or Ctrl-C (SIGINT) at epoch N: the run finishes epoch N,
+    writes a checkpoint (the 10-minute interval has not passed) and exits 128 + the signal; the
+    rerun says it resumes and trains epochs N+1 onwards only, ending as the uninterrupted run."""
     train = {**FAST, "epochs": 30, "batch_size": 16, "checkpoint_minutes": 10}
     args = [sys.executable, "-m", "evcf.cli", "--log-level", "ERROR", "train", "--data", str(processed),
             "--dataset", "toy", "--model", "mult-vae", "--seed", "1", "--threads", "1",
@@ -109,9 +110,9 @@ def test_sigterm_checkpoints_and_the_rerun_trains_the_later_epochs_only(processe
         if progress.exists() and json.loads(progress.read_text() or "{}").get("epoch", 0) >= 2:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert proc.returncode == 128 + signum, out
     stopped_at = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["epoch"]
     assert 2 <= stopped_at < 30
     assert f"stopped after epoch {stopped_at}" in out and "run the same command again to resume" in out
@@ -164,3 +165,4 @@ def test_a_stopped_slim_search_resumes_its_warm_path_as_the_uninterrupted_one(pr
     a = torch.load(tmp_path / "stopped" / WEIGHTS_FILE, weights_only=False)["state"]["W"]
     b = torch.load(tmp_path / "whole" / WEIGHTS_FILE, weights_only=False)["state"]["W"]
     assert (a != b).nnz == 0
+

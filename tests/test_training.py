@@ -361,3 +361,37 @@ def test_a_killed_in_run_search_resumes_after_the_settings_it_tried(processed, t
     assert fits == [1000.0]  # only the setting not tried before the kill
     assert _strip(resumed) == _strip(whole)
     assert (tmp_path / "run" / "tuning.csv").read_text() == (tmp_path / "whole" / "tuning.csv").read_text()
+
+
+def test_a_signal_during_an_in_run_search_checkpoints_the_settings_tried(processed, tmp_path, monkeypatch):
+    """Ctrl-C during a self-fitting model's search (the same loop as SLIM's, WMF's and CDAE's): the
+    setting being fitted finishes, the checkpoint holds it (the interval of checkpoint_minutes has
+    not passed, so only the signal writes it), the run raises Interrupted; started again, it fits
+    only the settings not tried and ends as the uninterrupted run."""
+    from evcf.models.baselines import EASE
+    from evcf.training import Interrupted
+
+    hparams, train = {"lambdas": [1.0, 100.0, 1000.0]}, {"checkpoint_minutes": 10}
+    whole = _run(processed, tmp_path / "whole", model="ease", hparams=hparams, train=train)
+    real_fit = EASE.fit
+    fits = []
+
+    def interrupted_during_the_first(self, matrix, **kwargs):
+        fits.append(kwargs["lambda"])
+        if len(fits) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # a real signal, handled while the fit runs
+        return real_fit(self, matrix, **kwargs)
+
+    monkeypatch.setattr(EASE, "fit", interrupted_during_the_first)
+    with pytest.raises(Interrupted) as stopped:
+        _run(processed, tmp_path / "run", model="ease", hparams=hparams, train=train)
+    assert stopped.value.signum == signal.SIGINT and "checkpoint written" in str(stopped.value)
+    assert fits == [1.0]
+    assert [t["lambda"] for t in torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["tried"]] == [1.0]
+
+    fits.clear()
+    monkeypatch.setattr(EASE, "fit", lambda self, matrix, **kwargs: (fits.append(kwargs["lambda"]),
+                                                                     real_fit(self, matrix, **kwargs))[1])
+    resumed = _run(processed, tmp_path / "run", model="ease", hparams=hparams, train=train)
+    assert fits == [100.0, 1000.0]
+    assert _strip(resumed) == _strip(whole)
