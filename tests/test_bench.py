@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -726,3 +727,19 @@ def test_a_generated_dataset_is_benched_on_its_own_split_with_its_recipes():
     vamp = result["models"]["vamp"]  # data.synthetic's Vamp: batch 50, 100 pseudo-inputs
     assert (vamp["batch_size"], vamp["hparams"]["n_pseudo"]) == (50, 100)
     assert positive(result["job_startup"]["seconds"]) and "evcf.training" in result["job_startup"]["imports"]
+
+
+def test_show_renders_committed_figures_and_refuses_what_is_not_a_bench_result(tmp_path):
+    """`evcf bench --show FILE...`: the committed JSONs reach a page as the bench printed them."""
+    figures = sorted((PARAMS.parent / "results" / "bench").glob("cpu*.json"))
+    proc = subprocess.run([*EVCF, "bench", "--show", *map(str, figures)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for path in figures:
+        result = json.loads(path.read_text())
+        assert f"{path}: {result['command']}" in proc.stdout, path
+        for name in result["models"]:
+            assert re.search(rf"^{re.escape(name)}\s", proc.stdout, re.M), (path, name)
+    (tmp_path / "x.json").write_text("[1]")
+    bad = subprocess.run([*EVCF, "bench", "--show", str(tmp_path / "x.json")], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "not an evcf bench result" in bad.stderr and "Traceback" not in bad.stderr

@@ -105,7 +105,24 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def _show(paths: list[str]) -> None:
+    """Print the table of each bench JSON given (committed figures, rendered as the run printed them)."""
+    for i, name in enumerate(paths):
+        path = Path(name)
+        try:
+            result = json.loads(path.read_text())
+            table = format_table(result)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise EvcfError(f"not an evcf bench result ({type(exc).__name__}: {exc})", path=path,
+                            fix="give a JSON that evcf bench wrote, e.g. results/bench/cpu-synthetic.json") from None
+        print(("\n" if i else "") + f"{path}: {result.get('command') or 'evcf bench'}")
+        print(table)
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
+    if args.show:
+        _show(args.show)
+        return
     params, params_check = load_params_checked(Path(args.params)) if args.params else (None, None)
     command = " ".join(["evcf", *map(shlex.quote, sys.argv[1:])])  # what wrote this file
 
@@ -147,7 +164,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Time evcf's training step (as `evcf train` takes it), evaluation and preprocessing "
                     "at a dataset's shape, against the reference style; WMF, SLIM and CDAE by their own "
                     "training code (see evcf/bench/).")
-    p.add_argument("--shape", default="ml-20m", help="named shape: ml-20m, netflix (default ml-20m)")
+    p.add_argument("--shape", default="ml-20m",
+                   help="named shape: ml-20m, netflix (default ml-20m), or a dataset of --params that evcf "
+                        "generates (e.g. synthetic): that dataset's own split and recipes")
     p.add_argument("--users", type=int, help="explicit training users (with --items and --nnz)")
     p.add_argument("--items", type=int)
     p.add_argument("--nnz", type=int, help="explicit training clicks")
@@ -193,5 +212,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "extrapolated (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default results/bench/<device>.json)")
+    p.add_argument("--show", nargs="+", metavar="JSON", default=None,
+                   help="print the table of bench JSONs already written (e.g. results/bench/*.json) and exit")
     p.set_defaults(func=_cmd_bench)
     return p
