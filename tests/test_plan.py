@@ -188,18 +188,6 @@ def test_a_fit_that_selects_its_epoch_counts_a_validation_after_every_epoch(tmp_
     assert "5 settings fitted in each run; validated after each of 200 epochs" in row.note
 
 
-def test_the_readmes_plan_output_is_what_evcf_plan_prints_from_the_committed_figures():
-    """The README quotes `evcf plan` for the paper's defaults: it must be what the plan prints from
-    params.yaml and the committed results/bench figures (new figures mean a new quote)."""
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("```\nevcf plan: params.yaml, tuning: full") + len("```\n")
-    quoted = readme[start:readme.index("```", start)]
-    proc = subprocess.run([sys.executable, "-m", "evcf.cli", "plan"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == quoted.strip()
-
-
 def test_the_quick_start_is_costed_row_by_row_from_the_committed_synthetic_figures():
     """results/bench/cpu-synthetic.json (evcf bench --shape synthetic --params params.yaml: the
     quick start's own split and recipes) costs every row of `--config datasets=[synthetic]`, in
