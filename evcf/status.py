@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunStatus", "scan", "render"]
+__all__ = ["RunStatus", "scan", "render", "interrupted_since"]
 
 PROGRESS = "progress.json"
 STATES = ("running", "stale", "interrupted", "failed", "done")
@@ -68,6 +68,20 @@ def scan(results: Path | str = "results", *, now: float | None = None, stale_aft
     now = time.time() if now is None else now
     statuses = (_status(folder, now, stale_after) for folder in _run_folders(Path(results)))
     return [s for s in statuses if s is not None]
+
+
+def interrupted_since(results: Path | str, since: float) -> list[str]:
+    """The run folders under ``results`` stopped by a signal (checkpointed) at or after ``since``
+    (unix time): what a stopped ``snakemake`` lists before it exits (workflow/rules/common.smk)."""
+    stopped = []
+    for folder in _run_folders(Path(results)):
+        try:
+            progress = json.loads((folder / PROGRESS).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if progress.get("state") == "interrupted" and float(progress.get("updated", 0)) >= since:
+            stopped.append(str(folder))
+    return stopped
 
 
 def _duration(seconds: float) -> str:

@@ -415,6 +415,10 @@ class Interrupted(EvcfError):
         self.signum = signum
 
 
+# a repeat of the same signal within this many seconds is the same request to stop, not a second one
+SAME_REQUEST_S = 2.0
+
+
 class _Signals:
     """While active: the first SIGINT or SIGTERM asks the loop to stop at its next safe point (the end
     of the epoch, or of the setting for a self-fitting model), where it checkpoints and raises
@@ -423,14 +427,17 @@ class _Signals:
 
     def __init__(self, say: Callable[[str], None], where: str) -> None:
         self.received: int | None = None
+        self._received_at = 0.0
         self._say, self._where = say, where
         self._saved: dict = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.received == signum and time.monotonic() - self._received_at < SAME_REQUEST_S:
+            return  # one Ctrl-C delivered twice: to the process group, and forwarded by Snakemake
         if self.received is not None:  # the second signal: stop now
             self.__exit__()
             raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
-        self.received = signum
+        self.received, self._received_at = signum, time.monotonic()
         self._say(f"{signal.Signals(signum).name} received: {self._where} stops at the end of the current "
                   f"{'epoch' if 'epoch' in self._where else 'setting'} and writes a checkpoint "
                   f"(send it again to stop now, losing the work since the last checkpoint)")
@@ -763,10 +770,14 @@ def run(
     with numerics(cfg, dev):
         if isinstance(model, ClosedFormModel):
             progress.write(0, "running", "searching its settings")
-            history, in_run_search = _fit_closed_form(model, data, model_name=model_name, identity=identity,
-                                                      seed=seed, device=dev, eval_batch_size=cfg.eval_batch_size,
-                                                      checkpoint_minutes=cfg.checkpoint_minutes, out_dir=out_dir,
-                                                      say=say)
+            try:
+                history, in_run_search = _fit_closed_form(model, data, model_name=model_name, identity=identity,
+                                                          seed=seed, device=dev, eval_batch_size=cfg.eval_batch_size,
+                                                          checkpoint_minutes=cfg.checkpoint_minutes, out_dir=out_dir,
+                                                          say=say)
+            except Interrupted as stopped:
+                progress.write(0, "interrupted", stopped.problem)
+                raise
             best_epoch, epochs_run, finished, best_state, resumed_from = 0, 0, True, model.state(), 0
         else:
             in_run_search = None

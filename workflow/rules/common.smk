@@ -49,6 +49,58 @@ except EvcfError as exc:
     sys.stderr.write(f"error: {exc}\n")
     sys.exit(2)
 
+# ---- stopping: a signal to Snakemake stops its training jobs, and evcf has the last word ----------
+# Snakemake's local executor waits for running jobs when it is stopped (SIGINT or SIGTERM), so
+# without this a job trains on.  Once the jobs are started, a handler forwards the signal to every
+# process this Snakemake started (an `evcf train` finishes its epoch or setting, writes its
+# checkpoint and exits; a Ctrl-C that reached the whole process group arrives twice, which evcf
+# takes as one request) and lets Snakemake stop as it does; a repeated signal only forwards again
+# (no second traceback).  At exit, one line says which runs were stopped and how to resume.
+import atexit
+import signal
+import time
+
+import psutil
+
+from evcf.status import interrupted_since
+
+_STOP = {"signal": None}
+
+
+def _forward_stop(previous):
+    def handler(signum, frame):
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            try:
+                child.send_signal(signum)
+            except psutil.Error:
+                pass  # already gone
+        first = _STOP["signal"] is None
+        _STOP["signal"] = _STOP["signal"] or signum
+        if first:  # until the jobs have checkpointed and exited (a second signal, forwarded, stops them at once)
+            psutil.wait_procs(children)
+        if first and callable(previous):
+            previous(signum, frame)
+        elif first and previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+    return handler
+
+
+def _say_how_to_resume(started):
+    if _STOP["signal"] is None:
+        return
+    runs = interrupted_since("results", started)
+    where = f"{len(runs)} run(s) checkpointed ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''})" if runs else "no run was in training"
+    sys.stderr.write(f"evcf: stopped by {signal.Signals(_STOP['signal']).name}: {where}; "
+                     "run the same command again to resume\n")
+
+
+onstart:
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, _forward_stop(signal.getsignal(_signum)))
+    atexit.register(_say_how_to_resume, time.time())
+
+
 DATASETS = config["datasets"]
 MODELS = config["models"]
 SEEDS = config["seeds"]
