@@ -45,8 +45,13 @@ def slim_column_directly(x: np.ndarray, j: int, l1: float, l2: float) -> np.ndar
     bounds = [(0.0, 0.0) if k == j else (0.0, None) for k in range(x.shape[1])]
     res = minimize(objective, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000})
-    assert res.success, res.message
-    return res.x
+    # The optimality (KKT) conditions decide, not res.success: at this tolerance L-BFGS-B's line
+    # search can stop "ABNORMAL" at the optimum, depending on the BLAS kernel the machine runs.
+    w, grad = res.x, objective(res.x)[1]
+    free = np.array([k != j for k in range(x.shape[1])])
+    projected = np.where(w[free] > 1e-12, grad[free], np.minimum(grad[free], 0.0))  # a bound may hold with grad >= 0
+    assert np.abs(projected).max() < 1e-7, (res.message, projected)
+    return w
 
 
 @pytest.mark.parametrize("l1, l2", [(0.1, 0.5), (0.5, 1.0), (1.0, 0.1), (0.01, 2.0), (2.0, 0.0)])
