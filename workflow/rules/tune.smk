@@ -28,6 +28,7 @@ rule tune_point:
         seed=SEEDS[0],
         device=get_device,
         code=get_code,
+    priority: 1  # grid points first: each search, its summary and its Table 1 runs form the longest chain
     threads: config.get("threads", 2)
     resources:
         mem_mb=4000,
