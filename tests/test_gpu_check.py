@@ -84,6 +84,7 @@ def load(dest: Path, name: str) -> dict:
     return json.loads((dest / name).read_text())
 
 
+@pytest.mark.slow  # runs scripts/gpu_check.sh whole (a subprocess pipeline)
 def test_the_check_runs_to_the_end_and_says_what_each_stage_did(checked):
     proc, dest, _ = checked
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
@@ -109,6 +110,7 @@ def test_the_check_runs_to_the_end_and_says_what_each_stage_did(checked):
     assert "scripts/numerics_check.py --device cpu --models mult-vae vamp --seeds 1 " in stages["numerics"]["command"]
 
 
+@pytest.mark.slow  # runs scripts/gpu_check.sh whole (a subprocess pipeline)
 def test_the_cpu_check_says_what_a_gpu_would_add(checked):
     proc, dest, _ = checked
     adds = load(dest, "summary.json")["gpu_adds"]
@@ -145,6 +147,7 @@ def test_limits_that_overrun_the_budget_stop_the_check_before_it_starts(tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # runs scripts/gpu_check.sh whole (a subprocess pipeline)
 def test_env_names_the_copy_torch_and_the_missing_packages(checked):
     _, dest, tree = checked
     env = load(dest, "env.json")
@@ -153,6 +156,7 @@ def test_env_names_the_copy_torch_and_the_missing_packages(checked):
     assert env["packages"]["jsonschema"] is False and env["packages"]["pytest"] is True
 
 
+@pytest.mark.slow  # runs scripts/gpu_check.sh whole (a subprocess pipeline)
 def test_gemm_rates_in_each_precision_that_the_device_has(checked):
     _, dest, _ = checked
     gemm = load(dest, "gemm.json")
@@ -163,6 +167,7 @@ def test_gemm_rates_in_each_precision_that_the_device_has(checked):
     assert positive(gemm["copy"]["gbs"]) and gemm["copy"]["mib"] == 64  # the traffic floor's divisor
 
 
+@pytest.mark.slow  # runs scripts/gpu_check.sh whole (a subprocess pipeline)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_bench_has_latency_and_pipelined_throughput_for_each_model(checked, precision):
     _, dest, _ = checked
@@ -184,6 +189,7 @@ def test_bench_has_latency_and_pipelined_throughput_for_each_model(checked, prec
     assert load(dest, "bench-tf32.json") == {"stage": "bench-tf32", "measured": False, "skipped": "CUDA only"}
 
 
+@pytest.mark.slow  # runs scripts/gpu_check.sh whole (a subprocess pipeline)
 def test_tests_json_lists_every_cuda_test(checked):
     _, dest, tree = checked
     tests = load(dest, "tests.json")
@@ -196,6 +202,7 @@ def test_tests_json_lists_every_cuda_test(checked):
     assert all(t["message"] == "needs a CUDA device" for t in tests["tests"])
 
 
+@pytest.mark.slow  # runs scripts/gpu_check.sh whole (a subprocess pipeline)
 def test_numerics_compares_each_setting_with_fp32_for_both_models(checked):
     _, dest, _ = checked
     numerics = load(dest, "numerics.json")
@@ -239,6 +246,7 @@ def test_a_stage_that_wrote_nothing_leaves_a_stand_in_and_its_status(tmp_path):
     assert stand_in["log_tail"].endswith("CUDA out of memory\n")
 
 
+@pytest.mark.slow  # runs scripts/gpu_check.sh whole (a subprocess pipeline)
 def test_a_failing_stage_does_not_stop_the_later_ones(tmp_path):
     """Without evcf.training, nothing trains: each bench fails, and the stages after it still run."""
     tree = copy_tree(tmp_path / "tree")
@@ -259,6 +267,7 @@ def test_a_failing_stage_does_not_stop_the_later_ones(tmp_path):
     assert stages["tests"]["status"] == "ok" and load(dest, "tests.json")["pytest_exit_code"] != 0  # recorded
 
 
+@pytest.mark.slow  # runs scripts/gpu_check.sh whole (a subprocess pipeline)
 def test_without_cuda_the_cuda_check_stops_at_once_and_says_why(tmp_path):
     dest = tmp_path / "out"
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(dest)], cwd=tmp_path,
@@ -287,6 +296,7 @@ def bare_checked(tmp_path_factory):
     return proc, dest
 
 
+@pytest.mark.slow  # runs scripts/gpu_check.sh whole (a subprocess pipeline)
 def test_with_torch_alone_the_bench_stages_measure_and_the_others_say_why_not(bare_checked):
     proc, dest = bare_checked
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
