@@ -248,7 +248,7 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict) -> list[Row
                 if changed:
                     extra += f" --hparams '{json.dumps({model: changed})}'"
                 return (f"evcf bench --shape {shape} --models {model} --device {device} --params params.yaml"
-                        f"{'' if shape in SHAPES else f' --dataset {dataset}'}{extra}")
+                        f"{'' if shape == dataset else f' --dataset {dataset}'}{extra}")
 
             if shape is None:
                 row.notes.append(f"no figure: {dataset} is neither a bench shape ({', '.join(SHAPES)}) nor "
