@@ -91,7 +91,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if tuning is not None or args.settings_source:
         write_json(Path(args.out) / "metrics.json", metrics)
     _say(f"ok: {args.out}: test Recall@20 {metrics['recall@20']:.4f} Recall@50 {metrics['recall@50']:.4f} "
-         f"NDCG@100 {metrics['ndcg@100']:.4f} (best epoch {metrics['best_epoch']}, {metrics['wall_seconds']:.1f} s"
+         f"NDCG@100 {metrics['ndcg@100']:.4f} (best epoch {metrics['best_epoch']}, {metrics['wall_seconds']:.1f} s of training and test, "
+         f"without start-up or data loading"
          + (", reused" if metrics.get("reused_from") else "") + ")")
 
 
