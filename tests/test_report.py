@@ -765,3 +765,17 @@ def test_claim_verdict_lines():
     rows = pd.DataFrame({"metric": list(METRICS), "outcome": ["not shown"] * 3,
                          "reason": ["seeds disagree", "n.s. per user", "seeds disagree"]})
     assert claim_verdict(rows) == "not shown: n.s. per user on Recall@50; seeds disagree on Recall@20, NDCG@100"
+
+
+def test_a_run_copied_from_its_grid_point_takes_the_points_training_time(tmp_path):
+    """The first seed of a searched row is its winning grid point's run, copied by a job that takes
+    seconds: its time in the plot is the point's job (benchmarks/tune_point/...), not the copy's."""
+    from evcf.report import _benchmark_seconds
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rule, name, seconds in (("train_model", "seed-1.tsv", 4.0), ("tune_point", "point-2.tsv", 37.5)):
+        folder = tmp_path / rule / "synthetic" / "vamp"
+        folder.mkdir(parents=True)
+        (folder / name).write_text(header + f"{seconds}\t0:00:00\t1\t1\tNA\tNA\t0\t0\t0\t0\n")
+    assert _benchmark_seconds(tmp_path, "synthetic", "vamp", 1) == 4.0
+    assert _benchmark_seconds(tmp_path, "synthetic", "vamp", 1, "results/tune/synthetic/vamp/point-2") == 37.5

@@ -150,15 +150,22 @@ def _read_history(folder: Path) -> pd.DataFrame:
     return frame[["epoch", "train_loss", "beta", "val_ndcg@100"]]
 
 
-def _benchmark_seconds(benchmarks_dir: Path | None, dataset: str, model: str, seed: int) -> float | None:
+def _benchmark_seconds(benchmarks_dir: Path | None, dataset: str, model: str, seed: int,
+                       reused_from: str | None = None) -> float | None:
     """Mean of the ``s`` column of Snakemake's benchmark TSV for this run, or None where unavailable.
 
-    ``benchmarks_dir`` may be ``benchmarks/`` or ``benchmarks/train_model/``.
+    ``benchmarks_dir`` may be ``benchmarks/`` or ``benchmarks/train_model/``.  A run whose results
+    were copied from its grid point (``reused_from``: ``results/tune/<d>/<m>/point-<k>``) took the
+    point's job to train, not the copy's: the point's benchmark is used.
     """
     if benchmarks_dir is None:
         return None
     relative = Path(dataset, model, f"seed-{seed}.tsv")
-    for path in (benchmarks_dir / "train_model" / relative, benchmarks_dir / relative):
+    candidates = [benchmarks_dir / "train_model" / relative, benchmarks_dir / relative]
+    if reused_from:
+        point = Path(reused_from)
+        candidates = [benchmarks_dir / "tune_point" / dataset / model / f"{point.name}.tsv"]
+    for path in candidates:
         if path.is_file():
             break
     else:
@@ -190,7 +197,8 @@ def load_runs(runs: list[Path], benchmarks_dir: Path | None = None) -> RunData:
                             path=folder / "metrics.json", fix="pass each run folder once")
         seen[key] = folder
 
-        seconds, source = _benchmark_seconds(benchmarks_dir, dataset, raw_model, seed), "benchmark"
+        seconds = _benchmark_seconds(benchmarks_dir, dataset, raw_model, seed, metrics.get("reused_from"))
+        source = "benchmark"
         if seconds is None:
             wall = metrics.get("wall_seconds")
             seconds, source = (float(wall), "wall_seconds") if _is_number(wall) else (float("nan"), "")
