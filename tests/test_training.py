@@ -333,65 +333,41 @@ def test_early_stopping_counts_like_evcf(processed, tmp_path, monkeypatch):
     assert metrics["epochs_run"] == 4 and metrics["best_epoch"] == 1
 
 
-def test_a_killed_in_run_search_resumes_after_the_settings_it_tried(processed, tmp_path, monkeypatch):
-    """A self-fitting model checkpoints its search setting by setting (checkpoint_minutes 0): started
-    again, it fits only the settings it had not tried, and ends as the uninterrupted run."""
-    from evcf.models.baselines import EASE
-
-    hparams, train = {"lambdas": [1.0, 100.0, 1000.0]}, {"checkpoint_minutes": 0}
-    whole = _run(processed, tmp_path / "whole", model="ease", hparams=hparams, train=train)
-    real_fit = EASE.fit
-    fits = []
-
-    def killed_at_the_third(self, matrix, **kwargs):
-        fits.append(kwargs["lambda"])
-        if len(fits) == 3:
-            raise RuntimeError("killed")
-        return real_fit(self, matrix, **kwargs)
-
-    monkeypatch.setattr(EASE, "fit", killed_at_the_third)
-    with pytest.raises(RuntimeError, match="killed"):
-        _run(processed, tmp_path / "run", model="ease", hparams=hparams, train=train)
-    assert [t["lambda"] for t in torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["tried"]] == [1.0, 100.0]
-
-    fits.clear()
-    monkeypatch.setattr(EASE, "fit", lambda self, matrix, **kwargs: (fits.append(kwargs["lambda"]),
-                                                                     real_fit(self, matrix, **kwargs))[1])
-    resumed = _run(processed, tmp_path / "run", model="ease", hparams=hparams, train=train)
-    assert fits == [1000.0]  # only the setting not tried before the kill
-    assert _strip(resumed) == _strip(whole)
-    assert (tmp_path / "run" / "tuning.csv").read_text() == (tmp_path / "whole" / "tuning.csv").read_text()
-
-
-def test_a_signal_during_an_in_run_search_checkpoints_the_settings_tried(processed, tmp_path, monkeypatch):
-    """Ctrl-C during a self-fitting model's search (the same loop as SLIM's, WMF's and CDAE's): the
-    setting being fitted finishes, the checkpoint holds it (the interval of checkpoint_minutes has
-    not passed, so only the signal writes it), the run raises Interrupted; started again, it fits
-    only the settings not tried and ends as the uninterrupted run."""
+@pytest.mark.parametrize("stop", ["killed", "signal"])
+def test_a_stopped_in_run_search_resumes_after_the_settings_it_tried(processed, tmp_path, monkeypatch, stop):
+    """A self-fitting model's search (EASE's; the loop is SLIM's, WMF's and CDAE's) is checkpointed
+    setting by setting.  Killed during its third setting (an exception; checkpoint_minutes 0, so
+    every finished setting was saved), or sent a real Ctrl-C during its first (checkpoint_minutes
+    10, so only the signal writes the checkpoint; the setting in progress finishes and the run raises
+    Interrupted): started again, it fits only the settings not tried and ends as the uninterrupted run."""
     from evcf.models.baselines import EASE
     from evcf.training import Interrupted
 
-    hparams, train = {"lambdas": [1.0, 100.0, 1000.0]}, {"checkpoint_minutes": 10}
+    minutes, stop_at, tried = (0, 3, [1.0, 100.0]) if stop == "killed" else (10, 1, [1.0])
+    hparams, train = {"lambdas": [1.0, 100.0, 1000.0]}, {"checkpoint_minutes": minutes}
     whole = _run(processed, tmp_path / "whole", model="ease", hparams=hparams, train=train)
     real_fit = EASE.fit
     fits = []
 
-    def interrupted_during_the_first(self, matrix, **kwargs):
+    def stopped(self, matrix, **kwargs):
         fits.append(kwargs["lambda"])
-        if len(fits) == 1:
+        if len(fits) == stop_at:
+            if stop == "killed":
+                raise RuntimeError("killed")
             os.kill(os.getpid(), signal.SIGINT)  # a real signal, handled while the fit runs
         return real_fit(self, matrix, **kwargs)
 
-    monkeypatch.setattr(EASE, "fit", interrupted_during_the_first)
-    with pytest.raises(Interrupted) as stopped:
+    monkeypatch.setattr(EASE, "fit", stopped)
+    with pytest.raises(RuntimeError if stop == "killed" else Interrupted) as raised:
         _run(processed, tmp_path / "run", model="ease", hparams=hparams, train=train)
-    assert stopped.value.signum == signal.SIGINT and "checkpoint written" in str(stopped.value)
-    assert fits == [1.0]
-    assert [t["lambda"] for t in torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["tried"]] == [1.0]
+    if stop == "signal":
+        assert raised.value.signum == signal.SIGINT and "checkpoint written" in str(raised.value)
+    assert [t["lambda"] for t in torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)["tried"]] == tried
 
     fits.clear()
     monkeypatch.setattr(EASE, "fit", lambda self, matrix, **kwargs: (fits.append(kwargs["lambda"]),
                                                                      real_fit(self, matrix, **kwargs))[1])
     resumed = _run(processed, tmp_path / "run", model="ease", hparams=hparams, train=train)
-    assert fits == [100.0, 1000.0]
+    assert fits == [lam for lam in hparams["lambdas"] if lam not in tried]  # only the settings not tried
     assert _strip(resumed) == _strip(whole)
+    assert (tmp_path / "run" / "tuning.csv").read_text() == (tmp_path / "whole" / "tuning.csv").read_text()
