@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import html as html_lib
 import json
+import os
+import shutil
+import subprocess
 
 import pandas as pd
 import pytest
@@ -166,3 +170,57 @@ def test_grid_winners_train_table1_and_a_grid_change_reruns_only_its_row(tmp_pat
     # tuning off: no search; the runs use params.yaml as written
     off = run([tool("snakemake"), "--cores", "2", "all", "--dry-run", "--config", "tuning=false"], cwd=root)
     assert "rule tune_point:" not in off.stdout
+
+
+BROWSER_PROBE = """<script>
+(function () {
+  var errors = [];
+  window.addEventListener("error", function (e) {  // script errors and, in the capture phase, failed resources
+    errors.push(e.message || ("failed to load " + (e.target && (e.target.src || e.target.href))));
+  }, true);
+  var consoleError = console.error;
+  console.error = function () { errors.push(Array.prototype.join.call(arguments, " ")); consoleError.apply(console, arguments); };
+  window.addEventListener("load", function () {
+    setTimeout(function () {
+      var images = Array.prototype.slice.call(document.images);
+      var broken = images.filter(function (img) { return !(img.complete && img.naturalWidth > 0); });
+      document.title = "EVCF-PROBE " + JSON.stringify({images: images.length, broken: broken.length,
+        errors: errors, text: document.body ? document.body.innerText.length : 0});
+    }, 2000);
+  });
+})();
+</script>"""
+
+
+def _open_in_chromium(page, tmp_path):
+    """Load ``page`` in headless Chromium with a probe script first in its <head>; what it saw."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed: .ci/run installs Debian's chromium in CI")
+        pytest.skip("needs Debian's chromium (apt-get install chromium); .ci/run installs it in CI")
+    html = page.read_text(encoding="utf-8")
+    head = html.lower().find("<head>")
+    probed = tmp_path / page.name
+    probed.write_text(html[:head + 6] + BROWSER_PROBE + html[head + 6:] if head >= 0 else BROWSER_PROBE + html,
+                      encoding="utf-8")
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=15000",
+                           "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=180)
+    found = re.search(r"<title>EVCF-PROBE (.*?)</title>", proc.stdout, re.S)
+    assert found, f"the page did not finish loading in chromium:\n{proc.stderr[-2000:]}"
+    return json.loads(html_lib.unescape(found.group(1)))
+
+
+@pytest.mark.parametrize("page", ["reports/synthetic-tiny/table1.html", "reports/report.html"])
+def test_the_html_pages_render_in_a_browser(snakemake_run, tmp_path, page):
+    """table1.html and Snakemake's report, opened in a real headless browser: they render (text on
+    the page), every image loads, and nothing is written to the console as an error."""
+    root = snakemake_run
+    if not (root / page).exists():
+        run([tool("snakemake"), "--cores", "1", "--report", "reports/report.html", "all"], cwd=root)
+    seen = _open_in_chromium(root / page, tmp_path)
+    assert seen["text"] > 200, seen
+    assert seen["broken"] == 0, seen
+    assert seen["errors"] == [], seen
