@@ -14,6 +14,7 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
 from conftest import BIN, REPO, make_workflow_copy
 
@@ -113,6 +114,26 @@ def test_a_no_op_override_reschedules_nothing_and_the_vae_block_spares_closed_fo
     assert jobs(root, "model_params={mult-vae: {train: {epochs: 3}}}") == {}
     # a VAE training setting: mult-vae reruns (its grid points too), popularity does not read it
     assert trained_models(root, "train={epochs: 2}") == {"mult-vae"}
+
+
+def test_reordering_params_yaml_reruns_nothing(finished):
+    """The settings reach the rules as JSON with sorted keys: the same values written in another
+    order in params.yaml give the same commands, so nothing is scheduled again."""
+    root = finished
+    params = root / "params.yaml"
+    before = params.read_text()
+    config = yaml.safe_load(before)
+    config["train"] = dict(reversed(list(config["train"].items())))
+    for row in config["model_params"].values():
+        for section in ("model", "train"):
+            if isinstance(row.get(section), dict):
+                row[section] = dict(reversed(list(row[section].items())))
+    try:
+        params.write_text(yaml.safe_dump(config, sort_keys=False))
+        assert params.read_text() != before
+        assert jobs(root) == {}
+    finally:
+        params.write_text(before)
 
 
 def test_dvc_exp_show_and_metrics_diff_show_two_experiments(tmp_path):
