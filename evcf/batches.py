@@ -29,10 +29,6 @@ those on the device and one static shape; ``docs/gpu.md`` says why that was not 
 Training, evaluation and CDAE's own loop all cut their batches with :class:`Batches`.  Its
 ``dense_on_host`` option builds each batch as the reference codes do instead (a scipy row slice,
 ``toarray()`` on the host, then a copy to the device): the baseline of ``evcf bench``.
-
-Without numpy and scipy (a GPU machine with torch alone, ``scripts/gpu_check.sh``) the matrix comes
-as a :class:`HostCSR` (torch tensors on the host) and the host-side bookkeeping is done with torch:
-the same batches, the same device work; only ``dense_on_host`` needs scipy.
 """
 
 from __future__ import annotations
@@ -40,21 +36,11 @@ from __future__ import annotations
 import math
 from typing import Iterator, NamedTuple, Sequence
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
-from .errors import EvcfError
-from .optional import Missing
-
-try:
-    import numpy as np
-except ImportError as exc:  # torch only: HostCSR (evcf/optional.py)
-    np = Missing("numpy", exc)
-try:
-    import scipy.sparse as sp
-except ImportError as exc:
-    sp = Missing("scipy.sparse", exc)
-
-__all__ = ["DeviceCSR", "HostCSR", "Batches", "Clicks", "RowBatch", "padded_size", "pad_clicks", "clicks_of",
+__all__ = ["DeviceCSR", "Batches", "Clicks", "RowBatch", "padded_size", "pad_clicks", "clicks_of",
            "MIN_PADDED_CLICKS", "MAX_PADDING_STEP"]
 
 MIN_PADDED_CLICKS = 64  # ours: the shortest click list, and the smallest step between padded lengths
@@ -144,32 +130,8 @@ class RowBatch(NamedTuple):
     clicks: Clicks
 
 
-class HostCSR(NamedTuple):
-    """A 0/1 CSR matrix held by torch on the host, for machines without scipy (see the module's
-    docstring): ``indices[indptr[r]:indptr[r + 1]]`` are row r's columns, ascending."""
-
-    indptr: torch.Tensor  # (n_rows + 1,) int64
-    indices: torch.Tensor  # (nnz,) int64
-    shape: tuple[int, int]
-
-    @property
-    def nnz(self) -> int:
-        return int(self.indices.numel())
-
-
 class DeviceCSR:
-    def __init__(self, matrix: sp.csr_matrix | HostCSR, device: torch.device | str = "cpu"):
-        self.torch_host = isinstance(matrix, HostCSR)  # the host copies are torch tensors, not numpy arrays
-        if self.torch_host:
-            self.matrix = matrix
-            self.shape = (int(matrix.shape[0]), int(matrix.shape[1]))
-            self.device = torch.device(device)
-            indptr = matrix.indptr.to(torch.int64)
-            self.indptr = indptr.to(self.device)
-            self.indices = matrix.indices.to(torch.int64).to(self.device)
-            self.row_nnz = self.indptr[1:] - self.indptr[:-1]
-            self.row_nnz_host = indptr[1:] - indptr[:-1]  # (n_rows,) a CPU tensor
-            return
+    def __init__(self, matrix: sp.csr_matrix, device: torch.device | str = "cpu"):
         matrix = sp.csr_matrix(matrix)
         matrix.sort_indices()
         self.matrix = matrix  # the host CSR, for batches densified on the host
@@ -192,15 +154,13 @@ class DeviceCSR:
         there (a numpy array, a list, a CPU tensor), and read back from the device (a sync) for rows
         given as a device tensor.
         """
-        if not isinstance(rows, torch.Tensor) and self.torch_host:
-            rows = torch.as_tensor(rows, dtype=torch.int64).reshape(-1)
         if not isinstance(rows, torch.Tensor):
             host = np.asarray(rows, dtype=np.int64).reshape(-1)
             if n_nonzeros is None:
                 n_nonzeros = int(self.row_nnz_host[host].sum())
             return torch.from_numpy(host).to(self.device), n_nonzeros
         if n_nonzeros is None:
-            n_nonzeros = (int(self.row_nnz_host[rows if self.torch_host else rows.numpy()].sum())
+            n_nonzeros = (int(self.row_nnz_host[rows.numpy()].sum())
                           if rows.device.type == "cpu"
                           else int(self.row_nnz[rows].sum()))  # host sync: pass n_nonzeros to avoid it
         return rows.to(self.device), n_nonzeros
@@ -257,17 +217,6 @@ class Batches:
         self.batch_size = batch_size
         self.dtype = dtype  # of the dense rows (the reference style's are float32)
         self.dense_on_host = dense_on_host
-        if data.torch_host:  # no numpy: the same bookkeeping with torch on the host
-            if dense_on_host:
-                raise EvcfError("batches densified on the host (the reference style) need scipy, which is "
-                                "not installed", fix="install scipy, or skip the reference style "
-                                "(evcf bench --reference-steps 0)")
-            self.order_host = torch.as_tensor(order, dtype=torch.int64).reshape(-1).contiguous()  # (n,)
-            self.n_order = int(self.order_host.numel())
-            self.clicks_before = torch.cat([torch.zeros(1, dtype=torch.int64),
-                                            torch.cumsum(data.row_nnz_host[self.order_host], 0)])
-            self.order = self.order_host.to(data.device)
-            return
         host = order.numpy() if isinstance(order, torch.Tensor) else np.asarray(order)
         self.order_host = np.ascontiguousarray(host, dtype=np.int64)  # (n,)
         self.n_order = int(self.order_host.size)

@@ -5,24 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 import torch
 
-from .batches import Batches, DeviceCSR, HostCSR
+from .batches import Batches, DeviceCSR
 from .metrics import ndcg_from_hits, recall_from_hits, topk_hits
-from .optional import Missing
-
-try:
-    import numpy as np
-except ImportError as exc:  # torch only: the VAE step's bench path (evcf/optional.py)
-    np = Missing("numpy", exc)
-try:
-    import pandas as pd
-except ImportError as exc:
-    pd = Missing("pandas", exc)
-try:
-    import scipy.sparse as sp
-except ImportError as exc:
-    sp = Missing("scipy.sparse", exc)
 
 __all__ = ["METRICS", "Evaluation", "evaluate", "summarize"]
 
@@ -36,9 +25,8 @@ METRICS: dict[str, tuple[Callable, int]] = {
 
 @dataclass
 class Evaluation:
-    # one row per evaluated user: row, then one column per metric; for held-out rows given as a
-    # HostCSR (no pandas: evcf/optional.py), a dict of those columns as CPU tensors
-    per_user: pd.DataFrame | dict[str, torch.Tensor]
+    # one row per evaluated user: row, then one column per metric
+    per_user: pd.DataFrame
 
     def summary(self) -> dict[str, float]:
         return summarize(self.per_user)
@@ -51,14 +39,6 @@ def summarize(per_user: pd.DataFrame) -> dict[str, float]:
     notebook reports it.
     """
     out: dict[str, float] = {}
-    if isinstance(per_user, dict):  # torch columns (HostCSR held-out rows): the same statistics
-        for name in METRICS:
-            values = per_user[name].double()
-            values = values[~torch.isnan(values)]
-            out[name] = float(values.mean()) if values.numel() else float("nan")
-            out[f"{name}_se"] = (float(values.std(correction=0) / values.numel() ** 0.5) if values.numel()
-                                 else float("nan"))
-        return out
     for name in METRICS:
         values = per_user[name].to_numpy(dtype=np.float64)
         values = values[~np.isnan(values)]
@@ -70,8 +50,8 @@ def summarize(per_user: pd.DataFrame) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(
     score: Callable[[torch.Tensor], torch.Tensor],
-    fold_in: sp.csr_matrix | HostCSR | DeviceCSR,
-    heldout: sp.csr_matrix | HostCSR,
+    fold_in: sp.csr_matrix | DeviceCSR,
+    heldout: sp.csr_matrix,
     *,
     batch_size: int = 2000,
     device: torch.device | str = "cpu",
@@ -86,15 +66,11 @@ def evaluate(
     that its first layer need not search ``x`` for them.  Nothing here waits for the device until
     the end: the batches are cut by :class:`~evcf.batches.Batches` (users copied to the device
     once, click counts from the host), and the per-user values stay on the device until one copy
-    of each metric's column.  Held-out rows given as a :class:`~evcf.batches.HostCSR` (a machine
-    without numpy, scipy and pandas) give the per-user columns as CPU tensors.
+    of each metric's column.
     """
     rows_csr = fold_in if isinstance(fold_in, DeviceCSR) else DeviceCSR(fold_in, device)
-    if isinstance(heldout, HostCSR):
-        users = torch.nonzero(heldout.indptr[1:] > heldout.indptr[:-1]).flatten()  # (n,) on the host
-    else:
-        heldout = sp.csr_matrix(heldout)
-        users = np.flatnonzero(np.diff(heldout.indptr) > 0)  # (n,) on the host
+    heldout = sp.csr_matrix(heldout)
+    users = np.flatnonzero(np.diff(heldout.indptr) > 0)  # (n,) on the host
     heldout_dev = DeviceCSR(heldout, rows_csr.device)
     columns: dict[str, list[torch.Tensor]] = {name: [] for name in metrics}
     for (x, clicks), (truth, _) in zip(Batches(rows_csr, users, batch_size),
@@ -106,9 +82,6 @@ def evaluate(
         for name in metrics:
             fn, k = METRICS[name]
             columns[name].append(fn(hits, n_heldout, k))
-    if isinstance(heldout, HostCSR):
-        return Evaluation({"row": users, **{name: torch.cat(columns[name]).cpu() if columns[name]
-                                            else torch.empty(0, dtype=torch.float64) for name in metrics}})
     frame = pd.DataFrame({"row": users})
     for name in metrics:
         frame[name] = torch.cat(columns[name]).cpu().numpy() if columns[name] else np.array([])

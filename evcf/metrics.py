@@ -17,18 +17,9 @@ such as popularity's counts, and for the −inf of masked items when a user has 
 
 from __future__ import annotations
 
+import numpy as np
+import scipy.sparse as sp
 import torch
-
-from .optional import Missing
-
-try:
-    import numpy as np
-except ImportError as exc:  # torch only: the VAE step's bench path (evcf/optional.py)
-    np = Missing("numpy", exc)
-try:
-    import scipy.sparse as sp
-except ImportError as exc:
-    sp = Missing("scipy.sparse", exc)
 
 __all__ = ["recall_at_k", "ndcg_at_k", "ranked_topk", "topk_hits", "recall_from_hits", "ndcg_from_hits"]
 
@@ -43,7 +34,7 @@ def _as_tensor(scores) -> torch.Tensor:
 
 
 def _heldout_dense(heldout, device: torch.device) -> torch.Tensor:
-    if sp and sp.issparse(heldout):  # (no scipy: a tensor or an array-like)
+    if sp.issparse(heldout):
         heldout = heldout.toarray()
     if isinstance(heldout, torch.Tensor):
         heldout = heldout.to(device)

@@ -32,6 +32,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from . import __version__
@@ -43,22 +46,8 @@ from .io import write_atomic, write_csv, write_json
 from .identity import environment, identity_diff, matrices_fingerprint, run_identity
 from .models import build_model
 from .models.base import ClosedFormModel, Phase, VAEModel
-from .optional import Missing
 from .optim import make_optimizer
 from .schedules import beta_evcf, beta_liang
-
-try:
-    import numpy as np
-except ImportError as exc:  # torch only: the VAE step's bench path (evcf/optional.py)
-    np = Missing("numpy", exc)
-try:
-    import pandas as pd
-except ImportError as exc:
-    pd = Missing("pandas", exc)
-try:
-    import scipy.sparse as sp
-except ImportError as exc:
-    sp = Missing("scipy.sparse", exc)
 
 __all__ = ["TrainConfig", "TrainingDiverged", "Interrupted", "run", "beta_at", "resolve_device", "train_config",
            "train_step", "train_epoch", "make_optimizers", "epoch_passes", "train_phases", "numerics"]

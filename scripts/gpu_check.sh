@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check (issue 22): one command, on a machine with Python 3 and a CUDA torch, no network,
-# from a copy of the repository's working tree without an install:
+# The GPU check (issue 22): one command, on a machine with Python 3, a CUDA torch and evcf's other
+# dependencies (pyproject.toml; pytest too), no network needed, from a copy of the repository's
+# working tree without an install of evcf itself:
 #
 #   bash scripts/gpu_check.sh OUTDIR                # on CUDA, within 9 minutes (--budget 520 s, + 10 s grace)
 #   bash scripts/gpu_check.sh OUTDIR --device cpu   # tiny sizes on the CPU: checks the script itself
@@ -12,8 +13,10 @@
 #
 # It writes into OUTDIR, each file as soon as its stage ends (a stage cut short by its time limit
 # keeps what it measured, or leaves a stand-in JSON that says so; no stage stops the ones after it):
-#   env.json          Python, torch, the GPU, which optional packages import (numpy, scipy, pandas,
-#                     yaml, jsonschema, pytest); stops the check only if the device is not usable
+#   env.json          Python, the packages, torch, the GPU; stops the check if a required package does
+#                     not import (exit 4: it names each, and how to carry it here as a wheel with
+#                     `pip download` and `pip install --no-index --find-links`) or if the device is
+#                     not usable (exit 3)
 #   gemm.json         the matrix-product rate (TFLOP/s) in fp32, TF32 and bf16 (8192^3 on CUDA), and
 #                     the copy rate (GB/s: the memory bandwidth that the bench's traffic floor divides by)
 #   bench-fp32.json   `evcf bench` at the ML-20M shape for Mult-VAE, Vamp and H+Vamp (Gated),
@@ -21,17 +24,14 @@
 #   bench-bf16.json   steps after 3 warm-up) and pipelined throughput (100 steps queued in 5 rounds,
 #                     one synchronisation each: steps/s, users/s, s/epoch), FLOP floor and
 #                     memory-traffic floor (bytes a step's operations move / copy rate), evaluation
-#   tests.json        tests/test_cuda.py's outcome, test by test (skipped where pytest is not installed)
+#   tests.json        tests/test_cuda.py's outcome, test by test
 #   numerics.json     fp32 vs TF32 vs bf16 test NDCG@100 and Recall@20, Mult-VAE and Vamp, seeds
-#                     1-2, on the synthetic data (scripts/numerics_check.py; rewritten after each run);
-#                     skipped, and said so, where numpy, scipy or pandas is not installed
+#                     1-2, on the synthetic data (scripts/numerics_check.py; rewritten after each run)
 #   summary.json      each stage's status (ok, failed, timed out, skipped), seconds, limit, file and
 #                     the command it ran; on the CPU, what a GPU would add (gpu_adds)
 #   *.log             each stage's output
-# It needs torch alone: env, gemm and the bench stages run with nothing else installed (the bench
-# draws its synthetic data with torch and reads params.yaml with evcf's YAML subset reader where
-# numpy, scipy and PyYAML are absent: the JSON's synthetic_data and params_check say so).
-# On the CPU the TF32 parts are skipped (CUDA only) and said so.  Options:
+# Without jsonschema, params.yaml is read but not checked against its schema (the bench's
+# params_check says so).  On the CPU the TF32 parts are skipped (CUDA only) and said so.  Options:
 #   --device cuda|cpu   (default cuda)
 #   --budget SECONDS    the whole check's time (default 520 on CUDA, which the stages' limits fit);
 #                       each stage gets at most its own limit and what is left of the budget
@@ -150,8 +150,14 @@ skip() {
 rm -f "$dest/summary.json" "$dest/env.json"
 echo "gpu_check: device $device, budget $budget s, results in $dest"
 env_command=("$PYTHON" "$stages" env --device "$device" --out "$dest/env.json")
-if ! timeout --kill-after=10 "$(limit_of env)" "${env_command[@]}" >"$dest/env.log" 2>&1; then
+timeout --kill-after=10 "$(limit_of env)" "${env_command[@]}" >"$dest/env.log" 2>&1
+rc=$?
+if [ "$rc" -ne 0 ]; then
     cat "$dest/env.log" >&2
+    if [ "$rc" -eq 4 ]; then
+        echo "gpu_check: required packages are missing (above, and in $dest/env.json); nothing measured" >&2
+        exit 4
+    fi
     echo "gpu_check: the device is not usable (see $dest/env.json); nothing measured" >&2
     exit 3
 fi
@@ -173,29 +179,12 @@ for precision in "${precisions[@]}"; do
         --out "$dest/bench-$precision.json"
 done
 
-# absent NAME...: those of the Python modules NAME that do not import here, comma-separated
-absent() {
-    "$PYTHON" -c 'import importlib.util, sys
-print(", ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))' "$@" 2>/dev/null
-}
+stage tests "$dest/tests.json" "$(limit_of tests)" \
+    "$PYTHON" "$stages" tests --out "$dest/tests.json" -- -rxXs tests/test_cuda.py
 
-missing=$(absent pytest)
-if [ -n "$missing" ]; then
-    skip tests "$dest/tests.json" "pytest is not installed here: the CUDA tests did not run"
-else
-    stage tests "$dest/tests.json" "$(limit_of tests)" \
-        "$PYTHON" "$stages" tests --out "$dest/tests.json" -- -rxXs tests/test_cuda.py
-fi
-
-# the numerics check trains through the whole pipeline (the split, the metrics table): numpy, scipy, pandas
-missing=$(absent numpy scipy pandas)
-if [ -n "$missing" ]; then
-    skip numerics "$dest/numerics.json" "needs numpy, scipy and pandas: $missing not installed here"
-else
-    stage numerics "$dest/numerics.json" "$(limit_of numerics)" \
-        "$PYTHON" scripts/numerics_check.py --device "$device" --models mult-vae vamp "${numerics_args[@]}" \
-        --out "$dest/numerics.json"
-fi
+stage numerics "$dest/numerics.json" "$(limit_of numerics)" \
+    "$PYTHON" scripts/numerics_check.py --device "$device" --models mult-vae vamp "${numerics_args[@]}" \
+    --out "$dest/numerics.json"
 
 if [ "$device" != cuda ]; then
     # the CPU mode ran every stage; say what the same check on a GPU would add

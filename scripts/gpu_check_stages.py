@@ -1,7 +1,9 @@
 """The stages of ``scripts/gpu_check.sh`` that are not ``evcf bench`` or the numerics check.
 
-Each writes one JSON file and needs Python 3's standard library plus torch (``env`` not even
-torch); none needs an install of evcf (the repository's root is put on ``sys.path``)::
+Each writes one JSON file; none needs an install of evcf (the repository's root is put on
+``sys.path``), but all except ``env`` need evcf's dependencies.  ``env`` needs the standard library
+alone: it checks that the packages the check imports are there (:data:`REQUIRED`) and, where one is
+not, says which and how to carry it to a machine without network as a wheel, and exits 4::
 
     python3 scripts/gpu_check_stages.py env    --device cuda --out DIR/env.json
     python3 scripts/gpu_check_stages.py gemm   --device cuda --size 8192 --out DIR/gemm.json
@@ -23,9 +25,12 @@ import importlib.util
 import json
 import os
 import platform
+import re
+import shlex
 import subprocess
 import sys
 import time
+import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -34,10 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("evcf") is None:  # a copy of the repository without an install
     sys.path.insert(0, str(ROOT))
 
-# what the GPU check's stages may import beyond torch, and which stage wants each
-OPTIONAL = {"numpy": "everything (evcf's data and models)", "scipy": "the bench's data, evaluation",
-            "pandas": "training's history, the numerics check's split", "yaml": "--params params.yaml",
-            "jsonschema": "params.yaml's schema check (skipped without it)", "pytest": "the CUDA tests"}
+# the packages the check needs, all of them (pyproject.toml's dependencies, and pytest from its
+# `test` extra): distribution name -> (import name, what needs it)
+REQUIRED = {"torch": ("torch", "every stage but env"), "numpy": ("numpy", "evcf's data and models"),
+            "scipy": ("scipy", "the bench's data, evaluation"),
+            "pandas": ("pandas", "training's history, the numerics check's split"),
+            "PyYAML": ("yaml", "params.yaml"), "matplotlib": ("matplotlib", "the report (evcf's install)"),
+            "tabulate": ("tabulate", "the printed tables (evcf's install)"),
+            "pytest": ("pytest", "the CUDA tests")}
+# imported where present: what the check does without it is said in its output
+OPTIONAL = {"jsonschema": "params.yaml's schema check (skipped without it, and the bench's params_check says so)"}
+MISSING_PACKAGES = 4  # env's exit status when a required package does not import (3: the device is not usable)
 
 
 def importable(name: str) -> bool:
@@ -46,6 +58,37 @@ def importable(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+def requirements(names: list[str]) -> list[str]:
+    """Each distribution's requirement as pyproject.toml states it (``scipy>=1.11``); the bare name
+    where the file, or the package in it, is not there."""
+    try:
+        project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        project = {}
+    stated = [*project.get("dependencies", []), *project.get("optional-dependencies", {}).get("test", [])]
+
+    def key(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    by_name = {key(re.match(r"[A-Za-z0-9._-]+", r).group()): r.split(";")[0].strip() for r in stated}
+    return [by_name.get(key(name), name) for name in names]
+
+
+def how_to_install(missing: list[str]) -> str:
+    """How to carry ``missing`` (distribution names) to a machine without network, as wheels."""
+    wanted = " ".join(shlex.quote(r) for r in requirements(missing))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return (f"{', '.join(missing)} not installed: the GPU check needs evcf's dependencies (docs/gpu.md).  Without "
+            "network here, carry them as wheels:\n"
+            f"  1. on a machine with network and Python {version} on the same OS and CPU as this one:\n"
+            f"       python3 -m pip download -d wheels {wanted}\n"
+            f"     (elsewhere: add --only-binary=:all: --python-version {version} --platform TAG, with a TAG from "
+            "`python3 -m pip debug --verbose` run here; or build them with `python3 -m pip wheel -w wheels ...`)\n"
+            "  2. copy the folder wheels/ here, and install from it:\n"
+            f"       python3 -m pip install --no-index --find-links wheels {wanted}\n"
+            "  then run the check again")
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
@@ -57,11 +100,14 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
 
 
 def stage_env(device: str, out: Path) -> int:
-    """Python, torch, the device, and which optional packages import; exit 3 if the device is not usable."""
+    """Python, the packages, torch and the device; exit 4 if a required package does not import
+    (saying which, and how to carry it here as a wheel), 3 if the device is not usable."""
     env: dict[str, Any] = {"python": platform.python_version(), "executable": sys.executable,
                            "platform": platform.platform(), "device": device, "root": str(ROOT)}
-    env["packages"] = {name: importable(name) for name in OPTIONAL}
-    env["packages_used_by"] = OPTIONAL
+    env["packages"] = {module: importable(module) for module, _ in REQUIRED.values()}
+    env["packages"].update({name: importable(name) for name in OPTIONAL})
+    env["packages_used_by"] = {**{module: why for module, why in REQUIRED.values()}, **OPTIONAL}
+    env["missing"] = [name for name, (module, _) in REQUIRED.items() if not env["packages"][module]]
     found = importlib.util.find_spec("evcf")
     env["evcf"] = str(Path(found.origin).parent) if found and found.origin else None  # which evcf runs
     try:
@@ -70,6 +116,11 @@ def stage_env(device: str, out: Path) -> int:
         env["commit"] = commit.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         env["commit"] = None  # no git there, or no .git in the copy
+    if env["missing"]:
+        env.update(usable=False, problem=how_to_install(env["missing"]))
+        write_json(out, env)
+        print(f"gpu_check: {env['problem']}", file=sys.stderr)
+        return MISSING_PACKAGES
     try:
         import torch
     except ImportError as exc:
@@ -118,12 +169,8 @@ def stage_gemm(device: str, size: int, repeats: int, out: Path) -> int:
 
 
 def stage_tests(out: Path, pytest_args: list[str]) -> int:
-    """Run pytest (when installed) on ``pytest_args``; the outcome of every test from its JUnit XML."""
+    """Run pytest on ``pytest_args``; the outcome of every test from its JUnit XML."""
     result: dict[str, Any] = {"args": pytest_args}
-    if not importable("pytest"):
-        result.update(pytest=None, ran=False, note="pytest is not installed: the CUDA tests did not run")
-        write_json(out, result)
-        return 0
     junit = out.with_name(out.stem + "-junit.xml")
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",

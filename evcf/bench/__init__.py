@@ -62,8 +62,8 @@ also pays the host's time); ``--precision fp32|tf32|bf16`` picks the precision (
 recipe's).  ``scripts/gpu_check.sh`` runs the bench this way on CUDA.
 
 The package, one job per file, each importing the standard library only at its top (this package
-is imported by the CLI's parser, and by ``scripts/gpu_check.sh`` on a machine with little more than
-torch); no file imports another's private names:
+is imported by the CLI's parser, whose start-up should not load torch or numpy); no file imports
+another's private names:
 
 * :mod:`~evcf.bench.timer`: the GEMM rate, the spread of timed steps, peak memory, the machine;
 * :mod:`~evcf.bench.vae`: the VAE models' step (:func:`~evcf.bench.vae.step_flops`,

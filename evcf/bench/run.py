@@ -2,8 +2,8 @@
 
 The recipes come from params.yaml as a pipeline run resolves them (:func:`recipe`,
 :func:`evcf.config.run_settings`); :func:`load_params` reads and checks the file as the pipeline
-does where PyYAML and jsonschema are installed, and says what it could not check where they are not
-(a bare GPU machine, ``scripts/gpu_check.sh``).  Imports the standard library only at the top.
+does, and says so where jsonschema is not installed (the schema check is then skipped).  Imports the
+standard library only at the top (the CLI's parser imports this package).
 """
 
 from __future__ import annotations
@@ -42,28 +42,18 @@ def recipe(name: str, params: dict | None, dataset: str) -> tuple[dict[str, Any]
 def load_params_checked(path: Path) -> tuple[dict, str]:
     """params.yaml and how it was checked.
 
-    With PyYAML and jsonschema (the pipeline's environment): read and validated as the pipeline
-    does (``"schema"``).  Without jsonschema: read by PyYAML with anchors refused, not validated
-    against the schema (``"yaml only: ..."``); each setting the bench uses still goes through the
-    model's and training's config dataclasses, which refuse unknown keys.  Without PyYAML (a GPU
-    machine with torch only): read by :mod:`evcf.yamlsubset`, which reads params.yaml's subset of
-    YAML as PyYAML does and refuses the rest (anchors and aliases included), not validated
-    (``"evcf's YAML subset reader: ..."``).
+    With jsonschema (the pipeline's environment): read by PyYAML and validated as the pipeline
+    does (``"schema"``).  Without it: read by PyYAML with anchors refused, not validated against
+    the schema (``"yaml only: ..."``); each setting the bench uses still goes through the model's
+    and training's config dataclasses, which refuse unknown keys.
     """
+    import yaml
+
     from ..config import check_plain_yaml, validate
 
     path = Path(path)
     if not path.is_file():
         raise EvcfError("no such params file", path=path, fix="give the path of params.yaml")
-    try:
-        import yaml
-    except ImportError:
-        from ..yamlsubset import load_file
-
-        log.warning("bench: PyYAML is not installed: %s is read by evcf's YAML subset reader, not validated "
-                    "against the schema", path)
-        return load_file(path), ("evcf's YAML subset reader: PyYAML and jsonschema absent, not validated "
-                                 "against the schema")
     check_plain_yaml(path)
     config = yaml.safe_load(path.read_text())
     try:
@@ -110,21 +100,14 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     called with the results so far (``"complete": false``) after each model, so that a run cut
     short keeps the models it measured.
     """
+    import numpy as np
     import torch
 
     from .. import __version__
     from ..batches import DeviceCSR
-    from ..data.shapes import (SHAPES, Shape, check_sizes, heldout_split, heldout_split_host, synthetic_host_csr,
-                               synthetic_matrix)
+    from ..data.shapes import SHAPES, Shape, check_sizes, heldout_split, synthetic_matrix
     from ..models import MODEL_NAMES, VAEModel, build_model
     from ..models import model_class as registered
-
-    try:  # the data as the bench has always made it; torch alone where they are absent (evcf/optional.py)
-        import numpy as np
-        import scipy.sparse  # noqa: F401
-        host_numpy = True
-    except ImportError as exc:
-        host_numpy, absent = False, exc.name
 
     def model_class(name: str) -> type:
         """The registry's class; a model whose module needs a package that is not installed, said so."""
@@ -146,9 +129,6 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
     elif shape in SHAPES:
         the_shape = SHAPES[shape]
     elif params is not None and "synthetic" in (params.get("data", {}).get(shape) or {}):
-        if not host_numpy:
-            raise EvcfError(f"--shape {shape} generates and splits the dataset, which needs numpy, scipy and pandas",
-                            fix="install them, or bench a named shape (--shape ml-20m)")
         generated = generated_split(params, shape)
         the_shape = Shape(shape, int(generated.train.shape[0]), int(generated.train.shape[1]),
                           int(generated.train.nnz), None)
@@ -157,14 +137,8 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
                         fix=f"use one of {', '.join(SHAPES)}, a generated dataset of --params (e.g. --shape "
                             "synthetic), or --users/--items/--nnz")
     check_sizes(the_shape.users, the_shape.items, the_shape.nnz)
-    if not models:  # every VAE model (whose modules need torch alone: the others are skipped where absent)
-        models = []
-        for n in MODEL_NAMES:
-            try:
-                if issubclass(registered(n), VAEModel):
-                    models.append(n)
-            except ModuleNotFoundError:
-                continue
+    if not models:  # every VAE model
+        models = [n for n in MODEL_NAMES if issubclass(model_class(n), VAEModel)]
     models = list(models)
     for name in models:
         model_class(name)  # EvcfError naming the valid models
@@ -199,9 +173,6 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
                         fix="set it for both with --train (or --batch-size, --precision)")
     if reference_batches not in ("host", "device"):
         raise EvcfError(f"--reference-batches {reference_batches!r} is not host or device", fix="use host or device")
-    if reference_steps and reference_batches == "host" and not host_numpy:
-        raise EvcfError(f"the reference style densifies batches with scipy on the host, and {absent} is not "
-                        "installed", fix="--reference-steps 0 (ours only), or --reference-batches device")
     if pipelined_steps < 0:
         raise EvcfError("--pipelined-steps must not be negative", fix="e.g. --pipelined-steps 100, or 0 to skip")
     if threads is not None and threads < 1:
@@ -296,17 +267,11 @@ def run_bench(*, shape: str | None = "ml-20m", users: int | None = None, items: 
         result["eval_users"] = int((np.diff(eval_out.indptr) > 0).sum())
         result["synthetic_data"] = (f"the dataset itself: params data.{the_shape.name}, generated and split as the "
                                     "pipeline does; its validation users evaluated")
-    elif host_numpy:
+    else:
         train_csr = synthetic_matrix(the_shape.users, the_shape.items, the_shape.nnz, seed)
         eval_in, eval_out = heldout_split(synthetic_matrix(n_eval, the_shape.items, eval_nnz, seed + 1), seed + 2)
         result["eval_users"] = int((np.diff(eval_out.indptr) > 0).sum())
         result["synthetic_data"] = "numpy"
-    else:  # the same sizes and skew, drawn by torch: another matrix than numpy's
-        train_csr = synthetic_host_csr(the_shape.users, the_shape.items, the_shape.nnz, seed)
-        eval_in, eval_out = heldout_split_host(synthetic_host_csr(n_eval, the_shape.items, eval_nnz, seed + 1),
-                                               seed + 2)
-        result["eval_users"] = int((eval_out.indptr[1:] > eval_out.indptr[:-1]).sum())
-        result["synthetic_data"] = f"torch ({absent} is not installed): numpy's sizes and skew, another matrix"
     data = {"train": DeviceCSR(train_csr, dev), "eval_in": DeviceCSR(eval_in, dev), "eval_out": eval_out}
     result["synthetic_s"] = time.perf_counter() - mark
     # what each pipeline job pays before training, which evcf plan counts per job: measured for a

@@ -1,7 +1,7 @@
 """The bench's clock and gauges: the GEMM rate, the spread of timed steps, peak memory, the machine.
 
 Everything here imports only the standard library at the top (torch inside the functions that
-need it), so that the CLI's parser and a bare GPU machine (``scripts/gpu_check.sh``) can load it.
+need it), so that the CLI's parser loads it without loading torch.
 """
 
 from __future__ import annotations

@@ -5,10 +5,7 @@
   item-popularity skew (what the bench trains on);
 * :func:`heldout_split`: fold-in and held-out rows of such a matrix, as the protocol splits
   held-out users (what the bench evaluates);
-* :func:`write_ml20m_ratings`: a seeded ML-20M-format ``ratings.csv`` (what the bench preprocesses);
-* :func:`synthetic_host_csr`, :func:`heldout_split_host`: the same two with torch alone (a GPU
-  machine without numpy and scipy, ``scripts/gpu_check.sh``): the same construction and statistics
-  drawn from torch's generator, so the same sizes and skew but not the same matrix.
+* :func:`write_ml20m_ratings`: a seeded ML-20M-format ``ratings.csv`` (what the bench preprocesses).
 
 Unlike :mod:`evcf.data.synthetic` (a small dataset with latent structure that a model can learn,
 for running the pipeline offline), these only have the sizes and skew that set the cost.
@@ -18,24 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
 
 from ..errors import EvcfError
-from ..optional import Missing
 
-try:
-    import numpy as np
-except ImportError as exc:  # torch only: synthetic_host_csr (evcf/optional.py)
-    np = Missing("numpy", exc)
-try:
-    import scipy.sparse as sp
-except ImportError as exc:
-    sp = Missing("scipy.sparse", exc)
-if TYPE_CHECKING:
-    from ..batches import HostCSR
-
-__all__ = ["Shape", "SHAPES", "synthetic_matrix", "heldout_split", "write_ml20m_ratings", "synthetic_host_csr",
-           "heldout_split_host"]
+__all__ = ["Shape", "SHAPES", "synthetic_matrix", "heldout_split", "write_ml20m_ratings"]
 
 
 @dataclass(frozen=True)
@@ -165,105 +151,6 @@ def heldout_split(matrix: sp.csr_matrix, seed: int, fraction: float = 0.2, min_i
     def part(mask: np.ndarray) -> sp.csr_matrix:
         return sp.csr_matrix((np.ones(int(mask.sum()), np.float32), (rows[mask], cols[mask])),
                              shape=matrix.shape)
-
-    return part(~held), part(held)
-
-
-def synthetic_host_csr(n_users: int, n_items: int, nnz: int, seed: int, *, min_per_user: int = 5,
-                       activity_sigma: float = 1.2, zipf: float = 1.4, zipf_offset: float = 50.0) -> HostCSR:
-    """:func:`synthetic_matrix`'s construction with torch alone, as a :class:`~evcf.batches.HostCSR`.
-
-    The same steps (log-normal row lengths scaled by bisection to sum to ``nnz``, Zipf-Mandelbrot
-    item draws over a random permutation, deduplicated, then uniform redraws), drawn from a torch
-    generator seeded with ``seed``: exactly ``nnz`` ones, the same sizes and skew, another matrix.
-    """
-    import torch
-
-    from ..batches import HostCSR
-
-    check_sizes(n_users, n_items, nnz)
-    gen = torch.Generator().manual_seed(seed)
-    i64 = torch.int64
-    raw = (torch.randn(n_users, generator=gen, dtype=torch.float64) * activity_sigma).exp()
-    low = max(1, min(min_per_user, nnz // n_users))
-    cap = max(max(1, n_items // 2), low)
-
-    def clipped(scale: float) -> torch.Tensor:
-        return torch.clamp(torch.floor(raw * scale), low, cap)
-
-    lo, hi = 0.0, 1.0
-    while int(clipped(hi).sum()) < nnz:
-        hi *= 2.0
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if int(clipped(mid).sum()) <= nnz else (lo, mid)
-    lengths = clipped(lo).to(i64)
-    missing = nnz - int(lengths.sum())
-    while missing > 0:
-        room = torch.nonzero(lengths < cap).flatten()
-        pick = room[torch.randperm(room.numel(), generator=gen)[:missing]]
-        lengths[pick] += 1
-        missing -= pick.numel()
-
-    ranks = torch.arange(1, n_items + 1, dtype=torch.float64)
-    cdf = torch.cumsum((ranks + zipf_offset) ** -zipf, 0)
-    cdf /= cdf[-1].clone()
-    item_of_rank = torch.randperm(n_items, generator=gen)
-    have = torch.zeros(n_users, dtype=i64)
-    pending = torch.empty(0, dtype=i64)  # keys user * n_items + item of rows not yet complete
-    done: list[torch.Tensor] = []
-    popularity_rounds, max_rounds = 8, 200
-    for round_ in range(max_rounds):
-        need = lengths - have
-        users = torch.nonzero(need).flatten()
-        if users.numel() == 0:
-            break
-        draw_users = torch.repeat_interleave(users, need[users])
-        if round_ < popularity_rounds:
-            u = torch.rand(draw_users.numel(), generator=gen, dtype=torch.float64)
-            items = item_of_rank[torch.clamp(torch.searchsorted(cdf, u, right=True), max=n_items - 1)]
-        else:
-            items = torch.randint(0, n_items, (draw_users.numel(),), generator=gen)
-        keys = torch.unique_consecutive(torch.sort(torch.cat([pending, draw_users * n_items + items])).values)
-        row_of_key = keys // n_items
-        have[users] = torch.bincount(row_of_key, minlength=n_users)[users]
-        complete = (have == lengths)[row_of_key]
-        done.append(keys[complete])
-        pending = keys[~complete]
-    else:  # pragma: no cover - uniform redraws converge geometrically
-        raise RuntimeError("synthetic_host_csr did not converge")
-
-    keys = torch.sort(torch.cat(done)).values
-    rows = keys // n_items
-    indptr = torch.zeros(n_users + 1, dtype=i64)
-    torch.cumsum(torch.bincount(rows, minlength=n_users), 0, out=indptr[1:])
-    return HostCSR(indptr, keys - rows * n_items, (n_users, n_items))
-
-
-def heldout_split_host(matrix: HostCSR, seed: int, fraction: float = 0.2, min_items: int = 5
-                       ) -> tuple[HostCSR, HostCSR]:
-    """:func:`heldout_split` with torch alone: (fold-in, held-out) :class:`~evcf.batches.HostCSR` rows,
-    ``int(fraction · n)`` clicks of each row with ≥ ``min_items`` held out at random (seeded)."""
-    import torch
-
-    from ..batches import HostCSR
-
-    gen = torch.Generator().manual_seed(seed)
-    n_rows = matrix.shape[0]
-    lengths = matrix.indptr[1:] - matrix.indptr[:-1]
-    rows = torch.repeat_interleave(torch.arange(n_rows), lengths)
-    # a random order within each row: by a random key, then (stably) by row
-    order = torch.argsort(torch.rand(matrix.nnz, generator=gen, dtype=torch.float64))
-    order = order[torch.sort(rows[order], stable=True).indices]
-    rank = torch.empty(matrix.nnz, dtype=torch.int64)
-    rank[order] = torch.arange(matrix.nnz) - matrix.indptr[rows[order]]
-    n_held = torch.where(lengths >= min_items, (fraction * lengths.double()).to(torch.int64), 0)
-    held = rank < n_held[rows]
-
-    def part(mask: torch.Tensor) -> HostCSR:
-        indptr = torch.zeros(n_rows + 1, dtype=torch.int64)
-        torch.cumsum(torch.bincount(rows[mask], minlength=n_rows), 0, out=indptr[1:])
-        return HostCSR(indptr, matrix.indices[mask], tuple(matrix.shape))
 
     return part(~held), part(held)
 

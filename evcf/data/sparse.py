@@ -10,22 +10,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 
 from ..errors import EvcfError
-from ..optional import Missing
-
-try:
-    import numpy as np
-except ImportError as exc:  # torch only: loads for evcf.training's types (evcf/optional.py)
-    np = Missing("numpy", exc)
-try:
-    import pandas as pd
-except ImportError as exc:
-    pd = Missing("pandas", exc)
-try:
-    import scipy.sparse as sp
-except ImportError as exc:
-    sp = Missing("scipy.sparse", exc)
 
 __all__ = ["SplitData", "load_split"]
 

@@ -39,8 +39,8 @@ __all__ = [
 ]
 
 # name -> (module, class).  A model's module is imported when the model is first asked for
-# (model_class, build_model, or ``from evcf.models import MultVAE``), so that the VAE models load
-# without the packages that only the baselines need (scipy, pandas: evcf/optional.py).
+# (model_class, build_model, or ``from evcf.models import MultVAE``), so that a run executes its own
+# model's file and not the others': the files its identity's code hash covers (evcf/identity.py).
 _REGISTRY: dict[str, tuple[str, str]] = {
     "mult-dae": ("multvae", "MultDAE"),
     "mult-vae": ("multvae", "MultVAE"),

@@ -23,7 +23,7 @@ from torch import nn
 
 from evcf.batches import Clicks
 
-if TYPE_CHECKING:  # annotations only: the VAE models load without scipy (evcf/optional.py)
+if TYPE_CHECKING:  # annotations only: nothing here uses scipy at run time
     import scipy.sparse as sp
 
 __all__ = ["VAEModel", "ClosedFormModel", "LossParts", "Phase"]
