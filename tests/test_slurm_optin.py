@@ -26,6 +26,7 @@ def run_slurm_tests(tmp_path: Path, opt_in: str | None) -> subprocess.CompletedP
         env["EVCF_TEST_SLURM"] = opt_in
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(TESTS)])
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no_cluster_plugin", "-p", "no:cacheprovider",
+                           "-m", "slurm",  # the slow tier's marker: the fast tier's default deselects it
                            str(TESTS / "test_slurm.py"), "-k", "failed_job_names"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
