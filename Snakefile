@@ -1,5 +1,5 @@
 # evcf — Snakemake front-end.  The logic of every step lives in the `evcf` CLI; rules only wire
-# params.yaml values into its arguments.  See README.md, "How the pipeline is built".
+# params.yaml values into its arguments.  See docs/pipeline.md.
 from snakemake.utils import min_version
 
 min_version("8.20")

@@ -1,6 +1,6 @@
 """Command-line argument types shared by ``evcf`` (evcf/cli.py) and ``evcf bench`` (evcf/bench/).
 
-Standard library only: ``evcf bench`` runs with torch alone (scripts/gpu_check.sh).
+Standard library only.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def build_schema() -> dict[str, Any]:
             "md5": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
             "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "local": {"type": "boolean"},
-            # true: accept the archive at `url` without a pinned checksum (README, Download); never the default
+            # true: accept the archive at `url` without a pinned checksum (docs/pipeline.md, Integrity); never the default
             "unverified": {"type": "boolean"},
             "synthetic": _closed({k: {"type": t} for k, t in SYNTHETIC_KEYS.items()}),
             "format": {"enum": list(RAW_FORMATS)},

@@ -44,14 +44,6 @@ try:
 except ImportError:  # a copy of the repository without an install: its root, beside scripts/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-try:  # the check trains through the pipeline: the split and the metrics table need them
-    import numpy  # noqa: F401
-    import pandas  # noqa: F401
-    import scipy  # noqa: F401
-except ImportError as exc:
-    sys.exit(f"numerics_check: needs numpy, scipy and pandas; {exc.name} is not installed "
-             "(scripts/gpu_check.sh skips this check where they are absent)")
-
 import torch
 
 from evcf.bench import load_params_checked
