@@ -9,9 +9,9 @@ command-line arguments of ``evcf`` subcommands.  The ``evcf`` CLI itself never r
 from __future__ import annotations
 
 import copy
-import json
 import difflib
 import itertools
+import json
 import typing
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator

@@ -87,34 +87,6 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> su
     return proc
 
 
-# The slow tier (pytest -m "slow or slurm"; .ci/run runs it after the fast tier): every test that runs
-# Snakemake, DVC, a script or the CLI's training as a subprocess.  Files whose every test does are
-# marked here or by their own `pytestmark`; single tests by name.
-SLOW_FILES = {
-    "test_graphs.py": "Snakemake dry runs and DVC's stage graph",
-    "test_slurm_gpu.py": "Snakemake dry runs",
-    "test_gpu_check.py": "scripts/gpu_check.sh",
-    "test_bad_input.py": "the CLI and Snakemake as subprocesses",
-    "test_slurm_optin.py": "pytest and Snakemake as subprocesses",
-    "test_numerics_check.py": "scripts/numerics_check.py trains through the pipeline",
-}
-SLOW_TESTS = {
-    "test_training.py": ("test_resume_after_kill_gives_identical_results",),  # evcf train, SIGKILLed
-    "test_run_lifecycle.py": ("test_a_signal_checkpoints_and_the_rerun_trains_the_later_epochs_only",),
-    "test_raw_check.py": ("test_the_split_rule_passes_the_pinned_checksum",),  # snakemake -n
-    "test_bench.py": ("test_bench_cli_runs_prints_a_table_and_writes_the_documented_json",
-                      "test_the_reference_path_can_be_todays_step_with_its_own_settings"),  # evcf bench
-}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.path.name
-        if name in SLOW_FILES or item.originalname in SLOW_TESTS.get(name, ()):
-            item.add_marker(pytest.mark.slow)
-
-
 @pytest.fixture
 def workflow_copy(tmp_path: Path) -> Path:
     return make_workflow_copy(tmp_path / "wf")

@@ -12,6 +12,8 @@ import pytest
 from conftest import make_workflow_copy, run, tool
 from grouplens_fixtures import make_ml100k_zip, random_ratings, serve_directory
 
+pytestmark = pytest.mark.slow  # the CLI and Snakemake as subprocesses
+
 EVCF = [sys.executable, "-m", "evcf.cli"]
 
 

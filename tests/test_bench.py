@@ -48,6 +48,7 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow  # evcf bench as a subprocess
 def test_bench_cli_runs_prints_a_table_and_writes_the_documented_json(tmp_path):
     proc = subprocess.run(
         [*EVCF, "--log-level", "WARNING", "bench", *TINY, "--models", "mult-vae", "vamp", "popularity",
@@ -156,6 +157,7 @@ def test_precision_names_set_the_training_settings(precision, want):
     assert (result["gemm"]["dtype"], result["gemm"]["tf32"]) == ("float32", want[1])
 
 
+@pytest.mark.slow  # evcf bench as a subprocess
 def test_the_reference_path_can_be_todays_step_with_its_own_settings(monkeypatch):
     """--reference-batches device and --reference-train: the reference takes ours's batches and its own
     optimizer settings (by default: the reference codes' way, densified on the host and unfused)."""

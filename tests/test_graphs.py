@@ -19,6 +19,8 @@ from conftest import REPO, TINY_DATA, make_workflow_copy, run, tool
 from evcf.config import run_settings, validate
 from evcf.models import MODEL_NAMES, model_class
 
+pytestmark = pytest.mark.slow  # Snakemake dry runs and DVC's stage graph
+
 SELECTION = {"datasets": ["synthetic-tiny", "synthetic-tiny2"], "models": ["mult-vae", "vamp", "popularity"],
              "seeds": [1, 2]}
 EVCF_ROWS = ["mult-vae-gated", "vamp", "hvamp", "hvamp-gated"]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # scripts/numerics_check.py trains through the pipeline
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

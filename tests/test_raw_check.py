@@ -55,6 +55,7 @@ def test_the_right_md5_splits(archive, tmp_path, capsys):
     assert (tmp_path / "out" / "train.csv").exists()
 
 
+@pytest.mark.slow  # snakemake -n
 def test_the_split_rule_passes_the_pinned_checksum(tmp_path):
     """The Snakemake rule gives `evcf split` params.yaml's md5 (the wiring of the check above)."""
     from conftest import make_workflow_copy, run, tool

@@ -93,6 +93,7 @@ def test_weights_none_keeps_no_weights(processed, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "metrics.json", "per_user.csv", PROGRESS]
 
 
+@pytest.mark.slow  # evcf train as a subprocess, signalled
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_checkpoints_and_the_rerun_trains_the_later_epochs_only(processed, tmp_path, signum):
     """A scheduler's preemption (SIGTERM) or Ctrl-C (SIGINT) at epoch N: the run finishes epoch N,

@@ -28,6 +28,8 @@ except ImportError:
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command  # noqa: E402
 from snakemake_executor_plugin_slurm.utils import set_gres_string  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Snakemake dry runs
+
 MODELS = ["mult-vae", "vamp", "cdae", "ease", "popularity", "slim", "wmf"]
 # the models whose fit gains from a GPU (their class says so: `uses_gpu`)
 ON_GPU = {"mult-vae", "vamp", "cdae", "ease"}

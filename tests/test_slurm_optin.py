@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # pytest and Snakemake as subprocesses
+
 TESTS = Path(__file__).resolve().parent
 
 PLUGIN = '''

@@ -68,6 +68,7 @@ def test_same_seed_same_metrics_different_seed_different(processed, tmp_path):
     assert a["ndcg@100"] != c["ndcg@100"]
 
 
+@pytest.mark.slow  # evcf train as a subprocess, SIGKILLed
 def test_resume_after_kill_gives_identical_results(processed, tmp_path):
     args = [sys.executable, "-m", "evcf.cli", "--log-level", "ERROR", "train", "--data", str(processed),
             "--dataset", "toy", "--model", "mult-vae", "--seed", "3", "--threads", "1",

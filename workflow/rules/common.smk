@@ -13,6 +13,7 @@ from evcf.tuning import halving_settings, rung_slots, tuning_mode
 from evcf.errors import EvcfError
 from evcf.identity import code_hash
 from evcf.models import model_class
+from evcf.stopping import install as install_stop_handlers
 from snakemake.io import report as in_report  # `report` alone is a keyword of the Snakefile grammar
 
 
@@ -49,56 +50,10 @@ except EvcfError as exc:
     sys.stderr.write(f"error: {exc}\n")
     sys.exit(2)
 
-# ---- stopping: a signal to Snakemake stops its training jobs, and evcf has the last word ----------
-# Snakemake's local executor waits for running jobs when it is stopped (SIGINT or SIGTERM), so
-# without this a job trains on.  Once the jobs are started, a handler forwards the signal to every
-# process this Snakemake started (an `evcf train` finishes its epoch or setting, writes its
-# checkpoint and exits; a Ctrl-C that reached the whole process group arrives twice, which evcf
-# takes as one request) and lets Snakemake stop as it does; a repeated signal only forwards again
-# (no second traceback).  At exit, one line says which runs were stopped and how to resume.
-import atexit
-import signal
-import time
-
-import psutil
-
-from evcf.status import interrupted_since
-
-_STOP = {"signal": None}
-
-
-def _forward_stop(previous):
-    def handler(signum, frame):
-        children = psutil.Process().children(recursive=True)
-        for child in children:
-            try:
-                child.send_signal(signum)
-            except psutil.Error:
-                pass  # already gone
-        first = _STOP["signal"] is None
-        _STOP["signal"] = _STOP["signal"] or signum
-        if first:  # until the jobs have checkpointed and exited (a second signal, forwarded, stops them at once)
-            psutil.wait_procs(children)
-        if first and callable(previous):
-            previous(signum, frame)
-        elif first and previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
-    return handler
-
-
-def _say_how_to_resume(started):
-    if _STOP["signal"] is None:
-        return
-    runs = interrupted_since("results", started)
-    where = f"{len(runs)} run(s) checkpointed ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''})" if runs else "no run was in training"
-    sys.stderr.write(f"evcf: stopped by {signal.Signals(_STOP['signal']).name}: {where}; "
-                     "run the same command again to resume\n")
-
-
+# A signal to Snakemake stops its training jobs with a checkpoint, and evcf's line saying what was
+# stopped is the last on the terminal (evcf/stopping.py).  Installed once Snakemake's own handlers are.
 onstart:
-    for _signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_signum, _forward_stop(signal.getsignal(_signum)))
-    atexit.register(_say_how_to_resume, time.time())
+    install_stop_handlers()
 
 
 DATASETS = config["datasets"]
@@ -152,15 +107,10 @@ def uses_gpu(model):
 
 
 def get_gpu(wildcards):
-    """The job's `gpu` resource: 1 for a GPU job (sbatch --gpus=1 on SLURM; locally, run with
-    `--resources gpu=<number of GPUs>` so that jobs never share one), else 0."""
-    return 1 if uses_gpu(wildcards.model) else 0
-
-
-def get_gpu_slots(wildcards):
-    """The job's `gpu_slots` resource: 1 for a GPU job, else 0.  Locally, `--resources gpu_slots=N`
-    runs up to N GPU jobs at once on the one GPU (docs/gpu.md: when sharing helps, how to pick N;
-    each job's memory cap is torch's per_process_memory_fraction)."""
+    """1 for a GPU job, else 0: both its `gpu` resource (sbatch --gpus=1 on SLURM; locally, run with
+    `--resources gpu=<number of GPUs>` so that jobs never share one) and its `gpu_slots` resource
+    (`--resources gpu_slots=N` runs up to N GPU jobs at once on the one GPU; docs/gpu.md: when
+    sharing helps, how to pick N, each job's memory cap)."""
     return 1 if uses_gpu(wildcards.model) else 0
 
 

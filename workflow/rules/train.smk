@@ -28,7 +28,7 @@ rule train_model:
         mem_mb=4000,
         runtime=720,
         gpu=get_gpu,
-        gpu_slots=get_gpu_slots,
+        gpu_slots=get_gpu,
     shell:
         "evcf train --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
         "--model {wildcards.model} --seed {wildcards.seed} {params.args} --tuned {input.tuned} "

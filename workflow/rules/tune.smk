@@ -34,7 +34,7 @@ rule tune_point:
         mem_mb=4000,
         runtime=720,
         gpu=get_gpu,
-        gpu_slots=get_gpu_slots,
+        gpu_slots=get_gpu,
     shell:
         "evcf train --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
         "--model {wildcards.model} --seed {params.seed} {params.args} "
@@ -62,7 +62,7 @@ rule tune_rung:
         mem_mb=4000,
         runtime=720,
         gpu=get_gpu,
-        gpu_slots=get_gpu_slots,
+        gpu_slots=get_gpu,
     shell:
         "evcf tune-rung --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
         "--model {wildcards.model} --seed {params.seed} --rung {wildcards.rung} {params.args} "
