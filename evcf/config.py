@@ -18,14 +18,14 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from .errors import EvcfError
-from .identity import CLOSED_FORM_TRAIN
+from .identity import SELF_FITTING_TRAIN
 
 if typing.TYPE_CHECKING:  # imported where used: the bench's recipes load without it
     import jsonschema
 
 __all__ = ["build_schema", "check_plain_yaml", "apply_cli_types", "validate", "grid_source", "tune_grid",
            "apply_setting", "raw_path", "run_settings", "settings_sources", "synthetic_spec", "tune_points",
-           "COMMAND_LINE", "CLOSED_FORM_TRAIN"]
+           "COMMAND_LINE", "SELF_FITTING_TRAIN"]
 
 # where validate() keeps the values typed on the command line (typed), so that every resolution of a
 # run's settings (Table 1 runs and grid points alike) applies them after every file layer
@@ -67,10 +67,10 @@ def build_schema() -> dict[str, Any]:
     train = _fields_schema(TrainConfig)
 
     def train_of(name: str) -> dict[str, Any]:
-        """The training settings a model reads (a closed-form model: only CLOSED_FORM_TRAIN)."""
-        if not _closed_form(name):
+        """The training settings a model reads (a self-fitting model: only SELF_FITTING_TRAIN)."""
+        if not _self_fitting(name):
             return train
-        return _closed({k: v for k, v in train["properties"].items() if k in CLOSED_FORM_TRAIN})
+        return _closed({k: v for k, v in train["properties"].items() if k in SELF_FITTING_TRAIN})
 
     per_model = _closed({name: _closed({"model": _fields_schema(model_class(name).Config), "train": train_of(name)})
                          for name in MODEL_NAMES})
@@ -416,8 +416,8 @@ def _check_applied(config: dict[str, Any], path: tuple, prefix: str, origin: str
     for dataset in datasets:
         for model in models:
             name = f"{section}.{key}"
-            if section == "train" and _closed_form(model):
-                continue  # a closed-form model does not read the VAE loop's settings
+            if section == "train" and _self_fitting(model):
+                continue  # a self-fitting model does not read the VAE loop's settings
             grid = tune_grid(config, dataset, model)
             if name in grid:
                 lost.append((dataset, model, f"tune.{grid_source(config, dataset, model)}.{model}.{name} (the grid's "
@@ -430,7 +430,7 @@ def _check_applied(config: dict[str, Any], path: tuple, prefix: str, origin: str
                 shadow = winner[len(COMMAND_LINE_LABEL):] if winner.startswith(COMMAND_LINE_LABEL) else winner
                 lost.append((dataset, model, f"{winner} (more specific)",
                              f"set {shadow}.{key} instead, or remove it there"))
-    runs = [(d, m) for d in datasets for m in models if not (section == "train" and _closed_form(m))]
+    runs = [(d, m) for d in datasets for m in models if not (section == "train" and _self_fitting(m))]
     if lost and (specific or len(lost) == len(runs)):
         dataset, model, by, fix = lost[0]
         raise EvcfError(f"{_where(path)}: overridden by {by} for {model} on {dataset}, so it would not be applied",
@@ -444,10 +444,10 @@ def _merge(base: dict, override: dict | None) -> dict:
     return out
 
 
-def _closed_form(model: str) -> bool:
-    from .models import ClosedFormModel, MODEL_NAMES, model_class
+def _self_fitting(model: str) -> bool:
+    from .models import SelfFittingModel, MODEL_NAMES, model_class
 
-    return model in MODEL_NAMES and issubclass(model_class(model), ClosedFormModel)
+    return model in MODEL_NAMES and issubclass(model_class(model), SelfFittingModel)
 
 
 def _layers(config: dict[str, Any], dataset: str, model: str) -> list[tuple[str, str, dict]]:
@@ -478,9 +478,9 @@ def _resolve(config: dict[str, Any], dataset: str, model: str) -> tuple[dict, di
         for key, value in values.items():
             (hparams if section == "model" else train)[key] = copy.deepcopy(value)
             source[f"{section}.{key}"] = name
-    if _closed_form(model):
-        train = {k: v for k, v in train.items() if k in CLOSED_FORM_TRAIN}
-        source = {k: v for k, v in source.items() if not k.startswith("train.") or k[6:] in CLOSED_FORM_TRAIN}
+    if _self_fitting(model):
+        train = {k: v for k, v in train.items() if k in SELF_FITTING_TRAIN}
+        source = {k: v for k, v in source.items() if not k.startswith("train.") or k[6:] in SELF_FITTING_TRAIN}
     return hparams, train, source
 
 
@@ -491,8 +491,8 @@ def run_settings(config: dict[str, Any], dataset: str, model: str) -> tuple[dict
     ``data.<dataset>.model_params.<model>.train``; model hyperparameters likewise from
     ``model_params.<model>.model`` and ``data.<dataset>.model_params.<model>.model``.  Values typed
     on the command line (``config[COMMAND_LINE]``, see :func:`validate`) come after every file
-    layer, in the same order among themselves.  A closed-form model gets only the training
-    settings it reads (:data:`CLOSED_FORM_TRAIN`).
+    layer, in the same order among themselves.  A self-fitting model gets only the training
+    settings it reads (:data:`SELF_FITTING_TRAIN`).
     """
     hparams, train, _ = _resolve(config, dataset, model)
     return hparams, train

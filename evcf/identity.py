@@ -17,18 +17,18 @@ import sys
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-__all__ = ["SPLIT_FILES", "CLOSED_FORM_TRAIN", "code_hash", "code_modules", "libraries", "split_fingerprint", "matrices_fingerprint",
+__all__ = ["SPLIT_FILES", "SELF_FITTING_TRAIN", "code_hash", "content_hash", "code_modules", "libraries", "split_fingerprint", "matrices_fingerprint",
            "environment", "run_identity", "identity_diff"]
 
 # the processed files a run reads (stats.json holds the sizes the loader uses)
 SPLIT_FILES = ("train.csv", "validation_tr.csv", "validation_te.csv", "test_tr.csv", "test_te.csv",
                "unique_sid.txt", "stats.json")
-# the training settings a closed-form model (WMF, SLIM, CDAE, EASE, popularity) reads: its fit has its
+# the training settings a self-fitting model (WMF, SLIM, CDAE, EASE, popularity) reads: its fit has its
 # own settings under `model`; the VAE loop's (epochs, lr, β...) never reach it (evcf/training.py:
-# _fit_closed_form, numerics), so they are neither in its identity nor in its rule's params
-CLOSED_FORM_TRAIN = ("eval_batch_size", "checkpoint_minutes", "tf32", "deterministic", "weights")
+# _fit_self_fitting, numerics), so they are neither in its identity nor in its rule's params
+SELF_FITTING_TRAIN = ("eval_batch_size", "checkpoint_minutes", "tf32", "deterministic", "weights")
 _PACKAGE = Path(__file__).resolve().parent
 # what `evcf train` runs for every model: the loop and, through its imports, data loading, batching,
 # evaluation, metrics, the optimizers, the β schedules and the model registry
@@ -48,12 +48,6 @@ def _module_path(name: str) -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(_PACKAGE.parent).with_suffix("")
-    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-    return ".".join(parts)
 
 
 @lru_cache(maxsize=None)
@@ -123,32 +117,64 @@ def code_modules(model: str | None = None) -> tuple[tuple[str, ...], tuple[str, 
     return tuple(sorted(seen)), tuple(sorted(packages))
 
 
-def _code_text(path: Path) -> str:
-    """The module's syntax tree without docstrings: comments, docstrings and layout do not count."""
-    tree = _parsed(path)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree, include_attributes=False)
+class _WithoutOwnImports(ast.NodeTransformer):
+    """Drops docstrings, ``__all__`` and the imports of evcf's own modules: where a definition lives
+    is not what it computes."""
+
+    def _strip_docstring(self, node):
+        self.generic_visit(node)
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+        return node
+
+    visit_Module = visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = _strip_docstring
+
+    def visit_Import(self, node):
+        node.names = [alias for alias in node.names if alias.name.split(".")[0] != "evcf"]
+        return node if node.names else None
+
+    def visit_ImportFrom(self, node):
+        return None if node.level or (node.module or "").split(".")[0] == "evcf" else node
+
+    def visit_Assign(self, node):
+        names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        return None if names == ["__all__"] else node
+
+
+def _statements(source: str) -> set[str]:
+    """The top-level statements of a module's source, each as its syntax tree (no layout, comments,
+    docstrings, ``__all__`` or imports of evcf's own modules)."""
+    tree = _WithoutOwnImports().visit(ast.parse(source))
+    return {ast.dump(statement, include_attributes=False) for statement in tree.body}
+
+
+def content_hash(sources: Iterable[str]) -> str:
+    """sha256 over the distinct top-level statements of ``sources``, in sorted order.
+
+    Moving a function or class from one module to another (and its importers' ``from ... import``
+    lines with it) leaves the hash unchanged; editing any statement changes it.
+    """
+    statements: set[str] = set()
+    for source in sources:
+        statements |= _statements(source)
+    digest = hashlib.sha256()
+    for statement in sorted(statements):
+        digest.update(statement.encode() + b"\0")
+    return digest.hexdigest()
 
 
 @lru_cache(maxsize=None)
 def code_hash(model: str | None = None) -> str:
-    """sha256 over the code that computes a run of ``model``: each module of :func:`code_modules`
-    (its name and its syntax tree without docstrings), in sorted order.
+    """:func:`content_hash` over the modules of :func:`code_modules`: the code that computes a run of
+    ``model``, by content and not by file name.
 
     Editing the report, the bench, the CLI's printing, another model's file, a comment or a
-    docstring leaves it unchanged; editing a statement of a module the run executes changes it.
+    docstring leaves it unchanged, and so does moving code between the run's modules; editing a
+    statement of a module the run executes changes it.
     """
-    digest = hashlib.sha256()
-    for name in code_modules(model)[0]:
-        digest.update(name.encode() + b"\0")
-        digest.update(_code_text(_module_path(name)).encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
+    return content_hash(_module_path(name).read_text() for name in code_modules(model)[0])
 
 
 def libraries(model: str | None = None) -> dict[str, str]:
@@ -218,13 +244,13 @@ def run_identity(*, model: str, hparams: dict[str, Any], train: dict[str, Any], 
     ``seed`` is None for a model whose result does not depend on it; ``device`` is the device type
     (``cpu`` or ``cuda``), so that a run started on a GPU never silently finishes on a CPU.  ``code``
     covers only the modules that run for ``model`` (:func:`code_hash`); ``libraries`` the versions of
-    the numeric libraries they import.  A closed-form model's identity holds only the training
-    settings it reads (:data:`CLOSED_FORM_TRAIN`; ``checkpoint_minutes`` never is: the caller leaves it out).
+    the numeric libraries they import.  A self-fitting model's identity holds only the training
+    settings it reads (:data:`SELF_FITTING_TRAIN`; ``checkpoint_minutes`` never is: the caller leaves it out).
     """
-    from .models import ClosedFormModel, model_class
+    from .models import SelfFittingModel, model_class
 
-    if issubclass(model_class(model), ClosedFormModel):
-        train = {k: v for k, v in train.items() if k in CLOSED_FORM_TRAIN}
+    if issubclass(model_class(model), SelfFittingModel):
+        train = {k: v for k, v in train.items() if k in SELF_FITTING_TRAIN}
     return {"model": model, "hparams": hparams, "train": train, "seed": seed, "data": data,
             "code": code_hash(model), "libraries": libraries(model), "device": device}
 

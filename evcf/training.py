@@ -1,7 +1,7 @@
 """The training loop: mini-batch steps, per-epoch validation, best-epoch selection, resumable.
 
 ``run(...)`` is what ``evcf train`` calls: it fits a model on the training users, picks the epoch
-(or, for closed-form models, the setting) with the best validation NDCG@100, scores the test users
+(or, for self-fitting models, the setting) with the best validation NDCG@100, scores the test users
 with it and writes ``metrics.json``, ``history.csv`` and ``per_user.csv``.
 
 Every gradient step is :func:`train_step`, the one step of evcf: this loop and ``evcf bench``
@@ -45,12 +45,12 @@ from .evaluate import evaluate, summarize
 from .io import write_atomic, write_csv, write_json
 from .identity import environment, identity_diff, matrices_fingerprint, run_identity
 from .models import build_model
-from .models.base import ClosedFormModel, Phase, VAEModel
+from .models.base import SelfFittingModel, Phase, VAEModel
 from .optim import make_optimizer
 from .schedules import beta_evcf, beta_liang
 
 __all__ = ["TrainConfig", "TrainingDiverged", "Interrupted", "run", "beta_at", "resolve_device", "train_config",
-           "train_step", "train_epoch", "make_optimizers", "epoch_passes", "train_phases", "numerics"]
+           "train_step", "train_pass", "make_optimizers", "epoch_passes", "train_epoch", "numerics"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"  # resumable training state; deleted when the run finishes
@@ -288,7 +288,7 @@ def train_step(model: VAEModel, optimizer: torch.optim.Optimizer, batch: RowBatc
 
     ``batch`` is a :class:`~evcf.batches.RowBatch` (the rows and their clicks, as
     :class:`~evcf.batches.Batches` makes them) or the dense rows (B, I) alone.
-    evcf's one training step: ``evcf train`` (:func:`train_epoch`) and ``evcf bench`` call it.  The
+    evcf's one training step: ``evcf train`` (:func:`train_pass`) and ``evcf bench`` call it.  The
     forward pass runs under bf16 autocast when ``autocast``, and through :func:`compiled_loss` when
     ``compile``.  Given a ``RowBatch``, nothing here reads a value back from the device or copies
     one to it, so on a GPU the host queues the next step while this one runs.
@@ -305,14 +305,14 @@ def train_step(model: VAEModel, optimizer: torch.optim.Optimizer, batch: RowBatc
     return parts.loss.detach()
 
 
-def train_epoch(model: VAEModel, optimizer: torch.optim.Optimizer, batches: Iterable[RowBatch | torch.Tensor],
+def train_pass(model: VAEModel, optimizer: torch.optim.Optimizer, batches: Iterable[RowBatch | torch.Tensor],
                 cfg: TrainConfig, *, epoch: int, update_count: int, device: torch.device
                 ) -> tuple[torch.Tensor, int, int, float]:
     """One :func:`train_step` per batch, β from the schedule before each.
 
     Returns (the sum of the batch losses, a float64 tensor on the device; the number of batches; the
-    update count after the epoch; the last β).  No host synchronisation: the caller reads the sum
-    once, at the end of the epoch.
+    update count after the pass; the last β).  No host synchronisation: the caller reads the sum
+    once, at the end of the epoch (:func:`train_epoch`).
     """
     total = torch.zeros((), dtype=torch.float64, device=device)
     n_batches, beta = 0, beta_at(cfg, epoch, update_count)
@@ -356,13 +356,13 @@ def epoch_passes(model: VAEModel, train: DeviceCSR, generator: torch.Generator, 
             for phase in model.epoch_phases(epoch)]
 
 
-def train_phases(model: VAEModel, optimizers: dict[str, torch.optim.Optimizer],
+def train_epoch(model: VAEModel, optimizers: dict[str, torch.optim.Optimizer],
                  passes: Iterable[tuple[Phase, Iterable[RowBatch | torch.Tensor]]], cfg: TrainConfig, *,
                  epoch: int, update_count: int, device: torch.device) -> tuple[torch.Tensor, int, int, float]:
     """One epoch as ``evcf train`` runs it: ``model.on_epoch_start``, then per pass ``begin_phase`` and
-    :func:`train_epoch` with the optimizer(s) of the pass's groups.  ``evcf bench`` times this.
+    :func:`train_pass` with the optimizer(s) of the pass's groups.  ``evcf bench`` times this.
 
-    Returns what :func:`train_epoch` returns, summed over the passes (the loss sum, the number of
+    Returns what :func:`train_pass` returns, summed over the passes (the loss sum, the number of
     batches), with the update count after the epoch and the last β.  No host synchronisation.
     """
     model.on_epoch_start(epoch)
@@ -372,7 +372,7 @@ def train_phases(model: VAEModel, optimizers: dict[str, torch.optim.Optimizer],
         model.begin_phase(phase)
         stepped = [optimizers[g] for g in phase.groups]
         optimizer = stepped[0] if len(stepped) == 1 else _Optimizers(stepped)
-        part, n, update_count, beta = train_epoch(model, optimizer, batches, cfg, epoch=epoch,
+        part, n, update_count, beta = train_pass(model, optimizer, batches, cfg, epoch=epoch,
                                                   update_count=update_count, device=device)
         total, n_batches = total + part, n_batches + n
     return total, n_batches, update_count, beta
@@ -526,7 +526,7 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
             # each pass's order on the host (its row lengths size each batch without asking the device),
             # copied to the device once
             passes = epoch_passes(model, train, shuffle_gen, cfg.batch_size, epoch)
-            total, n_batches, update_count, beta = train_phases(model, optimizers, passes, cfg, epoch=epoch,
+            total, n_batches, update_count, beta = train_epoch(model, optimizers, passes, cfg, epoch=epoch,
                                                                 update_count=update_count, device=device)
             loss = float(total) / max(n_batches, 1)  # the epoch's one read-back from the device
             if not math.isfinite(loss):
@@ -570,7 +570,7 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
     return best["state"], history, best["epoch"], epoch, bool(finished), resumed_from
 
 
-def _fit_closed_form(model: ClosedFormModel, data: SplitData, *, model_name: str, identity: dict, seed: int,
+def _fit_self_fitting(model: SelfFittingModel, data: SplitData, *, model_name: str, identity: dict, seed: int,
                      device: torch.device, eval_batch_size: int, checkpoint_minutes: float,
                      out_dir: Path, say: Callable[[str], None]) -> tuple[list[dict], dict]:
     """Try every candidate setting; keep the best by validation NDCG@100.
@@ -754,13 +754,13 @@ def run(
         return {"finished": previous["finished"], "history": previous["history"], "reused": True}
 
     progress = _Progress(out_dir, dataset=dataset, model=model_name, seed=seed,
-                         epochs=0 if isinstance(model, ClosedFormModel) else cfg.epochs)
+                         epochs=0 if isinstance(model, SelfFittingModel) else cfg.epochs)
     (out_dir / "metrics.json").unlink(missing_ok=True)  # a result of another run never stays beside this one
     with numerics(cfg, dev):
-        if isinstance(model, ClosedFormModel):
+        if isinstance(model, SelfFittingModel):
             progress.write(0, "running", "searching its settings")
             try:
-                history, in_run_search = _fit_closed_form(model, data, model_name=model_name, identity=identity,
+                history, in_run_search = _fit_self_fitting(model, data, model_name=model_name, identity=identity,
                                                           seed=seed, device=dev, eval_batch_size=cfg.eval_batch_size,
                                                           checkpoint_minutes=cfg.checkpoint_minutes, out_dir=out_dir,
                                                           say=say)

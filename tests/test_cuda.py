@@ -36,7 +36,7 @@ from evcf.data.sparse import load_split
 from evcf.evaluate import evaluate
 from evcf.models import build_model
 from evcf.optim import make_optimizer
-from evcf.training import CHECKPOINT, run, train_config, train_epoch, train_step
+from evcf.training import CHECKPOINT, run, train_config, train_pass, train_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -169,7 +169,7 @@ def _two_epochs(name: str, processed, watch, fused: bool = False) -> torch.Tenso
     totals = []
     for batches in epochs:
         with watch():
-            total, *_ = train_epoch(model, optimizer, batches, cfg, epoch=1, update_count=0,
+            total, *_ = train_pass(model, optimizer, batches, cfg, epoch=1, update_count=0,
                                     device=torch.device("cuda"))
         totals.append(total)
     return torch.stack(totals)

@@ -1,6 +1,6 @@
 """A run's identity covers exactly what decides its numbers (issue 19): the code of the modules that
 run for that model (found by import analysis), without docstrings and comments; the versions of the
-libraries they import; the device; for closed-form models only the training settings they read."""
+libraries they import; the device; for self-fitting models only the training settings they read."""
 
 from __future__ import annotations
 
@@ -48,6 +48,32 @@ def test_report_bench_cli_comments_and_docstrings_change_no_code_hash(package):
     assert hashes() == before
 
 
+def test_moving_code_between_the_runs_modules_changes_no_code_hash(package):
+    """A run is defined by what its code computes, not by which file holds it: moving
+    ``ndcg_from_hits`` from metrics.py into a new module, imported back, keeps every hash."""
+    root, hashes = package
+    before = hashes()
+    text = (root / "metrics.py").read_text()
+    start = text.index("def ndcg_from_hits(")
+    end = text.index("\ndef ", start + 1)
+    moved = text[start:end]
+    (root / "ndcg.py").write_text("import torch\n\n\n" + moved)
+    (root / "metrics.py").write_text(text[:start] + "from .ndcg import ndcg_from_hits  # noqa: E402\n\n\n"
+                                     + text[end:])
+    assert hashes() == before
+    edit(root / "ndcg.py", "def ndcg_from_hits(", "_EDITED = 1\n\n\ndef ndcg_from_hits(")
+    assert all(hashes()[m] != before[m] for m in MODELS)
+
+
+def test_content_hash_counts_statements_not_files():
+    a = "from .b import g\n\n\ndef f(x):\n    return g(x) + 1\n"
+    b = "import math\n\n\ndef g(x):\n    return math.sqrt(x)\n"
+    together = "import math\n\n\ndef g(x):\n    return math.sqrt(x)\n\n\ndef f(x):\n    return g(x) + 1\n"
+    assert identity.content_hash([a, b]) == identity.content_hash([together])
+    assert identity.content_hash([a, b]) != identity.content_hash([a.replace("+ 1", "+ 2"), b])
+    assert identity.content_hash([a, b]) != identity.content_hash([a, b.replace("import math", "import cmath")])
+
+
 def test_a_statement_of_the_shared_loop_changes_every_models_hash(package):
     root, hashes = package
     before = hashes()
@@ -61,7 +87,7 @@ def test_one_models_file_changes_only_the_models_that_run_it(package):
     before = hashes()
     edit(root / "models/multvae.py", "\n\nclass ", "\n\n_EDITED = 1\n\n\nclass ")
     after = hashes()
-    # vamp subclasses Mult-VAE's file (it imports it); the closed-form models do not run it
+    # vamp subclasses Mult-VAE's file (it imports it); the self-fitting models do not run it
     assert {m for m in MODELS if after[m] != before[m]} == {"mult-vae", "vamp"}
     before = after
     edit(root / "models/wmf.py", "\n\nclass ", "\n\n_EDITED = 1\n\n\nclass ")
@@ -75,7 +101,7 @@ def test_libraries_follow_the_models_imports():
     assert "scikit-learn" in identity.libraries("slim") and "scikit-learn" not in identity.libraries("ease")
 
 
-def test_the_identity_holds_device_libraries_and_only_what_a_closed_form_model_reads():
+def test_the_identity_holds_device_libraries_and_only_what_a_self_fitting_model_reads():
     train = {"epochs": 5, "lr": 0.002, "eval_batch_size": 100, "tf32": False, "deterministic": False}
     vae = identity.run_identity(model="mult-vae", hparams={}, train=train, seed=1, data="d", device="cpu")
     ease = identity.run_identity(model="ease", hparams={}, train=train, seed=None, data="d", device="cpu")

@@ -108,7 +108,7 @@ def test_a_model_file_edit_reruns_only_that_models_jobs(finished):
         multvae.write_text(saved)
 
 
-def test_a_no_op_override_reschedules_nothing_and_the_vae_block_spares_closed_form_rows(finished):
+def test_a_no_op_override_reschedules_nothing_and_the_vae_block_spares_self_fitting_rows(finished):
     root = finished
     # the value params.yaml already gives (data.synthetic-tiny.train.epochs: 3), typed on the command line
     assert jobs(root, "model_params={mult-vae: {train: {epochs: 3}}}") == {}

@@ -90,7 +90,7 @@ def test_train_epochs_0_is_blamed_on_the_command_lines_train():
     assert str(err.value).startswith("--config (command line): train: train.epochs must be >= 1"), str(err.value)
 
 
-def test_closed_form_rows_neither_read_nor_accept_the_vae_loop_settings():
+def test_self_fitting_rows_neither_read_nor_accept_the_vae_loop_settings():
     _, (hparams, train) = resolved({"train": {"lr": "0.002", "epochs": "3"}}, model="ease")
     assert set(train) == {"eval_batch_size", "checkpoint_minutes", "tf32", "deterministic"}
     config = snakemake_config({"model_params": {"wmf": {"train": {"epochs": 3}}}})

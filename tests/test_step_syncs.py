@@ -37,7 +37,7 @@ from evcf.batches import Batches, DeviceCSR
 from evcf.data.shapes import synthetic_matrix
 from evcf.models import build_model
 from evcf.optim import make_optimizer
-from evcf.training import epoch_passes, make_optimizers, train_config, train_epoch, train_phases, train_step
+from evcf.training import epoch_passes, make_optimizers, train_config, train_pass, train_epoch, train_step
 
 EVCF = Path(__file__).resolve().parents[1] / "evcf"
 MODELS = EVCF / "models"
@@ -126,7 +126,7 @@ def epoch_under_watch(name: str, train: DeviceCSR, counted: Callable[[Path], boo
     passes = epoch_passes(model, train, torch.Generator().manual_seed(1), cfg.batch_size, epoch=1)
     with host_syncs(counted) as calls:
         # the loop's epoch: the model's hooks, then each of its passes (one for all but RecVAE)
-        total, n_batches, updates, _ = train_phases(model, optimizers, passes, cfg, epoch=1, update_count=0,
+        total, n_batches, updates, _ = train_epoch(model, optimizers, passes, cfg, epoch=1, update_count=0,
                                                     device=train.device)
         train_step(model, next(iter(optimizers.values())),
                    train.batch([3, 4, 5], n_nonzeros=int(train.row_nnz_host[3:6].sum())), 0.1)
@@ -148,7 +148,7 @@ def test_the_counter_sees_what_it_should():
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_an_epoch_of_the_loop_never_waits_for_the_device(train, name):
-    """train_phases, train_epoch, train_step, the batches and the optimizers: no host synchronisation at all."""
+    """train_epoch, train_pass, train_step, the batches and the optimizers: no host synchronisation at all."""
     calls, total = epoch_under_watch(name, train, outside_models)
     assert calls == []
     assert torch.isfinite(total)  # read here, once, as the loop reads it at the end of the epoch
@@ -281,7 +281,7 @@ def train_meta(train) -> DeviceCSR:
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_an_epoch_copies_nothing_to_the_device(train_meta, name):
-    """train_epoch and train_step, with the models and the optimizers: no host-to-device copy."""
+    """train_pass and train_step, with the models and the optimizers: no host-to-device copy."""
     for optimizer_name, fused in _optimizers(name):
         torch.manual_seed(0)
         model = build_model(name, N_ITEMS, **SMALL[name][0]).to(META).train()
@@ -292,7 +292,7 @@ def test_an_epoch_copies_nothing_to_the_device(train_meta, name):
                   for e in range(2)]
         with host_copies() as copies:
             for epoch, batches in enumerate(epochs, start=1):  # the first allocates the optimizer's state
-                total, n_batches, _, _ = train_epoch(model, optimizer, batches, cfg, epoch=epoch,
+                total, n_batches, _, _ = train_pass(model, optimizer, batches, cfg, epoch=epoch,
                                                      update_count=3 * (epoch - 1), device=META)
         assert n_batches == 3 and total.device == META
         assert copies.to_device == [], (optimizer_name, fused, copies.to_device)

@@ -17,7 +17,7 @@ from evcf.data.sparse import load_split
 from evcf.training import TrainConfig, _warmed_up, run
 
 # small grids: two settings each, so that the in-run search has something to choose
-CLOSED_FORM = {
+SELF_FITTING = {
     "wmf": {"factors": [4], "regularizations": [1.0, 30.0], "alphas": [2.0], "iterations": 3},
     "slim": {"l1_penalties": [0.5], "l2_penalties": [1.0, 50.0], "max_iter": 50},
     "cdae": {"hidden_size": 8, "weight_decays": [1e-4, 1e-1], "epochs": 2, "batch_size": 100},
@@ -31,9 +31,9 @@ def processed(tmp_path_factory):
                                  mean_items=25, n_topics=6, seed=5)
 
 
-@pytest.mark.parametrize("model", sorted(CLOSED_FORM))
-def test_closed_form_models_select_their_setting_on_validation_users_only(processed, tmp_path, monkeypatch, model):
-    """Mutation: _fit_closed_form scores its candidates on data.test_tr / data.test_te."""
+@pytest.mark.parametrize("model", sorted(SELF_FITTING))
+def test_self_fitting_models_select_their_setting_on_validation_users_only(processed, tmp_path, monkeypatch, model):
+    """Mutation: _fit_self_fitting scores its candidates on data.test_tr / data.test_te."""
     data = load_split(processed)
     calls = []
     real = training.evaluate
@@ -43,7 +43,7 @@ def test_closed_form_models_select_their_setting_on_validation_users_only(proces
         return real(score, fold_in, heldout, **kw)
 
     monkeypatch.setattr(training, "evaluate", spy)
-    metrics = run(data, dataset="toy", model_name=model, hparams=dict(CLOSED_FORM[model]),
+    metrics = run(data, dataset="toy", model_name=model, hparams=dict(SELF_FITTING[model]),
                   train={"eval_batch_size": 64}, seed=1, out_dir=tmp_path, device="cpu")
     assert calls == ["validation", "validation", "test"], calls
     tried = pd.read_csv(tmp_path / "tuning.csv")
@@ -70,11 +70,11 @@ def _ndcg100(scores: np.ndarray, fold_in, heldout) -> float:
 def test_eases_in_run_scores_are_validation_ndcg_recomputed_here(processed, tmp_path):
     """EASE's search, recomputed: Steck's closed form and NDCG@100 on the validation users."""
     data = load_split(processed)
-    run(data, dataset="toy", model_name="ease", hparams=dict(CLOSED_FORM["ease"]), train={}, seed=1,
+    run(data, dataset="toy", model_name="ease", hparams=dict(SELF_FITTING["ease"]), train={}, seed=1,
         out_dir=tmp_path, device="cpu")
     tried = pd.read_csv(tmp_path / "tuning.csv")
     x = data.train.toarray().astype(np.float64)
-    for lam, reported in zip(CLOSED_FORM["ease"]["lambdas"], tried["val_ndcg@100"]):
+    for lam, reported in zip(SELF_FITTING["ease"]["lambdas"], tried["val_ndcg@100"]):
         p = np.linalg.inv(x.T @ x + lam * np.eye(x.shape[1]))
         b = -p / np.diag(p)
         np.fill_diagonal(b, 0.0)
@@ -86,7 +86,7 @@ def test_a_vae_run_resumes_and_trains_only_the_epochs_left(processed, tmp_path, 
     """Mutation: _fit_vae ignores its checkpoint (a restart gives the same numbers on the CPU)."""
     hparams, train = {"hidden_size": 32, "latent_size": 8}, {"epochs": 5, "batch_size": 64,
                                                               "total_anneal_steps": 100, "checkpoint_minutes": 0}
-    real, epochs_trained = training.train_epoch, []
+    real, epochs_trained = training.train_pass, []
 
     def counting(*args, epoch, **kw):
         epochs_trained.append(epoch)
@@ -94,7 +94,7 @@ def test_a_vae_run_resumes_and_trains_only_the_epochs_left(processed, tmp_path, 
             raise RuntimeError("killed")  # the process dies during this epoch
         return real(*args, epoch=epoch, **kw)
 
-    monkeypatch.setattr(training, "train_epoch", counting)
+    monkeypatch.setattr(training, "train_pass", counting)
     stop_at = 3
     with pytest.raises(RuntimeError, match="killed"):
         run(load_split(processed), dataset="toy", model_name="mult-vae", hparams=hparams, train=train, seed=1,

@@ -139,7 +139,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_closed_form_models_pick_a_setting_on_validation(processed, tmp_path):
+def test_self_fitting_models_pick_a_setting_on_validation(processed, tmp_path):
     metrics = _run(processed, tmp_path, model="ease", hparams={"lambdas": [1.0, 100.0]}, train={"weights": "fp32"})
     assert metrics["best_epoch"] == 0 and metrics["epochs_run"] == 0
     assert not (tmp_path / CHECKPOINT).exists()
@@ -269,13 +269,13 @@ def test_deterministic_mode_is_on_while_training_and_recorded(processed, tmp_pat
     from evcf import training
 
     seen = []
-    real_epoch = training.train_epoch
+    real_epoch = training.train_pass
 
     def spy(*args, **kwargs):
         seen.append(torch.are_deterministic_algorithms_enabled())
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train_epoch", spy)
+    monkeypatch.setattr(training, "train_pass", spy)
     metrics = _run(processed, tmp_path, train={**FAST, "deterministic": True, "tf32": True})
     assert seen == [True] * 4 and not torch.are_deterministic_algorithms_enabled()
     assert (metrics["deterministic"], metrics["tf32"], metrics["precision"]) == (True, False, "fp32")  # CPU: no TF32

@@ -142,7 +142,7 @@ def test_selection_sees_only_validation_users_and_test_uses_the_best_epoch(tmp_p
         assert refit[key] == pytest.approx(metrics[key], abs=1e-6), key
 
 
-def test_closed_form_setting_is_the_argmax_of_tuning_csv(tmp_path):
+def test_self_fitting_setting_is_the_argmax_of_tuning_csv(tmp_path):
     data = make_split(tmp_path / "processed", seed=1)
     run(load_split(data), dataset="toy", model_name="ease", hparams={"lambdas": [1.0, 30.0, 300.0, 3000.0]},
         train={}, seed=1, out_dir=tmp_path / "run", device="cpu")

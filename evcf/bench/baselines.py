@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 from .timer import PeakMemory, load_average, spread, sync
 
-__all__ = ["bench_baseline", "bench_wmf", "bench_slim", "bench_cdae", "bench_closed_form", "SLIM_CHUNKS"]
+__all__ = ["bench_baseline", "bench_wmf", "bench_slim", "bench_cdae", "bench_self_fitting", "SLIM_CHUNKS"]
 
 EASE_MAX_ITEMS = 5_000  # above this, EASE's I×I inverse is skipped (time it with `evcf train`)
 EASE_BENCH_LAMBDA = 500.0  # Steck 2019's choice for ML-20M
@@ -58,7 +58,7 @@ def bench_baseline(name: str, hparams: dict[str, Any], cfg: Any, data: dict[str,
         return bench_slim(hparams, data, items=slim_items, seed=seed, memory=memory)
     if name == "cdae":
         return bench_cdae(hparams, cfg, data, steps=steps, warmup=warmup, seed=seed, device=device, memory=memory)
-    return bench_closed_form(name, hparams, data, device, memory)
+    return bench_self_fitting(name, hparams, data, device, memory)
 
 
 def _timed_evaluation(model: Any, data: dict[str, Any], batch_size: int, device: Any, memory: PeakMemory,
@@ -284,7 +284,7 @@ def bench_cdae(hparams: dict[str, Any], cfg: Any, data: dict[str, Any], *, steps
 # Popularity and EASE
 
 
-def bench_closed_form(name: str, hparams: dict[str, Any], data: dict[str, Any], device: Any,
+def bench_self_fitting(name: str, hparams: dict[str, Any], data: dict[str, Any], device: Any,
                       memory: PeakMemory) -> dict[str, Any]:
     """One whole fit and an evaluation (EASE with λ = :data:`EASE_BENCH_LAMBDA`)."""
     from ..evaluate import evaluate

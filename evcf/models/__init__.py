@@ -13,7 +13,7 @@ import typing
 from typing import Any
 
 from evcf.errors import EvcfError
-from evcf.models.base import ClosedFormModel, LossParts, VAEModel
+from evcf.models.base import SelfFittingModel, LossParts, VAEModel
 
 __all__ = [
     "MODEL_NAMES",
@@ -21,7 +21,7 @@ __all__ = [
     "model_class",
     "model_config_fields",
     "VAEModel",
-    "ClosedFormModel",
+    "SelfFittingModel",
     "LossParts",
     "MultDAE",
     "MultVAE",
@@ -120,7 +120,7 @@ def _coerce(value: Any, hint: Any, key: str, name: str) -> Any:
     raise TypeError(f"unsupported config field type {hint!r} for {key}")  # a bug in a Config
 
 
-def build_model(name: str, n_items: int, **hparams: Any) -> VAEModel | ClosedFormModel:
+def build_model(name: str, n_items: int, **hparams: Any) -> VAEModel | SelfFittingModel:
     """Build model ``name`` for ``n_items`` items with hyperparameters ``hparams``.
 
     Unknown names, unknown hyperparameters, wrongly typed values and invalid values raise

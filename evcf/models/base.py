@@ -5,7 +5,7 @@ Two kinds of model exist:
 * :class:`VAEModel` subclasses (Mult-VAE, Mult-DAE, gated and VampPrior variants) are trained by
   :func:`evcf.training.fit` with mini-batch gradient steps.  Each one has a frozen ``Config``
   dataclass; ``build_model(name, n_items, **hparams)`` fills it from params.yaml.
-* :class:`ClosedFormModel` subclasses (popularity, EASE) are fitted in one shot on the training
+* :class:`SelfFittingModel` subclasses (popularity, EASE) are fitted in one shot on the training
   matrix; the training loop tries each of ``candidates()`` and keeps the one with the best
   validation NDCG@100.
 
@@ -26,7 +26,7 @@ from evcf.batches import Clicks
 if TYPE_CHECKING:  # annotations only: nothing here uses scipy at run time
     import scipy.sparse as sp
 
-__all__ = ["VAEModel", "ClosedFormModel", "LossParts", "Phase"]
+__all__ = ["VAEModel", "SelfFittingModel", "LossParts", "Phase"]
 
 
 @dataclass
@@ -63,7 +63,7 @@ class VAEModel(nn.Module):
       and which groups each pass steps;
     * :meth:`on_epoch_start` and :meth:`begin_phase`: hooks the loop calls before an epoch's passes
       and before each pass.
-    The loop (``evcf.training.train_phases``) checkpoints every optimizer and ``state_dict()``, so
+    The loop (``evcf.training.train_epoch``) checkpoints every optimizer and ``state_dict()``, so
     whatever the hooks keep belongs in the module's state (parameters or buffers).
     """
 
@@ -109,7 +109,7 @@ class VAEModel(nn.Module):
         raise NotImplementedError
 
 
-class ClosedFormModel:
+class SelfFittingModel:
     """A model fitted in one call on the training matrix, with its own fitting procedure.
 
     The training loop tries each of :meth:`candidates`, calls :meth:`fit` for it, scores the

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from evcf.errors import EvcfError
-from evcf.models.base import ClosedFormModel
+from evcf.models.base import SelfFittingModel
 from evcf.models.layers import validate_config
 
 __all__ = ["Popularity", "EASE", "solve_device"]
@@ -33,7 +33,7 @@ def _check_train(train: sp.spmatrix, n_items: int, model: str) -> sp.csr_matrix:
     return train.tocsr()
 
 
-class Popularity(ClosedFormModel):
+class Popularity(SelfFittingModel):
     """Score every item by its number of training users, the same ranking for every user."""
 
     name: ClassVar[str] = "popularity"
@@ -75,7 +75,7 @@ def solve_device(device: torch.device | None, n_items: int) -> torch.device:
     return device if free >= 3 * 8 * n_items * n_items else torch.device("cpu")
 
 
-class EASE(ClosedFormModel):
+class EASE(SelfFittingModel):
     """EASE (Steck 2019): item-item weights B = I − P · diag(1 / diag(P)), P = (XᵀX + λI)⁻¹.
 
     Equivalently B_ij = −P_ij / P_jj off the diagonal and B_jj = 0; scores = x · B.  The Gram matrix

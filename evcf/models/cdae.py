@@ -75,7 +75,7 @@ from torch import nn
 
 from evcf.batches import Batches, DeviceCSR
 from evcf.errors import EvcfError
-from evcf.models.base import ClosedFormModel
+from evcf.models.base import SelfFittingModel
 from evcf.models.baselines import _check_train
 
 __all__ = ["CDAE", "CDAENetwork", "CDAETrainer", "RowAdam", "loss_weights", "square_loss",
@@ -150,7 +150,7 @@ def logistic_loss(logits: torch.Tensor, x: torch.Tensor, weights: torch.Tensor) 
     return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weights).sum(dim=1)
 
 
-class CDAE(ClosedFormModel):
+class CDAE(SelfFittingModel):
     """CDAE with its own mini-batch loop: one fit per weight decay, the best epoch of each kept."""
 
     name: ClassVar[str] = "cdae"

@@ -44,7 +44,7 @@ import scipy.sparse as sp
 import torch
 
 from evcf.errors import EvcfError
-from evcf.models.base import ClosedFormModel
+from evcf.models.base import SelfFittingModel
 from evcf.models.baselines import _check_train
 
 __all__ = ["SLIM", "slim_weights"]
@@ -162,7 +162,7 @@ def slim_weights(train: sp.spmatrix, l1: float, l2: float, *, items: Sequence[in
     return sp.csc_matrix((data, indices, indptr), shape=(n_items, n_items))
 
 
-class SLIM(ClosedFormModel):
+class SLIM(SelfFittingModel):
     """Ning & Karypis's SLIM; scores = x · W with W sparse, non-negative, zero diagonal."""
 
     name: ClassVar[str] = "slim"
@@ -205,7 +205,7 @@ class SLIM(ClosedFormModel):
         return path
 
     def path_state(self) -> dict[str, Any] | None:
-        """The next fit's warm start (ClosedFormModel.path_state): the last fit's W."""
+        """The next fit's warm start (SelfFittingModel.path_state): the last fit's W."""
         return {"W": self._path} if self.config.warm_start and self._path is not None else None
 
     def load_path_state(self, state: dict[str, Any] | None) -> None:

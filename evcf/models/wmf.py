@@ -38,7 +38,7 @@ import scipy.sparse as sp
 import torch
 
 from evcf.errors import EvcfError
-from evcf.models.base import ClosedFormModel
+from evcf.models.base import SelfFittingModel
 from evcf.models.baselines import _check_train
 
 __all__ = ["WMF", "fold_in_factors"]
@@ -97,7 +97,7 @@ def fold_in_factors(x: torch.Tensor, item_factors: torch.Tensor, regularization:
     return out
 
 
-class WMF(ClosedFormModel):
+class WMF(SelfFittingModel):
     """Hu et al.'s WMF trained by ``implicit``'s ALS; held-out users folded in exactly in ``score``."""
 
     name: ClassVar[str] = "wmf"

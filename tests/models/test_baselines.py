@@ -40,7 +40,7 @@ def ease_by_numpy(x: np.ndarray, lam: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("lam", [0.5, 2.0, 10.0])
-def test_ease_equals_the_closed_form(lam):
+def test_ease_equals_the_self_fitting(lam):
     model = build_model("ease", 5, lambdas=[lam])
     model.fit(sp.csr_matrix(X), **{"lambda": lam})
     expected_b = ease_by_numpy(X, lam)
@@ -69,7 +69,7 @@ def test_ease_candidates_state_and_gram_reuse():
     assert restored.lam == 3.0
 
 
-def test_closed_form_models_check_the_item_count():
+def test_self_fitting_models_check_the_item_count():
     with pytest.raises(EvcfError, match="4 items"):
         build_model("ease", 4).fit(sp.csr_matrix(X), **{"lambda": 1.0})
     with pytest.raises(EvcfError, match="4 items"):

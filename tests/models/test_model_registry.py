@@ -11,7 +11,7 @@ from torch import nn
 from evcf.errors import EvcfError
 from evcf.models import (
     MODEL_NAMES,
-    ClosedFormModel,
+    SelfFittingModel,
     VAEModel,
     build_model,
     model_class,
@@ -33,10 +33,10 @@ def test_every_class_honours_its_contract(name):
     cls = model_class(name)
     assert dataclasses.is_dataclass(cls.Config) and cls.Config.__dataclass_params__.frozen
     assert isinstance(cls.seeded, bool) and isinstance(cls.uses_gpu, bool)
-    assert issubclass(cls, ClosedFormModel) != issubclass(cls, VAEModel)  # exactly one kind
-    if issubclass(cls, ClosedFormModel):
+    assert issubclass(cls, SelfFittingModel) != issubclass(cls, VAEModel)  # exactly one kind
+    if issubclass(cls, SelfFittingModel):
         for method in ("fit", "score", "state", "load_state"):
-            assert getattr(cls, method) is not getattr(ClosedFormModel, method), f"{name}.{method}"
+            assert getattr(cls, method) is not getattr(SelfFittingModel, method), f"{name}.{method}"
         assert callable(cls.candidates)
     else:
         for method in ("loss", "score"):
@@ -52,7 +52,7 @@ def test_every_model_builds_with_defaults_and_exposes_its_config(name):
     assert {f.name for f in dataclasses.fields(model.config)} == model_config_fields(name)
     with pytest.raises(dataclasses.FrozenInstanceError):
         model.config.__setattr__("dropout", 0.1)
-    if isinstance(model, ClosedFormModel):
+    if isinstance(model, SelfFittingModel):
         settings = list(model.candidates())
         assert settings and all(isinstance(s, dict) for s in settings)
 

@@ -110,10 +110,10 @@ def test_model_beats_popularity(data, name, optimizer):
     assert ndcg > pop_ndcg + 0.2, f"{name}: NDCG@100 {ndcg:.3f} vs popularity {pop_ndcg:.3f}"
 
 
-# ---- closed-form and self-fitted models, through evcf.training.run ------------------------------
+# ---- self-fitting models, through evcf.training.run ------------------------------
 
 # small grids so the test stays quick (params.yaml has the pipeline's grids)
-CLOSED_FORM = {
+SELF_FITTING = {
     "wmf": {"factors": [50], "regularizations": [10.0, 100.0], "alphas": [1.0, 9.0]},
     "slim": {"l1_penalties": [2.0], "l2_penalties": [50.0]},
     "cdae": {"weight_decays": [10.0], "batch_size": 100, "epochs": 30, "patience": 5},  # params.yaml's synthetic pick
@@ -131,10 +131,10 @@ def synthetic_split(tmp_path_factory):
     return data, pop["ndcg@100"], out
 
 
-@pytest.mark.parametrize("name", sorted(CLOSED_FORM))
+@pytest.mark.parametrize("name", sorted(SELF_FITTING))
 def test_self_fitted_model_beats_popularity_through_the_pipeline(synthetic_split, name):
     data, pop_ndcg, out = synthetic_split
-    metrics = run(data, dataset="synthetic", model_name=name, hparams=CLOSED_FORM[name], train={},
+    metrics = run(data, dataset="synthetic", model_name=name, hparams=SELF_FITTING[name], train={},
                   seed=1, out_dir=out / name, device="cpu")
     assert (out / name / "tuning.csv").exists()
     assert pop_ndcg < 0.2

@@ -174,7 +174,7 @@ def test_each_pass_updates_only_its_half():
 
     model.begin_phase = begin
     model.train()
-    training.train_phases(model, optimizers, passes, cfg, epoch=1, update_count=0, device=train.device)
+    training.train_epoch(model, optimizers, passes, cfg, epoch=1, update_count=0, device=train.device)
     snapshots.append((None, _snapshot(model.encoder), _snapshot(model.decoder), _snapshot(model.encoder_old)))
     for (phase, enc0, dec0, old0), (_, enc1, dec1, old1) in zip(snapshots, snapshots[1:]):
         assert _same(old0, old1)  # the frozen copy never moves within an epoch
@@ -314,7 +314,7 @@ def test_an_existing_model_trains_exactly_as_the_plain_loop(processed, tmp_path)
 
 
 def test_recvae_learns_through_its_alternating_epochs():
-    """On test_models_learn's clustered toy data, RecVAE trained by the loop's epoch (train_phases)
+    """On test_models_learn's clustered toy data, RecVAE trained by the loop's epoch (train_epoch)
     beats popularity by as much as the other VAE models must there."""
     import scipy.sparse as sp
     from test_models_learn import N_ITEMS, ndcg_at_k, synthetic_data
@@ -331,7 +331,7 @@ def test_recvae_learns_through_its_alternating_epochs():
     model.train()
     for epoch in range(1, 16):
         passes = training.epoch_passes(model, rows, order, cfg.batch_size, epoch)
-        training.train_phases(model, optimizers, passes, cfg, epoch=epoch, update_count=0, device=rows.device)
+        training.train_epoch(model, optimizers, passes, cfg, epoch=epoch, update_count=0, device=rows.device)
     ndcg = ndcg_at_k(model.score(torch.from_numpy(fold_in)).numpy(), fold_in, heldout)
     assert pop_ndcg < 0.3
     assert ndcg > pop_ndcg + 0.2, f"recvae: NDCG@100 {ndcg:.3f} vs popularity {pop_ndcg:.3f}"
@@ -359,7 +359,7 @@ def test_a_pass_may_step_several_groups():
         optimizers = training.make_optimizers(model, cfg)
         passes = training.epoch_passes(model, train, torch.Generator().manual_seed(1), cfg.batch_size, 1)
         model.train()
-        training.train_phases(model, optimizers, passes, cfg, epoch=1, update_count=0, device=train.device)
+        training.train_epoch(model, optimizers, passes, cfg, epoch=1, update_count=0, device=train.device)
         states.append(_snapshot(model))
     assert len(training.make_optimizers(TwoGroups(60, MultVAE.Config(hidden_size=16, latent_size=6)), cfg)) == 2
     assert _same(*states)
