@@ -117,9 +117,13 @@ def code_modules(model: str | None = None) -> tuple[tuple[str, ...], tuple[str, 
     return tuple(sorted(seen)), tuple(sorted(packages))
 
 
+# class attributes that say how a model's row is shown (evcf/report), not what it computes
+PRESENTATION = ("label", "section", "colour")
+
+
 class _WithoutOwnImports(ast.NodeTransformer):
-    """Drops docstrings, ``__all__`` and the imports of evcf's own modules: where a definition lives
-    is not what it computes."""
+    """Drops docstrings, ``__all__``, the imports of evcf's own modules (where a definition lives is
+    not what it computes) and the :data:`PRESENTATION` attributes of classes."""
 
     def _strip_docstring(self, node):
         self.generic_visit(node)
@@ -129,7 +133,11 @@ class _WithoutOwnImports(ast.NodeTransformer):
             node.body = body[1:] or [ast.Pass()]
         return node
 
-    visit_Module = visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = _strip_docstring
+    visit_Module = visit_FunctionDef = visit_AsyncFunctionDef = _strip_docstring
+
+    def visit_ClassDef(self, node):
+        node.body = [s for s in node.body if not _assigns_presentation(s)] or [ast.Pass()]
+        return self._strip_docstring(node)
 
     def visit_Import(self, node):
         node.names = [alias for alias in node.names if alias.name.split(".")[0] != "evcf"]
@@ -141,6 +149,12 @@ class _WithoutOwnImports(ast.NodeTransformer):
     def visit_Assign(self, node):
         names = [t.id for t in node.targets if isinstance(t, ast.Name)]
         return None if names == ["__all__"] else node
+
+
+def _assigns_presentation(statement: ast.stmt) -> bool:
+    targets = statement.targets if isinstance(statement, ast.Assign) else \
+        [statement.target] if isinstance(statement, ast.AnnAssign) else []
+    return bool(targets) and all(isinstance(t, ast.Name) and t.id in PRESENTATION for t in targets)
 
 
 def _statements(source: str) -> set[str]:

@@ -65,6 +65,13 @@ def test_moving_code_between_the_runs_modules_changes_no_code_hash(package):
     assert all(hashes()[m] != before[m] for m in MODELS)
 
 
+def test_how_a_row_is_shown_is_not_what_it_computes():
+    model = 'class M:\n    """doc"""\n    label = "M"\n    colour = "#123456"\n\n    def f(self):\n        return 1\n'
+    assert identity.content_hash([model]) == identity.content_hash([model.replace("#123456", "#654321")])
+    assert identity.content_hash([model]) != identity.content_hash([model.replace("return 1", "return 2")])
+    assert identity.content_hash([model]) != identity.content_hash([model.replace("label", "scale")])
+
+
 def test_content_hash_counts_statements_not_files():
     a = "from .b import g\n\n\ndef f(x):\n    return g(x) + 1\n"
     b = "import math\n\n\ndef g(x):\n    return math.sqrt(x)\n"
