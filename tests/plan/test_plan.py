@@ -13,7 +13,7 @@ import pytest
 from evcf.errors import EvcfError
 from evcf.plan import bench_figures, load_config, make_plan
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PARAMS = REPO / "params.yaml"
 
 

@@ -1,4 +1,4 @@
-"""A throwaway one-node SLURM cluster on this machine, for tests/test_slurm.py.
+"""A throwaway one-node SLURM cluster on this machine, for tests/workflow/test_slurm.py.
 
 Debian's ``slurmctld``, ``slurmd`` and ``munge`` (installed with apt-get when missing), configured
 entirely inside a temporary directory: its own munge key and socket, its own ``slurm.conf`` (no
@@ -148,7 +148,7 @@ def _hardware() -> tuple[str, dict[str, str]]:
 def _slurm_conf(root: Path, node: str, hw: dict[str, str], munge_socket: Path) -> str:
     hardware = " ".join(f"{k}={v}" for k, v in hw.items())
     return f"""\
-# one-node test cluster written by tests/slurm_cluster.py
+# one-node test cluster written by tests/workflow/slurm_cluster.py
 ClusterName=evcf-test
 SlurmctldHost={node}(127.0.0.1)
 SlurmctldPort={_free_port()}

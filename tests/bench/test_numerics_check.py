@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # scripts/numerics_check.py trains through the pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ EVCF = [sys.executable, "-m", "evcf.cli"]
 # value, so a figure recomputed from other rounded figures (a ratio, a sum) can differ from the written
 # one by up to ~1.5e-3; a wrong formula differs by far more.
 ROUNDED = 2e-3
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 TINY = ["--users", "300", "--items", "200", "--nnz", "6000", "--steps", "3", "--warmup", "1", "--eval-users", "100",
         "--device", "cpu"]
 TINY_ARGS = {"users": 80, "items": 50, "nnz": 900, "steps": 2, "warmup": 1, "eval_users": 30, "device": "cpu",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("mult-vae", "vamp", "hvamp-gated")
 # not on the GPU machines' images, which carry numpy, scipy, pandas, PyYAML, pytest, matplotlib and
 # tabulate beside torch (issue 27), and not needed by the check: it must run without them
