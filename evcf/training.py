@@ -473,9 +473,10 @@ def _fit_vae(model: VAEModel, data: SplitData, cfg: TrainConfig, *, model_name: 
     shuffle_gen = torch.Generator().manual_seed(seed)
     train = DeviceCSR(data.train, device)
     val_in = DeviceCSR(data.validation_tr, device)
-    if getattr(getattr(model, "config", None), "pseudo_init", None) == "random-users":
-        pick = torch.randperm(train.n_rows, generator=shuffle_gen)[: model.config.n_pseudo]
-        model.init_pseudo_from(train.dense(pick))
+    n_init = model.rows_to_init_from()
+    if n_init:
+        pick = torch.randperm(train.n_rows, generator=shuffle_gen)[:n_init]
+        model.init_from_rows(train.dense(pick))
     model.to(device)
     if not model.uses_beta and cfg.beta_schedule != "none":
         raise EvcfError(f"{model_name} weighs its KL term itself; train.beta_schedule = {cfg.beta_schedule!r} "
@@ -603,14 +604,14 @@ def _fit_self_fitting(model: SelfFittingModel, data: SplitData, *, model_name: s
         saved_at = _clock()
 
     # a model that keeps its best epoch (CDAE) scores its epochs on the validation users itself
-    selects = {"validation": (val_in, data.validation_te, eval_batch_size)} if getattr(model, "selects_epochs", False) else {}
+    selects = {"validation": (val_in, data.validation_te, eval_batch_size)} if model.selects_epochs else {}
     with _Signals(say, f"{model_name}'s search") as signals:
         for setting in candidates[len(tried):]:
             model.fit(data.train, seed=seed, device=device, **selects, **setting)
             val = evaluate(model.score, val_in, data.validation_te, batch_size=eval_batch_size,
                            device=device, metrics=(SELECT_BY,)).per_user[SELECT_BY].mean()
             log.info("%s %s: val NDCG@100 %.4f", model_name, setting or "(no settings)", val)
-            tried.append({**setting, **getattr(model, "selection", {}), f"val_{SELECT_BY}": float(val)})
+            tried.append({**setting, **model.selection, f"val_{SELECT_BY}": float(val)})
             if val > best_score:
                 best_score, best_state, best_setting = float(val), model.state(), setting
             if signals.received is not None and len(tried) < len(candidates):
@@ -620,8 +621,7 @@ def _fit_self_fitting(model: SelfFittingModel, data: SplitData, *, model_name: s
                                   path=ckpt_path, signum=signals.received)
             if len(tried) < len(candidates) and _clock() - saved_at >= 60.0 * checkpoint_minutes:
                 save()
-    if hasattr(model, "clear_cache"):
-        model.clear_cache()
+    model.clear_cache()
     model.load_state(best_state)
     # what was tried and what won, so the selection can be audited from the run folder
     write_csv(out_dir / "tuning.csv",

@@ -372,3 +372,42 @@ def test_a_stopped_in_run_search_resumes_after_the_settings_it_tried(processed, 
     assert fits == [lam for lam in hparams["lambdas"] if lam not in tried]  # only the settings not tried
     assert _strip(resumed) == _strip(whole)
     assert (tmp_path / "run" / "tuning.csv").read_text() == (tmp_path / "whole" / "tuning.csv").read_text()
+
+
+@pytest.mark.parametrize("model, init, drawn", [("vamp", "random-users", 7), ("hvamp", "random-users", 7),
+                                                ("vamp", "normal", 0), ("mult-vae", None, 0)])
+def test_a_model_that_asks_for_training_rows_gets_them_before_its_first_epoch(processed, tmp_path, monkeypatch,
+                                                                              model, init, drawn):
+    """The loop draws ``rows_to_init_from()`` training users from the shuffle generator and hands
+    their rows to ``init_from_rows`` (VampPrior's pseudo-inputs with ``pseudo_init: random-users``)."""
+    from evcf.models import model_class
+
+    handed = []
+    monkeypatch.setattr(model_class(model), "init_from_rows", lambda self, rows: handed.append(rows.clone()),
+                        raising=False)
+    hparams = {**SMALL, **({"n_pseudo": 7, "pseudo_init": init} if init else {})}
+    if model == "hvamp":
+        hparams = {"hidden_size": 16, "z1_size": 4, "z2_size": 4, "n_pseudo": 7, "pseudo_init": init}
+    _run(processed, tmp_path, model=model, hparams=hparams, train={**FAST, "epochs": 1})
+    if not drawn:
+        assert handed == []
+        return
+    data = load_split(processed)
+    pick = torch.randperm(data.train.shape[0], generator=torch.Generator().manual_seed(1))[:drawn]
+    (rows,) = handed
+    assert torch.equal(rows, torch.as_tensor(data.train[pick.numpy()].toarray(), dtype=rows.dtype))
+
+
+def test_the_in_run_search_passes_validation_users_only_to_a_model_that_selects_its_epochs(processed, tmp_path,
+                                                                                         monkeypatch):
+    """EASE neither selects epochs nor reports a selection of its own: its fits get the setting alone,
+    tuning.csv holds the setting and its score, and its cache is dropped once the search is over."""
+    from evcf.models import model_class
+
+    ease, fits, cleared = model_class("ease"), [], []
+    real_fit, real_clear = ease.fit, ease.clear_cache
+    monkeypatch.setattr(ease, "fit", lambda self, train, **kw: fits.append(sorted(kw)) or real_fit(self, train, **kw))
+    monkeypatch.setattr(ease, "clear_cache", lambda self: cleared.append(1) or real_clear(self))
+    _run(processed, tmp_path, model="ease", hparams={"lambdas": [1.0, 100.0]})
+    assert fits == [["device", "lambda", "seed"]] * 2 and cleared == [1]
+    assert list(pd.read_csv(tmp_path / "tuning.csv").columns) == ["lambda", "val_ndcg@100", "selected"]

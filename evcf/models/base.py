@@ -90,6 +90,15 @@ class VAEModel(nn.Module):
     def begin_phase(self, phase: Phase) -> None:
         """Called before each pass; a model whose loss depends on the pass keeps ``phase`` here."""
 
+    def rows_to_init_from(self) -> int:
+        """How many training users the model initialises from before its first epoch (drawn at random
+        from the run's shuffle generator and handed to :meth:`init_from_rows`).  Default: 0, none."""
+        return 0
+
+    def init_from_rows(self, rows: torch.Tensor) -> None:
+        """Initialise from ``rows`` (n, n_items), the dense rows of :meth:`rows_to_init_from` training
+        users on the run's device.  Default: nothing."""
+
     def loss(self, x: torch.Tensor, beta: float, clicks: Clicks | None = None) -> LossParts:
         """Training-mode loss for a batch ``x`` (batch, n_items); ``beta`` weights the KL term.
 
@@ -123,6 +132,9 @@ class SelfFittingModel:
     # True: its fit gains from the run's GPU, so with `device: cuda` the pipeline gives its jobs one;
     # False: it runs on CPUs (`--device cpu`) and never holds a GPU it would barely use
     uses_gpu: ClassVar[bool] = False
+    # True: fit() selects its own best epoch, so the loop passes it the validation users
+    # (``validation=(rows in, held-out rows, batch size)``)
+    selects_epochs: ClassVar[bool] = False
 
     def candidates(self) -> Iterable[dict[str, Any]]:
         """Hyperparameter settings to try; the loop keeps the best by validation NDCG@100."""
@@ -136,6 +148,15 @@ class SelfFittingModel:
         ``device`` is the run's device, for models that can use it.
         """
         raise NotImplementedError
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        """What the last :meth:`fit` selected inside itself (columns of tuning.csv).  Default: nothing."""
+        return {}
+
+    def clear_cache(self) -> None:
+        """Drop what the fits shared between settings; the loop calls it once the search is over.
+        Default: nothing."""
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Scores (batch, n_items) for fold-in rows ``x`` (float32 tensor on any device)."""

@@ -136,9 +136,10 @@ class Vamp(MultVAE):
     data loaders force ``binary`` unless ``multinomial`` is asked for; the paper kept, per row,
     whichever of the two worked better and did not publish which.  Both are available.
 
-    ``pseudo_init: "random-users"`` is carried out by the caller, which owns the data: it must call
-    :meth:`init_pseudo_from` with ``n_pseudo`` training rows before training (the model alone starts
-    from N(pseudo_mean, pseudo_std)).
+    ``pseudo_init: "random-users"`` is carried out by the training loop, which owns the data: the
+    model asks for ``n_pseudo`` training rows (:meth:`rows_to_init_from`) and the loop hands them to
+    :meth:`init_from_rows` before the first epoch (the model alone starts from
+    N(pseudo_mean, pseudo_std)).
     """
 
     name: ClassVar[str] = "vamp"
@@ -177,6 +178,13 @@ class Vamp(MultVAE):
                          generator: torch.Generator | None = None) -> None:
         """Set the pseudo-inputs to ``n_pseudo`` training rows (K, I) plus N(0, pseudo_std)."""
         self.prior.init_from(rows, generator)
+
+    def rows_to_init_from(self) -> int:
+        """``n_pseudo`` training users with ``pseudo_init: "random-users"``, else none."""
+        return self.config.n_pseudo if self.config.pseudo_init == "random-users" else 0
+
+    def init_from_rows(self, rows: torch.Tensor) -> None:
+        self.init_pseudo_from(rows)
 
 
 # ==================================================================================================
@@ -333,6 +341,13 @@ class HVamp(VAEModel):
                          generator: torch.Generator | None = None) -> None:
         """Set the pseudo-inputs to ``n_pseudo`` training rows (K, I) plus N(0, pseudo_std)."""
         self.prior.init_from(rows, generator)
+
+    def rows_to_init_from(self) -> int:
+        """``n_pseudo`` training users with ``pseudo_init: "random-users"``, else none."""
+        return self.config.n_pseudo if self.config.pseudo_init == "random-users" else 0
+
+    def init_from_rows(self, rows: torch.Tensor) -> None:
+        self.init_pseudo_from(rows)
 
 
 class GatedHVamp(HVamp):
