@@ -82,12 +82,12 @@ class TrainConfig:
     # write one when this many minutes have passed since the last (and after the last epoch); 0 =
     # after every epoch.  Not part of the run's identity: it does not change the numbers.
     checkpoint_minutes: float = 10.0
-    # ours: the optimizer step as torch's fused Adam kernel (for Adam and AdamNormGrad), one pass over
-    # each parameter: the same update up to float rounding (tests/test_optim.py), 7x less optimizer
-    # time on a CPU (evcf bench); off = the elementwise form of the reference codes
+    # ours: the optimizer step as torch's fused Adam kernel (for Adam and AdamNormGrad): one pass over
+    # each parameter instead of a chain of elementwise operations, the same update up to float
+    # rounding (tests/test_optim.py); off = the elementwise form of the reference codes
     fused_optimizer: bool = True
     # ours: torch.compile of the model's loss (forward and backward; one graph, static shapes thanks
-    # to the padded click lists).  Opt-in until measured on a GPU; recorded in metrics.json
+    # to the padded click lists).  Off by default; recorded in metrics.json
     compile: bool = False
     tf32: bool = False  # ours: CUDA float32 matmuls in TF32 (faster, ~1e-3 relative error); no effect on CPU
     # ours: torch.use_deterministic_algorithms(True), and CUBLAS_WORKSPACE_CONFIG=:4096:8 on CUDA
@@ -242,10 +242,7 @@ def _set_rng_state(gen: torch.Generator, state: dict, device: torch.device) -> N
     torch.set_rng_state(state["torch"])
     gen.set_state(state["shuffle"])
     if device.type == "cuda" and "cuda" in state:
-        cuda = state["cuda"]
-        if isinstance(cuda, (list, tuple)):  # written by evcf <= 0.x: every visible GPU's state
-            cuda = cuda[device.index if device.index is not None else 0]
-        torch.cuda.set_rng_state(cuda, device)
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def beta_at(cfg: TrainConfig, epoch: int, update_count: int) -> float:

@@ -59,12 +59,3 @@ def test_a_cuda_run_saves_and_restores_its_own_device_only(fake_cuda):
     training._set_rng_state(gen, state, torch.device("cuda:0"))  # resumed where the run's GPU is cuda:0
     assert fake_cuda.calls == [("get", torch.device("cuda:1")), ("set", torch.device("cuda:0"), 2)]
 
-
-def test_an_older_checkpoint_with_every_gpus_state_resumes_on_fewer_gpus(fake_cuda):
-    """Older checkpoints saved get_rng_state_all() (one state per visible GPU): the run's own is used."""
-    gen = torch.Generator()
-    state = {"torch": torch.get_rng_state(), "shuffle": gen.get_state(),
-             "cuda": [torch.tensor([7], dtype=torch.uint8), torch.tensor([8], dtype=torch.uint8)]}
-    training._set_rng_state(gen, state, torch.device("cuda"))
-    training._set_rng_state(gen, state, torch.device("cuda:1"))
-    assert fake_cuda.calls == [("set", torch.device("cuda"), 7), ("set", torch.device("cuda:1"), 8)]
