@@ -210,7 +210,7 @@ def check_fingerprint(split: Split, expected: dict, *, source: str) -> None:
         "validation_te_sha256": lambda: rows_sha256(split.validation_te),
         "test_te_sha256": lambda: rows_sha256(split.test_te),
     }
-    assert set(actual) == set(FINGERPRINT_KEYS)  # the schema (evcf/config.py) reads that list
+    assert set(actual) == set(FINGERPRINT_KEYS)  # the schema (evcf/config/schema.py) reads that list
     unknown = set(expected) - set(actual)
     if unknown:
         raise EvcfError(

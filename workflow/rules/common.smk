@@ -39,7 +39,7 @@ def _read_configfiles(revision=None):
 # every value typed and valid, every run and grid point buildable.  Values typed with --config are
 # read as YAML (numbers arrive as numbers), win over every layer of the file, and errors in them
 # name the command line.  A setting changed in params.yaml since the last commit (`dvc exp run -S`
-# writes there) that a more specific layer or a grid would override is refused (evcf/config.py).
+# writes there) that a more specific layer or a grid would override is refused (evcf/config/overrides.py).
 try:
     for _configfile in workflow.configfiles:
         check_plain_yaml(_configfile)
