@@ -37,6 +37,9 @@ class Popularity(SelfFittingModel):
     """Score every item by its number of training users, the same ranking for every user."""
 
     name: ClassVar[str] = "popularity"
+    label: ClassVar[str] = "Popularity"
+    section: ClassVar[str] = "extra"
+    colour: ClassVar[str] = "#7f7f7f"
 
     @dataclass(frozen=True)
     class Config:
@@ -87,6 +90,9 @@ class EASE(SelfFittingModel):
     """
 
     name: ClassVar[str] = "ease"
+    label: ClassVar[str] = "EASE"
+    section: ClassVar[str] = "extra"
+    colour: ClassVar[str] = "#393b79"
     uses_gpu: ClassVar[bool] = True  # its I x I solve runs on the GPU when it fits there
 
     @dataclass(frozen=True)

@@ -154,6 +154,9 @@ class CDAE(SelfFittingModel):
     """CDAE with its own mini-batch loop: one fit per weight decay, the best epoch of each kept."""
 
     name: ClassVar[str] = "cdae"
+    label: ClassVar[str] = "CDAE"
+    section: ClassVar[str] = "paper"
+    colour: ClassVar[str] = "#17becf"
     seeded: ClassVar[bool] = True  # initialisation, order, corruption and negatives use the seed
     uses_gpu: ClassVar[bool] = True  # gradient steps over dense (B, I) batches
     selects_epochs: ClassVar[bool] = True  # the training loop passes the validation users to fit()

@@ -46,6 +46,9 @@ class MultDAE(VAEModel):
     """Liang's Mult-DAE: L2-normalise, dropout, I → H (tanh) → I logits; loss = NLL + λ Σ‖W‖²."""
 
     name: ClassVar[str] = "mult-dae"
+    label: ClassVar[str] = "Mult-DAE"
+    section: ClassVar[str] = "paper"
+    colour: ClassVar[str] = "#1f77b4"
 
     @dataclass(frozen=True)
     class Config:
@@ -114,6 +117,9 @@ class MultVAE(VAEModel):
     """
 
     name: ClassVar[str] = "mult-vae"
+    label: ClassVar[str] = "Mult-VAE"
+    section: ClassVar[str] = "paper"
+    colour: ClassVar[str] = "#ff7f0e"
     gated: ClassVar[bool] = False  # hidden layers: tanh(Wx+b) or the GLU (Wx+b)⊗σ(Vx+c)
 
     @dataclass(frozen=True)
@@ -205,6 +211,9 @@ class GatedMultVAE(MultVAE):
     """
 
     name: ClassVar[str] = "mult-vae-gated"
+    label: ClassVar[str] = "Mult-VAE (Gated)"
+    section: ClassVar[str] = "paper"
+    colour: ClassVar[str] = "#2ca02c"
     gated: ClassVar[bool] = True
 
     @dataclass(frozen=True)
@@ -237,5 +246,8 @@ class EvcfMultVAE(GatedMultVAE):
     """
 
     name: ClassVar[str] = "mult-vae-evcf"
+    label: ClassVar[str] = "Mult-VAE (EVCF recipe)"
+    section: ClassVar[str] = "extra"
+    colour: ClassVar[str] = "#66a61e"
     gated: ClassVar[bool] = False
 

@@ -135,6 +135,9 @@ class RecVAE(VAEModel):
     alternating encoder and decoder passes (see the module docstring for the sources)."""
 
     name: ClassVar[str] = "recvae"
+    label: ClassVar[str] = "RecVAE"
+    section: ClassVar[str] = "extra"
+    colour: ClassVar[str] = "#637939"
     uses_beta: ClassVar[bool] = False  # the KL weight is γ·|x|, not the loop's β schedule
 
     @dataclass(frozen=True)

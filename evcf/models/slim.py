@@ -166,6 +166,9 @@ class SLIM(SelfFittingModel):
     """Ning & Karypis's SLIM; scores = x · W with W sparse, non-negative, zero diagonal."""
 
     name: ClassVar[str] = "slim"
+    label: ClassVar[str] = "SLIM"
+    section: ClassVar[str] = "paper"
+    colour: ClassVar[str] = "#bcbd22"
     seeded: ClassVar[bool] = False  # cyclic coordinate descent from zero: no randomness
 
     @dataclass(frozen=True)

@@ -143,6 +143,9 @@ class Vamp(MultVAE):
     """
 
     name: ClassVar[str] = "vamp"
+    label: ClassVar[str] = "Vamp"
+    section: ClassVar[str] = "paper"
+    colour: ClassVar[str] = "#d62728"
     gated: ClassVar[bool] = False
 
     @dataclass(frozen=True)
@@ -233,6 +236,9 @@ class HVamp(VAEModel):
     """
 
     name: ClassVar[str] = "hvamp"
+    label: ClassVar[str] = "H+Vamp"
+    section: ClassVar[str] = "paper"
+    colour: ClassVar[str] = "#9467bd"
     gated: ClassVar[bool] = False
 
     @dataclass(frozen=True)
@@ -356,5 +362,8 @@ class GatedHVamp(HVamp):
     built without ``gated``)."""
 
     name: ClassVar[str] = "hvamp-gated"
+    label: ClassVar[str] = "H+Vamp (Gated)"
+    section: ClassVar[str] = "paper"
+    colour: ClassVar[str] = "#e377c2"
     gated: ClassVar[bool] = True
     Config = HVamp.Config

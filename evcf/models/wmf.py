@@ -101,6 +101,9 @@ class WMF(SelfFittingModel):
     """Hu et al.'s WMF trained by ``implicit``'s ALS; held-out users folded in exactly in ``score``."""
 
     name: ClassVar[str] = "wmf"
+    label: ClassVar[str] = "WMF"
+    section: ClassVar[str] = "paper"
+    colour: ClassVar[str] = "#8c564b"
     seeded: ClassVar[bool] = True  # the ALS starts from random factors drawn from the seed
     # implicit's PyPI wheels have no CUDA: the pipeline runs WMF on CPUs.  With a CUDA build of
     # implicit, `evcf train --device cuda` fits on the GPU (``fit``).
