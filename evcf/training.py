@@ -28,9 +28,11 @@ import signal
 import threading
 import time
 import weakref
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
