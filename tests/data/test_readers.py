@@ -137,7 +137,7 @@ def test_netflix_layouts_agree(tmp_path, stars):
 
 def test_netflix_many_movies_across_parser_chunks(tmp_path, monkeypatch):
     """Movie ids must carry across the parser's chunks and the per-movie batches."""
-    import evcf.data.readers as readers
+    import evcf.data.readers.netflix as readers
 
     monkeypatch.setattr(readers, "_NETFLIX_CHUNK_ROWS", 7)
     monkeypatch.setattr(readers, "_NETFLIX_BATCH_BYTES", 300)
