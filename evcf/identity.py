@@ -117,8 +117,9 @@ def code_modules(model: str | None = None) -> tuple[tuple[str, ...], tuple[str, 
     return tuple(sorted(seen)), tuple(sorted(packages))
 
 
-# class attributes that say how a model's row is shown (evcf/report), not what it computes
-PRESENTATION = ("label", "section", "colour")
+# class attributes that say how a model's row is shown (evcf/report), not what it computes: its label,
+# its section of the table, its colour in the plots and its place (row) within the section
+PRESENTATION = ("label", "section", "colour", "row")
 
 
 class _WithoutOwnImports(ast.NodeTransformer):

@@ -66,8 +66,10 @@ def test_moving_code_between_the_runs_modules_changes_no_code_hash(package):
 
 
 def test_how_a_row_is_shown_is_not_what_it_computes():
-    model = 'class M:\n    """doc"""\n    label = "M"\n    colour = "#123456"\n\n    def f(self):\n        return 1\n'
+    model = ('class M:\n    """doc"""\n    label = "M"\n    colour = "#123456"\n    row: int = 3\n\n'
+             '    def f(self):\n        return 1\n')
     assert identity.content_hash([model]) == identity.content_hash([model.replace("#123456", "#654321")])
+    assert identity.content_hash([model]) == identity.content_hash([model.replace("row: int = 3", "row: int = 4")])
     assert identity.content_hash([model]) != identity.content_hash([model.replace("return 1", "return 2")])
     assert identity.content_hash([model]) != identity.content_hash([model.replace("label", "scale")])
 

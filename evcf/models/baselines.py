@@ -40,6 +40,7 @@ class Popularity(SelfFittingModel):
     label: ClassVar[str] = "Popularity"
     section: ClassVar[str] = "extra"
     colour: ClassVar[str] = "#7f7f7f"
+    row: ClassVar[int] = 2
 
     @dataclass(frozen=True)
     class Config:
@@ -93,6 +94,7 @@ class EASE(SelfFittingModel):
     label: ClassVar[str] = "EASE"
     section: ClassVar[str] = "extra"
     colour: ClassVar[str] = "#393b79"
+    row: ClassVar[int] = 3
     uses_gpu: ClassVar[bool] = True  # its I x I solve runs on the GPU when it fits there
 
     @dataclass(frozen=True)

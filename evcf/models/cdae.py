@@ -157,6 +157,7 @@ class CDAE(SelfFittingModel):
     label: ClassVar[str] = "CDAE"
     section: ClassVar[str] = "paper"
     colour: ClassVar[str] = "#17becf"
+    row: ClassVar[int] = 3
     seeded: ClassVar[bool] = True  # initialisation, order, corruption and negatives use the seed
     uses_gpu: ClassVar[bool] = True  # gradient steps over dense (B, I) batches
     selects_epochs: ClassVar[bool] = True  # the training loop passes the validation users to fit()

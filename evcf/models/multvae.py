@@ -49,6 +49,7 @@ class MultDAE(VAEModel):
     label: ClassVar[str] = "Mult-DAE"
     section: ClassVar[str] = "paper"
     colour: ClassVar[str] = "#1f77b4"
+    row: ClassVar[int] = 4
 
     @dataclass(frozen=True)
     class Config:
@@ -120,6 +121,7 @@ class MultVAE(VAEModel):
     label: ClassVar[str] = "Mult-VAE"
     section: ClassVar[str] = "paper"
     colour: ClassVar[str] = "#ff7f0e"
+    row: ClassVar[int] = 5
     gated: ClassVar[bool] = False  # hidden layers: tanh(Wx+b) or the GLU (Wx+b)⊗σ(Vx+c)
 
     @dataclass(frozen=True)
@@ -214,6 +216,7 @@ class GatedMultVAE(MultVAE):
     label: ClassVar[str] = "Mult-VAE (Gated)"
     section: ClassVar[str] = "paper"
     colour: ClassVar[str] = "#2ca02c"
+    row: ClassVar[int] = 6
     gated: ClassVar[bool] = True
 
     @dataclass(frozen=True)
@@ -249,5 +252,6 @@ class EvcfMultVAE(GatedMultVAE):
     label: ClassVar[str] = "Mult-VAE (EVCF recipe)"
     section: ClassVar[str] = "extra"
     colour: ClassVar[str] = "#66a61e"
+    row: ClassVar[int] = 1
     gated: ClassVar[bool] = False
 

@@ -138,6 +138,7 @@ class RecVAE(VAEModel):
     label: ClassVar[str] = "RecVAE"
     section: ClassVar[str] = "extra"
     colour: ClassVar[str] = "#637939"
+    row: ClassVar[int] = 4
     uses_beta: ClassVar[bool] = False  # the KL weight is γ·|x|, not the loop's β schedule
 
     @dataclass(frozen=True)

@@ -169,6 +169,7 @@ class SLIM(SelfFittingModel):
     label: ClassVar[str] = "SLIM"
     section: ClassVar[str] = "paper"
     colour: ClassVar[str] = "#bcbd22"
+    row: ClassVar[int] = 2
     seeded: ClassVar[bool] = False  # cyclic coordinate descent from zero: no randomness
 
     @dataclass(frozen=True)

@@ -146,6 +146,7 @@ class Vamp(MultVAE):
     label: ClassVar[str] = "Vamp"
     section: ClassVar[str] = "paper"
     colour: ClassVar[str] = "#d62728"
+    row: ClassVar[int] = 7
     gated: ClassVar[bool] = False
 
     @dataclass(frozen=True)
@@ -239,6 +240,7 @@ class HVamp(VAEModel):
     label: ClassVar[str] = "H+Vamp"
     section: ClassVar[str] = "paper"
     colour: ClassVar[str] = "#9467bd"
+    row: ClassVar[int] = 8
     gated: ClassVar[bool] = False
 
     @dataclass(frozen=True)
@@ -365,5 +367,6 @@ class GatedHVamp(HVamp):
     label: ClassVar[str] = "H+Vamp (Gated)"
     section: ClassVar[str] = "paper"
     colour: ClassVar[str] = "#e377c2"
+    row: ClassVar[int] = 9
     gated: ClassVar[bool] = True
     Config = HVamp.Config

@@ -104,6 +104,7 @@ class WMF(SelfFittingModel):
     label: ClassVar[str] = "WMF"
     section: ClassVar[str] = "paper"
     colour: ClassVar[str] = "#8c564b"
+    row: ClassVar[int] = 1
     seeded: ClassVar[bool] = True  # the ALS starts from random factors drawn from the seed
     # implicit's PyPI wheels have no CUDA: the pipeline runs WMF on CPUs.  With a CUDA build of
     # implicit, `evcf train --device cuda` fits on the GPU (``fit``).
