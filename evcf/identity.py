@@ -19,12 +19,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["SPLIT_FILES", "SELF_FITTING_TRAIN", "code_hash", "content_hash", "code_modules", "libraries", "split_fingerprint", "matrices_fingerprint",
+from .data import SPLIT_FILES
+
+__all__ = ["SELF_FITTING_TRAIN", "code_hash", "content_hash", "code_modules", "libraries", "split_fingerprint", "matrices_fingerprint",
            "environment", "run_identity", "identity_diff"]
 
-# the processed files a run reads (stats.json holds the sizes the loader uses)
-SPLIT_FILES = ("train.csv", "validation_tr.csv", "validation_te.csv", "test_tr.csv", "test_te.csv",
-               "unique_sid.txt", "stats.json")
 # the training settings a self-fitting model (WMF, SLIM, CDAE, EASE, popularity) reads: its fit has its
 # own settings under `model`; the VAE loop's (epochs, lr, β...) never reach it (evcf/training.py:
 # _fit_self_fitting, numerics), so they are neither in its identity nor in its rule's params
@@ -207,7 +206,7 @@ def libraries(model: str | None = None) -> dict[str, str]:
 
 
 def split_fingerprint(processed: Path | str) -> str:
-    """sha256 over the files of a processed split (name and bytes of each of :data:`SPLIT_FILES`)."""
+    """sha256 over the files of a processed split (name and bytes of each of :data:`evcf.data.SPLIT_FILES`)."""
     processed = Path(processed)
     digest = hashlib.sha256()
     for name in SPLIT_FILES:

@@ -33,11 +33,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import EvcfError
+from . import SPLIT_FILES
 
 __all__ = [
     "FINGERPRINT_KEYS",
     "SPLIT_SEED",
     "SPLIT_FILES",
+    "SPLIT_OUTPUTS",
     "Split",
     "binarize_filter",
     "split_users",
@@ -51,7 +53,9 @@ log = logging.getLogger(__name__)
 SPLIT_SEED = 98765  # the reference's seed, for the user permutation and for each fold-in split
 HELDOUT_FRACTION = 0.2  # share of a held-out user's rows to predict
 MIN_ROWS_TO_HOLD_OUT = 5  # users with fewer rows keep them all as fold-in
-SPLIT_FILES = ("train.csv", "validation_tr.csv", "validation_te.csv", "test_tr.csv", "test_te.csv")
+# the files write_split writes: the processed split a run reads (SPLIT_FILES, evcf/data/__init__.py) and the
+# raw user ids in permuted order (uid = position), which no run reads
+SPLIT_OUTPUTS = (*SPLIT_FILES, "unique_uid.txt")
 
 
 @dataclass
@@ -245,6 +249,7 @@ def write_split(split: Split, out_dir: Path) -> dict:
         (tmp / "unique_uid.txt").write_text("".join(f"{u}\n" for u in split.unique_uid))
         summary = stats(split)
         (tmp / "stats.json").write_text(json.dumps(summary, indent=2) + "\n")
+        assert sorted(p.name for p in tmp.iterdir()) == sorted(SPLIT_OUTPUTS)  # the one list names every file
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             if old.exists():

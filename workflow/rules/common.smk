@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from evcf.config import check_plain_yaml, raw_path, run_settings, settings_sources, synthetic_spec, tune_points, validate
+from evcf.data.split import SPLIT_OUTPUTS  # the split rule's outputs; the training rules' inputs
 from evcf.tuning import halving_settings, rung_slots, tuning_mode
 from evcf.errors import EvcfError
 from evcf.identity import code_hash
@@ -131,18 +132,6 @@ def get_collect_runs(wildcards):
 def all_run_outputs():
     """The row files of the selection (each depends on its runs)."""
     return [f"results/{d}/{m}.json" for d in DATASETS for m in MODELS]
-
-
-SPLIT_OUTPUTS = [
-    "train.csv",
-    "validation_tr.csv",
-    "validation_te.csv",
-    "test_tr.csv",
-    "test_te.csv",
-    "unique_sid.txt",
-    "unique_uid.txt",
-    "stats.json",
-]
 
 
 def get_raw_input(wildcards):
