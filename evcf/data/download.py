@@ -1,9 +1,9 @@
 """Download a raw dataset archive once, verify it, and never leave a partial file behind.
 
 ``fetch_archive`` reuses a file that is already at ``dest`` when its checksum matches (it never deletes
-or changes a file the user already had).  A new download streams into ``<dest>.part-<random>`` in the same
-directory and is renamed onto ``dest`` only after the byte count and the checksum check out; on any
-failure the temporary file is removed.  A checksum is required: params.yaml pins each archive's MD5 (as
+or changes a file the user already had).  A new download streams into ``<dest>.tmp`` in the same
+directory (:func:`evcf.io.write_with`, evcf's one atomic writer) and is renamed onto ``dest`` only after
+the byte count and the checksum check out; on any failure the temporary file is removed.  A checksum is required: params.yaml pins each archive's MD5 (as
 its publisher gives it), and nothing unverified is ever used, unless params.yaml says so in words
 (``unverified: true`` for that dataset).  :func:`verify_file` checks a raw file in place (the split step
 calls it before reading the file, so that an archive put there by hand is checked too).
@@ -14,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-import os
 import re
-import secrets
 import sys
 import urllib.error
 import urllib.request
@@ -27,6 +25,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import EvcfError
+from ..io import write_with
 
 __all__ = ["fetch_archive", "file_md5", "file_sha256", "verify_file"]
 
@@ -175,23 +174,23 @@ class _Failed(Exception):
 
 
 def _download(url: str, dest: Path, expected: _Expected, *, progress: bool, timeout: float) -> None:
-    tmp = dest.with_name(f"{dest.name}.part-{secrets.token_hex(4)}")
     fix = (f"check the network connection and the URL, then run again; or download {url} by hand and place "
            f"it at {dest}: it is checked against the pinned checksum before it is used")
     log.info("downloading %s to %s", url, dest)
-    try:
-        try:
-            md5, sha256 = _stream_to(url, tmp, expected, progress=progress, timeout=timeout, label=dest.name)
-            problem = expected.mismatch(md5, sha256)
-            if problem:
-                raise _Failed(f"the downloaded file's {problem}")
-            os.replace(tmp, dest)
-        except _Failed as exc:
-            raise EvcfError(f"download of {url} failed: {exc}", path=dest, fix=fix) from None
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            raise EvcfError(f"download of {url} failed: {_reason(exc)}", path=dest, fix=fix) from None
-    finally:  # also on KeyboardInterrupt, which propagates unchanged
-        tmp.unlink(missing_ok=True)
+
+    def fetch(tmp: Path) -> None:
+        """The body into ``tmp``, checked: a mismatch raises, and write_with removes ``tmp``."""
+        md5, sha256 = _stream_to(url, tmp, expected, progress=progress, timeout=timeout, label=dest.name)
+        problem = expected.mismatch(md5, sha256)
+        if problem:
+            raise _Failed(f"the downloaded file's {problem}")
+
+    try:  # the temporary file goes also on KeyboardInterrupt, which propagates unchanged
+        write_with(dest, fetch)
+    except _Failed as exc:
+        raise EvcfError(f"download of {url} failed: {exc}", path=dest, fix=fix) from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise EvcfError(f"download of {url} failed: {_reason(exc)}", path=dest, fix=fix) from None
     log.info("downloaded %s (%s bytes)", dest, f"{dest.stat().st_size:,}")
 
 
@@ -203,7 +202,7 @@ def _stream_to(url: str, tmp: Path, expected: _Expected, *, progress: bool, time
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         received = 0
-        with open(tmp, "xb") as out, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+        with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
                                           disable=not progress, leave=False) as bar:
             while chunk := response.read(_CHUNK):
                 out.write(chunk)

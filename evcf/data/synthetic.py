@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..io import write_with
+
 __all__ = ["SyntheticSpec", "generate_ratings", "write_ratings"]
 
 
@@ -99,9 +101,4 @@ def generate_ratings(spec: SyntheticSpec) -> pd.DataFrame:
 
 def write_ratings(frame: pd.DataFrame, path: Path) -> Path:
     """Write ``user,item,rating`` CSV atomically (the ``csv`` raw format)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    frame.to_csv(tmp, index=False, float_format="%g")
-    tmp.replace(path)
-    return path
+    return write_with(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%g"))
