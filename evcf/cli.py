@@ -187,53 +187,6 @@ def cmd_tune_summary(args: argparse.Namespace) -> None:
              + (f" on {winner['dataset']}" if args.borrow else "") + ")")
 
 
-def cmd_tune_replay(args: argparse.Namespace) -> None:
-    """What ``tuning: halving`` would have picked from finished full searches, without training."""
-    from .io import write_json
-    from .tuning import Halving, replay_search
-
-    halvings = []
-    for text in args.halving:
-        eta, _, rungs = text.partition(":")
-        if not (eta.isdigit() and rungs.isdigit() and int(eta) >= 2 and int(rungs) >= 1):
-            raise EvcfError(f"--halving {text!r} is not ETA:RUNGS with ETA >= 2 and RUNGS >= 1",
-                            fix="e.g. --halving 3:3 6:2")
-        halvings.append(Halving(eta=int(eta), rungs=int(rungs)))
-    reports = []
-    for folder in args.tune_dirs:
-        folder = Path(folder)
-        runs = Path(args.runs) if args.runs else None
-        if runs is None and folder.parent.parent.name == "tune":  # results/tune/<d>/<m> -> results/<d>/<m>
-            runs = folder.parent.parent.parent / folder.parent.name / folder.name
-        reports.append(replay_search(folder, halvings, runs))
-    print(format_replay(reports))
-    if args.out:
-        write_json(Path(args.out), {"command": " ".join(["evcf", *sys.argv[1:]]), "searches": reports})
-        print(f"ok: {args.out}")
-
-
-def format_replay(reports: list[dict]) -> str:
-    """One line per (search, halving setting), as a GitHub table (evcf plan's format)."""
-    from tabulate import tabulate
-
-    def num(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
-    headers = ["search", "points", "full: winner", "val NDCG@100", "seeds: sd (range), n", "halving", "winner",
-               "val NDCG@100", "difference", "epochs (of the full grid's)"]
-    table = []
-    for r in reports:
-        for h in r["replays"]:
-            verdict = {None: "no seeds", True: "within the seeds' range",
-                       False: "outside the seeds' range"}[h["within_seed_spread"]]
-            table.append([r["folder"], r["points"], f"point {r['full_winner']}", num(r["validation_ndcg@100"]),
-                          f"{num(r['seeds_sd'])} ({num(r['seeds_range'])}), {len(r['seeds'])}",
-                          f"{h['eta']}:{h['rungs']}", f"point {h['winner']}", num(h["validation_ndcg@100"]),
-                          f"{h['difference']:+.4f}: {verdict}",
-                          f"{h['epochs']} of {r['full_epochs']} ({h['epochs'] / r['full_epochs']:.0%})"])
-    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
-
-
 def cmd_collect(args: argparse.Namespace) -> None:
     """One file per (dataset, model): its runs' metrics and identities, and their mean."""
     from .evaluate import METRICS
@@ -266,21 +219,6 @@ def cmd_report(args: argparse.Namespace) -> None:
                           benchmarks_dir=Path(args.benchmarks) if args.benchmarks else None,
                           tolerance=args.tolerance)
     print(f"ok: wrote {len(written)} files under {args.out}")
-
-
-def cmd_plan(args: argparse.Namespace) -> None:
-    """Jobs, epochs, hours and disk of the selection, before anything runs (evcf/plan.py)."""
-    from .plan import bench_figures, format_plan, load_config, make_plan
-
-    config = load_config(Path(args.params), args.config)
-    device = args.device or config.get("device", "auto")
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = device.split(":")[0]
-    rows = make_plan(config, device=device, figures=bench_figures(Path(args.bench)))
-    _say(format_plan(config, rows, device=device, params=args.params, figures_dir=args.bench))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,25 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="results/tune/<dataset>/<model>: summary.csv, winner.json")
     p.set_defaults(func=cmd_tune_summary)
 
-    p = sub.add_parser("tune-replay", help="what tuning: halving would pick from finished full searches (no training)")
-    p.add_argument("tune_dirs", nargs="+", metavar="TUNE_DIR",
-                   help="a full search's folder, results/tune/<dataset>/<model> (its point-<i>/ and winner.json)")
-    p.add_argument("--halving", nargs="+", default=["3:3"], metavar="ETA:RUNGS",
-                   help="the halving settings to replay (default 3:3, params.yaml's halving default)")
-    p.add_argument("--runs", default=None, help="the Table 1 runs of the full winner (seed-*/metrics.json) for the "
-                   "seed spread (default: results/<dataset>/<model> beside results/tune)")
-    p.add_argument("--out", default=None, help="also write the replays as JSON")
-    p.set_defaults(func=cmd_tune_replay)
-
-    p = sub.add_parser("plan", help="jobs, epochs, hours and disk of the selection in params.yaml, before running it")
-    p.add_argument("--params", default="params.yaml", help="the configuration file (default: params.yaml here)")
-    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides as Snakemake's --config takes them, e.g. tuning=halving 'datasets=[ml-20m]'")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                   help="the device to cost (default: params.yaml's device; auto = CUDA when present)")
-    p.add_argument("--bench", default="results/bench", help="the folder of evcf bench JSON figures")
-    p.set_defaults(func=cmd_plan)
-
     p = sub.add_parser("collect", help="gather the runs of one (dataset, model) into one row file")
     p.add_argument("--runs", nargs="+", required=True, help="run folders of that row (one per seed)")
     p.add_argument("--out", required=True, help="results/<dataset>/<model>.json")
@@ -402,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     from .bench import add_parser as add_bench_parser
+    from .plan.cli import add_parser as add_plan_parser  # evcf plan (evcf/plan/)
+    from .replay import add_parser as add_replay_parser  # evcf tune-replay (evcf/replay.py)
+
+    add_plan_parser(sub)
+    add_replay_parser(sub)
 
     add_bench_parser(sub)
     from .status import add_parser as add_status_parser  # evcf status (evcf/status.py)

@@ -20,7 +20,7 @@ seeded synthetic training matrix of the dataset's shape (:mod:`evcf.data.shapes`
   "× floor" means the same on any machine, and on a machine whose speed drifts during the bench
   each model is divided by the rate of its own window;
 * beside it, the memory-traffic floor: the bytes that one step's operations read and write
-  (:func:`~evcf.bench.vae.step_traffic`, unfused) times the steps of an epoch, divided by the
+  (:func:`~evcf.bench.traffic.step_traffic`, unfused) times the steps of an epoch, divided by the
   machine's copy rate (:func:`~evcf.bench.timer.copy_rate`), and which of the two bounds the step;
 * the time to evaluate ``--eval-users`` held-out users, and the peak resident memory of each phase.
 
@@ -68,6 +68,7 @@ another's private names:
 * :mod:`~evcf.bench.timer`: the GEMM rate, the spread of timed steps, peak memory, the machine;
 * :mod:`~evcf.bench.vae`: the VAE models' step (:func:`~evcf.bench.vae.step_flops`,
   :func:`~evcf.bench.vae.bench_vae`);
+* :mod:`~evcf.bench.traffic`: the bytes a step moves (:func:`~evcf.bench.traffic.step_traffic`);
 * :mod:`~evcf.bench.baselines`: WMF, SLIM, CDAE, popularity and EASE;
 * :mod:`~evcf.bench.preprocess`: ``evcf split``'s steps;
 * :mod:`~evcf.bench.run`: :func:`~evcf.bench.run.run_bench` and the recipes;

@@ -635,7 +635,7 @@ def test_step_traffic_charges_each_operations_reads_and_writes():
     writes a gradient; the optimizer reads it and reads and writes w in place.  At least the
     forward's 3 n floats and the update's 3 n; far below that is an undercount, and a step whose
     data is 10x larger moves about 10x more."""
-    from evcf.bench.vae import step_traffic
+    from evcf.bench.traffic import step_traffic
 
     class One(torch.nn.Module):
         def __init__(self, n: int):
@@ -660,7 +660,7 @@ def test_step_traffic_charges_each_operations_reads_and_writes():
 
 def test_an_indexing_operation_is_charged_the_rows_it_reaches():
     """An embedding_bag over 3 rows of a 10,000-row table moves those rows, not the table."""
-    from evcf.bench.vae import step_traffic
+    from evcf.bench.traffic import step_traffic
 
     class Bag(torch.nn.Module):
         def __init__(self):

@@ -1,0 +1,38 @@
+"""``evcf plan``: the command (registered on the ``evcf`` parser by :func:`add_parser`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "cmd_plan"]
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    """Jobs, epochs, hours and disk of the selection, before anything runs."""
+    from . import bench_figures, format_plan, load_config, make_plan
+
+    config = load_config(Path(args.params), args.config)
+    device = args.device or config.get("device", "auto")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device.split(":")[0]
+    rows = make_plan(config, device=device, figures=bench_figures(Path(args.bench)))
+    print(format_plan(config, rows, device=device, params=args.params, figures_dir=args.bench), flush=True)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``evcf plan`` on the CLI's subparsers."""
+    p = subparsers.add_parser("plan", help="jobs, epochs, hours and disk of the selection in params.yaml, "
+                              "before running it")
+    p.add_argument("--params", default="params.yaml", help="the configuration file (default: params.yaml here)")
+    p.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides as Snakemake's --config takes them, e.g. tuning=halving 'datasets=[ml-20m]'")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="the device to cost (default: params.yaml's device; auto = CUDA when present)")
+    p.add_argument("--bench", default="results/bench", help="the folder of evcf bench JSON figures")
+    p.set_defaults(func=cmd_plan)
+    return p
