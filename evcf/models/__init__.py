@@ -1,22 +1,35 @@
 """The model registry: names as they appear in params.yaml and result paths, mapped to classes.
 
+A model is a class in one of this package's files that derives from :class:`VAEModel` or
+:class:`SelfFittingModel` and sets ``name``.  The registry finds the models by reading the files'
+syntax (:func:`find_models`), without importing them: adding a model is adding its file
+(docs/extending.md).  From the same class body it reads how the model's row is shown (the
+presentation attributes of :data:`evcf.identity.PRESENTATION`): ``label``, ``section``, ``colour``
+and ``row`` (:class:`ModelEntry`), which the report uses.
+
 ``build_model(name, n_items, **hparams)`` checks the names and types of the hyperparameters against
 the model's frozen ``Config`` dataclass, then builds ``Model(n_items, Config(**hparams))``.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import math
 import typing
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from evcf.errors import EvcfError
 from evcf.models.base import SelfFittingModel, LossParts, VAEModel
 
 __all__ = [
     "MODEL_NAMES",
+    "SECTIONS",
+    "ModelEntry",
+    "find_models",
+    "model_entry",
     "build_model",
     "model_class",
     "model_config_fields",
@@ -38,37 +51,107 @@ __all__ = [
     "RecVAE",
 ]
 
-# name -> (module, class).  A model's module is imported when the model is first asked for
-# (model_class, build_model, or ``from evcf.models import MultVAE``), so that a run executes its own
-# model's file and not the others': the files its identity's code hash covers (evcf/identity.py).
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "mult-dae": ("multvae", "MultDAE"),
-    "mult-vae": ("multvae", "MultVAE"),
-    "mult-vae-gated": ("multvae", "GatedMultVAE"),
-    "mult-vae-evcf": ("multvae", "EvcfMultVAE"),
-    "vamp": ("vamp", "Vamp"),
-    "hvamp": ("vamp", "HVamp"),
-    "hvamp-gated": ("vamp", "GatedHVamp"),
-    "popularity": ("baselines", "Popularity"),
-    "ease": ("baselines", "EASE"),
-    "wmf": ("wmf", "WMF"),
-    "slim": ("slim", "SLIM"),
-    "cdae": ("cdae", "CDAE"),
-    "recvae": ("recvae", "RecVAE"),
-}
-_CLASS_MODULES = {cls: module for module, cls in _REGISTRY.values()}
+SECTIONS = ("paper", "extra")  # a row of Kim & Suh's Table 1; a row of ours beyond it
+_KINDS = {"VAEModel", "SelfFittingModel"}  # a model class derives from one of these
+_READ = ("name", "label", "section", "colour", "row")  # the class attributes the registry reads
 
-MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+class ModelEntry(NamedTuple):
+    """A model as its class body declares it, read without importing its module."""
+
+    name: str  # params.yaml's name, and the result folders'
+    module: str  # its file: evcf/models/<module>.py
+    cls: str  # its class
+    label: str  # its row label; the name when the class gives none
+    section: str  # one of SECTIONS; "other" when the class gives none
+    colour: str | None  # its colour in the plots; None: the report picks one
+    row: float  # its place within its section; inf when the class gives none
+
+
+def _literals(node: ast.ClassDef) -> dict[str, Any]:
+    """The :data:`_READ` attributes that ``node``'s body sets to a literal (``name = "x"`` or
+    ``name: ClassVar[str] = "x"``); an attribute set to anything else is left out."""
+    found = {}
+    for statement in node.body:
+        if isinstance(statement, ast.Assign):
+            targets = statement.targets
+        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            targets = [statement.target]
+        else:
+            continue
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id in _READ:
+                try:
+                    found[target.id] = ast.literal_eval(statement.value)
+                except ValueError:
+                    found.pop(target.id, None)
+    return found
+
+
+def _base_name(node: ast.expr) -> str:
+    """``VAEModel`` of ``class X(VAEModel)`` or ``class X(base.VAEModel)``; '' for anything else."""
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+
+
+def find_models(package: Path) -> dict[str, ModelEntry]:
+    """The models declared in ``package``'s files (not ``__init__.py``), by name, in table order:
+    the sections in the order of :data:`SECTIONS` ("other" last), by ``row`` within a section, then
+    by name.  Two classes with one name are an error."""
+    classes = []  # (module, class, its bases' names, its literals)
+    for path in sorted(package.glob("*.py")):
+        if path.name != "__init__.py":
+            for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
+                if isinstance(node, ast.ClassDef):
+                    classes.append((path.stem, node.name, [_base_name(b) for b in node.bases], _literals(node)))
+    bases = {}
+    for _, cls, names, _ in classes:
+        bases.setdefault(cls, set()).update(names)
+
+    def is_model(cls: str, seen: frozenset = frozenset()) -> bool:
+        return any(b in _KINDS or (b in bases and b not in seen and is_model(b, seen | {cls}))
+                   for b in bases.get(cls, ()))
+
+    entries: dict[str, ModelEntry] = {}
+    for module, cls, _, values in classes:
+        name = values.get("name")
+        if not isinstance(name, str) or not is_model(cls):
+            continue
+        if name in entries:
+            raise EvcfError(f"two model classes are named {name!r}: {entries[name].module}.{entries[name].cls} "
+                            f"and {module}.{cls}", path=package / f"{module}.py", fix="give each model its own name")
+        label, section, colour, row = (values.get(k) for k in ("label", "section", "colour", "row"))
+        entries[name] = ModelEntry(
+            name, module, cls, label if isinstance(label, str) else name,
+            section if section in SECTIONS else "other", colour if isinstance(colour, str) else None,
+            row if isinstance(row, (int, float)) and not isinstance(row, bool) else math.inf)
+
+    def place(entry: ModelEntry) -> tuple:
+        return (SECTIONS.index(entry.section) if entry.section in SECTIONS else len(SECTIONS), entry.row, entry.name)
+
+    return {entry.name: entry for entry in sorted(entries.values(), key=place)}
+
+
+# A model's module is imported when the model is first asked for (model_class, build_model, or
+# ``from evcf.models import MultVAE``), so that a run executes its own model's file and not the
+# others': the files its identity's code hash covers (evcf/identity.py).
+_MODELS = find_models(Path(__file__).resolve().parent)
+_CLASS_MODULES = {entry.cls: entry.module for entry in _MODELS.values()}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
+
+
+def model_entry(name: str) -> ModelEntry | None:
+    """What the class registered under ``name`` declares (:class:`ModelEntry`); None if none is."""
+    return _MODELS.get(name) if isinstance(name, str) else None
 
 
 def model_class(name: str) -> type:
     """The class registered under ``name``; :class:`EvcfError` listing the valid names otherwise."""
-    try:
-        module, cls = _REGISTRY[name]
-    except (KeyError, TypeError):
+    entry = model_entry(name)
+    if entry is None:
         raise EvcfError(f"unknown model {name!r}",
-                        fix=f"use one of {', '.join(MODEL_NAMES)}") from None
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+                        fix=f"use one of {', '.join(MODEL_NAMES)}")
+    return getattr(importlib.import_module(f"{__name__}.{entry.module}"), entry.cls)
 
 
 def __getattr__(attr: str) -> type:

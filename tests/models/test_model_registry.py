@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import math
 import re
+import subprocess
+import sys
 
 import pytest
 from torch import nn
@@ -11,11 +15,15 @@ from torch import nn
 from evcf.errors import EvcfError
 from evcf.models import (
     MODEL_NAMES,
+    SECTIONS,
+    ModelEntry,
     SelfFittingModel,
     VAEModel,
     build_model,
+    find_models,
     model_class,
     model_config_fields,
+    model_entry,
 )
 from evcf.models.layers import Dropout
 
@@ -27,6 +35,56 @@ def test_model_names_are_unique_lowercase_dash_and_match_their_classes():
         assert model_class(name).name == name
     assert {"mult-dae", "mult-vae", "popularity", "ease", "wmf", "slim", "cdae"} <= set(MODEL_NAMES)
 
+
+
+def test_every_model_says_how_its_row_is_shown_in_its_own_class_body():
+    """label, section, colour and row are literals of the class body: what the registry reads without
+    importing the module is what the class holds, and MODEL_NAMES is in the table's order."""
+    for name in MODEL_NAMES:
+        entry, cls = model_entry(name), model_class(name)
+        for attribute in ("label", "section", "colour", "row"):
+            assert attribute in vars(cls), f"{cls.__name__} gives no {attribute} of its own"
+        assert (entry.label, entry.section, entry.colour, entry.row) == (cls.label, cls.section, cls.colour, cls.row)
+        assert entry.section in SECTIONS and re.fullmatch(r"#[0-9a-f]{6}", entry.colour), name
+    for attribute in ("label", "colour"):
+        values = [getattr(model_entry(name), attribute) for name in MODEL_NAMES]
+        assert len(set(values)) == len(values), f"two models share a {attribute}"
+    places = [(SECTIONS.index(model_entry(n).section), model_entry(n).row) for n in MODEL_NAMES]
+    assert places == sorted(set(places))  # one place per row, in order
+    assert MODEL_NAMES[0] == "wmf" and model_entry("hvamp-gated").label == "H+Vamp (Gated)"
+    assert model_entry("no-such-model") is None
+
+
+def test_the_registry_finds_the_models_by_reading_their_files(tmp_path):
+    (tmp_path / "__init__.py").write_text('class Ignored(VAEModel):\n    name = "ignored"\n')
+    (tmp_path / "base.py").write_text("class VAEModel:\n    pass\n\n\nclass SelfFittingModel:\n    pass\n\n\n"
+                                      "@dataclass\nclass Phase:\n    name: str = 'all'\n")
+    (tmp_path / "toy.py").write_text(
+        "from . import base\n\n\n"
+        'class Toy(base.SelfFittingModel):\n    name = "toy"\n    label = "Toy"\n    section = "extra"\n'
+        '    colour = "#010203"\n    row = 2\n\n\n'
+        'class Toyer(Toy):  # a model through its parent\n    name: ClassVar[str] = "toyer"\n\n\n'
+        'class Helper:  # a name, but no model\n    name = "helper"\n\n\n'
+        'class First(VAEModel):\n    name = "first"\n    section = "paper"\n    row = 9\n    label = LABELS[0]\n')
+    found = find_models(tmp_path)
+    assert list(found) == ["first", "toy", "toyer"]  # paper, extra, other
+    assert found["toy"] == ModelEntry("toy", "toy", "Toy", "Toy", "extra", "#010203", 2)
+    # a class that declares nothing is shown by its name; a value that is not a literal is not read
+    assert found["toyer"] == ModelEntry("toyer", "toy", "Toyer", "toyer", "other", None, math.inf)
+    assert found["first"].label == "first"
+    (tmp_path / "again.py").write_text('from .toy import Toy\n\n\nclass Again(Toy):\n    name = "toy"\n')
+    with pytest.raises(EvcfError, match="two model classes are named 'toy'"):
+        find_models(tmp_path)
+
+
+def test_the_registry_imports_no_model_file():
+    """A run executes its own model's file only: the registry reads the others without importing them."""
+    code = ("import sys; from evcf.models import MODEL_NAMES, model_class; model_class('ease'); "
+            "print(sorted(m for m in sys.modules if m.startswith('evcf.models.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(ast.literal_eval(out))
+    model_files = {f"evcf.models.{model_entry(name).module}" for name in MODEL_NAMES}
+    assert loaded & model_files == {"evcf.models.baselines"}, loaded
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_class_honours_its_contract(name):
