@@ -19,8 +19,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from .data import SPLIT_FILES
-
 __all__ = ["SELF_FITTING_TRAIN", "code_hash", "content_hash", "code_modules", "libraries", "split_fingerprint", "matrices_fingerprint",
            "environment", "run_identity", "identity_diff"]
 
@@ -206,7 +204,9 @@ def libraries(model: str | None = None) -> dict[str, str]:
 
 
 def split_fingerprint(processed: Path | str) -> str:
-    """sha256 over the files of a processed split (name and bytes of each of :data:`evcf.data.SPLIT_FILES`)."""
+    """sha256 over the files of a processed split (name and bytes of each of :data:`evcf.data.split.SPLIT_FILES`)."""
+    from .data.split import SPLIT_FILES  # here, not at the top: it imports pandas, which evcf.config does not need
+
     processed = Path(processed)
     digest = hashlib.sha256()
     for name in SPLIT_FILES:

@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 
 from ..errors import EvcfError
-from . import SPLIT_FILES
 
 __all__ = [
     "FINGERPRINT_KEYS",
@@ -53,8 +52,12 @@ log = logging.getLogger(__name__)
 SPLIT_SEED = 98765  # the reference's seed, for the user permutation and for each fold-in split
 HELDOUT_FRACTION = 0.2  # share of a held-out user's rows to predict
 MIN_ROWS_TO_HOLD_OUT = 5  # users with fewer rows keep them all as fold-in
-# the files write_split writes: the processed split a run reads (SPLIT_FILES, evcf/data/__init__.py) and the
-# raw user ids in permuted order (uid = position), which no run reads
+# the one list of the processed split's files: those a run reads (stats.json holds the sizes the loader
+# uses), whose bytes are the split's fingerprint in a run's identity (evcf.identity.split_fingerprint) ...
+SPLIT_FILES = ("train.csv", "validation_tr.csv", "validation_te.csv", "test_tr.csv", "test_te.csv",
+               "unique_sid.txt", "stats.json")
+# ... and all that write_split writes: those and the raw user ids in permuted order (uid = position), which
+# no run reads (the outputs of the workflow's split rule)
 SPLIT_OUTPUTS = (*SPLIT_FILES, "unique_uid.txt")
 
 
