@@ -14,7 +14,7 @@ import evcf.training as training
 from conftest import write_synthetic_split
 from evcf.cli import main
 from evcf.data.sparse import load_split
-from evcf.training import TrainConfig, _warmed_up, run
+from evcf.training import TrainConfig, _warmed_up, loop, run, self_fitting
 
 # small grids: two settings each, so that the in-run search has something to choose
 SELF_FITTING = {
@@ -42,7 +42,8 @@ def test_self_fitting_models_select_their_setting_on_validation_users_only(proce
         calls.append("test" if heldout is data.test_te else "validation" if heldout is data.validation_te else "?")
         return real(score, fold_in, heldout, **kw)
 
-    monkeypatch.setattr(training, "evaluate", spy)
+    for module in (self_fitting, training):  # the search's validation, the run's test
+        monkeypatch.setattr(module, "evaluate", spy)
     metrics = run(data, dataset="toy", model_name=model, hparams=dict(SELF_FITTING[model]),
                   train={"eval_batch_size": 64}, seed=1, out_dir=tmp_path, device="cpu")
     assert calls == ["validation", "validation", "test"], calls
@@ -86,7 +87,7 @@ def test_a_vae_run_resumes_and_trains_only_the_epochs_left(processed, tmp_path, 
     """Mutation: _fit_vae ignores its checkpoint (a restart gives the same numbers on the CPU)."""
     hparams, train = {"hidden_size": 32, "latent_size": 8}, {"epochs": 5, "batch_size": 64,
                                                               "total_anneal_steps": 100, "checkpoint_minutes": 0}
-    real, epochs_trained = training.train_pass, []
+    real, epochs_trained = loop.train_pass, []
 
     def counting(*args, epoch, **kw):
         epochs_trained.append(epoch)
@@ -94,7 +95,7 @@ def test_a_vae_run_resumes_and_trains_only_the_epochs_left(processed, tmp_path, 
             raise RuntimeError("killed")  # the process dies during this epoch
         return real(*args, epoch=epoch, **kw)
 
-    monkeypatch.setattr(training, "train_pass", counting)
+    monkeypatch.setattr(loop, "train_pass", counting)
     stop_at = 3
     with pytest.raises(RuntimeError, match="killed"):
         run(load_split(processed), dataset="toy", model_name="mult-vae", hparams=hparams, train=train, seed=1,

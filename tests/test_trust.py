@@ -111,6 +111,7 @@ def test_selection_sees_only_validation_users_and_test_uses_the_best_epoch(tmp_p
     data_dir = make_split(tmp_path / "processed", seed=1)
     data = load_split(data_dir)
     import evcf.training
+    from evcf.training import loop
 
     seen = []
     real_evaluate = evcf.training.evaluate
@@ -119,7 +120,8 @@ def test_selection_sees_only_validation_users_and_test_uses_the_best_epoch(tmp_p
         seen.append(heldout.shape[0] and id(heldout))
         return real_evaluate(score, fold_in, heldout, **kw)
 
-    monkeypatch.setattr(evcf.training, "evaluate", spy)
+    for module in (loop, evcf.training):  # the epochs' validation, the run's test
+        monkeypatch.setattr(module, "evaluate", spy)
     # a learning rate that makes later epochs worse than an earlier one
     settings = {**FAST, "epochs": 10, "lr": 1.0}
     metrics = run(data, dataset="toy", model_name="mult-vae", hparams=dict(SMALL), train=settings, seed=3,

@@ -186,17 +186,17 @@ def test_device_csr_batches_equal_scipy_rows():
 
 
 def _count_saves(monkeypatch):
-    from evcf import training
+    from evcf.training import loop
 
     saved = []
-    real = training._atomic_torch_save
+    real = loop._atomic_torch_save
 
     def save(obj, path):
         if path.name == CHECKPOINT:
             saved.append(obj["epoch"])
         real(obj, path)
 
-    monkeypatch.setattr(training, "_atomic_torch_save", save)
+    monkeypatch.setattr(loop, "_atomic_torch_save", save)
     return saved
 
 
@@ -210,10 +210,10 @@ def test_checkpoints_every_n_minutes_and_after_the_last_epoch(processed, tmp_pat
 
 
 def test_the_checkpoint_interval_is_counted_in_minutes(processed, tmp_path, monkeypatch):
-    from evcf import training
+    from evcf.training import loop
 
     now = iter(range(0, 10_000, 240))  # every reading of the clock: 4 more minutes
-    monkeypatch.setattr(training, "_clock", lambda: next(now))
+    monkeypatch.setattr(loop, "_clock", lambda: next(now))
     saved = _count_saves(monkeypatch)
     _run(processed, tmp_path, train={**FAST, "checkpoint_minutes": 10})
     # read at the start (0), after epochs 1 (4 min), 2 (8), 3 (12: save, then 16), 4 (20 - 16 < 10); the end
@@ -266,16 +266,16 @@ def test_numerics_sets_tf32_and_deterministic_mode_on_cuda_and_restores_them(mon
 
 
 def test_deterministic_mode_is_on_while_training_and_recorded(processed, tmp_path, monkeypatch):
-    from evcf import training
+    from evcf.training import loop
 
     seen = []
-    real_epoch = training.train_pass
+    real_epoch = loop.train_pass
 
     def spy(*args, **kwargs):
         seen.append(torch.are_deterministic_algorithms_enabled())
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train_pass", spy)
+    monkeypatch.setattr(loop, "train_pass", spy)
     metrics = _run(processed, tmp_path, train={**FAST, "deterministic": True, "tf32": True})
     assert seen == [True] * 4 and not torch.are_deterministic_algorithms_enabled()
     assert (metrics["deterministic"], metrics["tf32"], metrics["precision"]) == (True, False, "fp32")  # CPU: no TF32
@@ -316,10 +316,10 @@ def test_no_gpu_given_means_auto_is_the_cpu(monkeypatch, visible):
 
 def test_early_stopping_counts_like_evcf(processed, tmp_path, monkeypatch):
     """EVCF stops when MORE than `patience` epochs in a row did not improve (`e > 50`), not at 50."""
-    import evcf.training
+    from evcf.training import loop
 
     scores = iter([0.5] + [0.1] * 20)  # epoch 1 is the best; nothing improves afterwards
-    real = evcf.training.evaluate
+    real = loop.evaluate
 
     def fake_validation(score, fold_in, heldout, **kw):
         result = real(score, fold_in, heldout, **kw)
@@ -327,7 +327,7 @@ def test_early_stopping_counts_like_evcf(processed, tmp_path, monkeypatch):
             result.per_user["ndcg@100"] = next(scores)
         return result
 
-    monkeypatch.setattr(evcf.training, "evaluate", fake_validation)
+    monkeypatch.setattr(loop, "evaluate", fake_validation)
     settings = {**FAST, "epochs": 20, "patience": 2, "beta_schedule": "none", "checkpoint_minutes": 0}
     metrics = _run(processed, tmp_path / "run", train=settings)
     # epoch 1 best, epochs 2, 3, 4 without improvement: 3 > 2 stops before epoch 5

@@ -39,7 +39,7 @@ from evcf.models import build_model
 from evcf.optim import make_optimizer
 from evcf.training import epoch_passes, make_optimizers, train_config, train_pass, train_epoch, train_step
 
-EVCF = Path(__file__).resolve().parents[1] / "evcf"
+EVCF = Path(__file__).resolve().parents[2] / "evcf"
 MODELS = EVCF / "models"
 N_ITEMS = 60
 SMALL = {  # every VAE model, small; the optimizer of the paper each comes from

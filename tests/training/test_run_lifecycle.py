@@ -1,5 +1,5 @@
 """A run's life: stopped at a budget and resumed, reused when it is the same run, interrupted by a
-signal and resumed, and what it leaves on disk (evcf/training.py run())."""
+signal and resumed, and what it leaves on disk (evcf.training.run)."""
 
 from __future__ import annotations
 
@@ -63,27 +63,27 @@ def test_budgets_resume_and_end_as_the_uninterrupted_run(processed, tmp_path):
 
 
 def test_a_budget_already_reached_is_answered_from_the_record(processed, tmp_path, monkeypatch):
-    from evcf import training
+    from evcf.training import loop
 
     _run(processed, tmp_path, stop_at=3)
-    monkeypatch.setattr(training, "train_pass", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(loop, "train_pass", lambda *a, **k: pytest.fail("trained again"))
     again = _run(processed, tmp_path, stop_at=2)  # an earlier budget: read from the history, not trained
     assert again["reused"] and [h["epoch"] for h in again["history"]] == [1, 2, 3]
 
 
 def test_the_same_run_is_reused_not_retrained(processed, tmp_path, monkeypatch):
-    from evcf import training
+    from evcf.training import loop
 
     point = _run(processed, tmp_path / "point")
-    real = training.train_pass
-    monkeypatch.setattr(training, "train_pass", lambda *a, **k: pytest.fail("trained again"))
+    real = loop.train_pass
+    monkeypatch.setattr(loop, "train_pass", lambda *a, **k: pytest.fail("trained again"))
     table = _run(processed, tmp_path / "table", reuse_from=tmp_path / "point")
     assert table["reused_from"] == str(tmp_path / "point") and _same({**table, "reused_from": None},
                                                                       {**point, "reused_from": None})
     for name in ("per_user.csv", "history.csv", WEIGHTS_FILE):
         assert (tmp_path / "table" / name).read_bytes() == (tmp_path / "point" / name).read_bytes()
     # another setting is another run: it trains
-    monkeypatch.setattr(training, "train_pass", real)
+    monkeypatch.setattr(loop, "train_pass", real)
     other = _run(processed, tmp_path / "other", train={**FAST, "lr": 0.01}, reuse_from=tmp_path / "point")
     assert "reused_from" not in other and other["epochs_run"] == 6
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evcf import training
+from evcf.training import folder
 
 
 class FakeCuda:
@@ -36,26 +36,26 @@ class FakeCuda:
 @pytest.fixture
 def fake_cuda(monkeypatch) -> FakeCuda:
     fake = FakeCuda()
-    monkeypatch.setattr(training.torch, "cuda", fake)
+    monkeypatch.setattr(folder.torch, "cuda", fake)
     return fake
 
 
 def test_a_cpu_run_never_touches_cuda(fake_cuda):
     gen = torch.Generator().manual_seed(3)
-    state = training._rng_state(gen, torch.device("cpu"))
+    state = folder._rng_state(gen, torch.device("cpu"))
     assert set(state) == {"torch", "shuffle"}
     expected = torch.rand(3, generator=gen), torch.rand(3)
-    training._set_rng_state(gen, state, torch.device("cpu"))
+    folder._set_rng_state(gen, state, torch.device("cpu"))
     assert torch.equal(torch.rand(3, generator=gen), expected[0]) and torch.equal(torch.rand(3), expected[1])
     # a checkpoint that holds a CUDA state (written on a GPU) resumes on the CPU without CUDA
-    training._set_rng_state(gen, {**state, "cuda": torch.tensor([9], dtype=torch.uint8)}, torch.device("cpu"))
+    folder._set_rng_state(gen, {**state, "cuda": torch.tensor([9], dtype=torch.uint8)}, torch.device("cpu"))
     assert fake_cuda.calls == []
 
 
 def test_a_cuda_run_saves_and_restores_its_own_device_only(fake_cuda):
     gen = torch.Generator().manual_seed(3)
-    state = training._rng_state(gen, torch.device("cuda:1"))
+    state = folder._rng_state(gen, torch.device("cuda:1"))
     assert torch.equal(state["cuda"], fake_cuda.states[1])
-    training._set_rng_state(gen, state, torch.device("cuda:0"))  # resumed where the run's GPU is cuda:0
+    folder._set_rng_state(gen, state, torch.device("cuda:0"))  # resumed where the run's GPU is cuda:0
     assert fake_cuda.calls == [("get", torch.device("cuda:1")), ("set", torch.device("cuda:0"), 2)]
 

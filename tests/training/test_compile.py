@@ -22,14 +22,14 @@ from evcf.data.shapes import synthetic_matrix
 from evcf.data.sparse import load_split
 from evcf.models import build_model
 from evcf.optim import make_optimizer
-from evcf.training import train_step
+from evcf.training import loop, train_step
 
 N_ITEMS = 60
 
 
 @pytest.fixture(autouse=True)
 def aot_eager(monkeypatch):
-    monkeypatch.setattr(training, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
@@ -71,8 +71,8 @@ def test_train_compile_is_applied_and_recorded_in_metrics_json(tmp_path, monkeyp
     processed = write_synthetic_split(tmp_path / "toy", 40, n_users=300, n_items=80, mean_items=15,
                                       n_topics=4, seed=5)
     calls = []
-    real = training.compiled_loss
-    monkeypatch.setattr(training, "compiled_loss", lambda model: calls.append(1) or real(model))
+    real = loop.compiled_loss
+    monkeypatch.setattr(loop, "compiled_loss", lambda model: calls.append(1) or real(model))
     train = {"epochs": 2, "batch_size": 64, "total_anneal_steps": 10, "checkpoint_minutes": 0}
     for compile in (False, True):
         metrics = training.run(load_split(processed), dataset="toy", model_name="mult-vae",
