@@ -2,12 +2,12 @@
 
 Two kinds of model exist:
 
-* :class:`VAEModel` subclasses (Mult-VAE, Mult-DAE, gated and VampPrior variants) are trained by
-  :func:`evcf.training.fit` with mini-batch gradient steps.  Each one has a frozen ``Config``
-  dataclass; ``build_model(name, n_items, **hparams)`` fills it from params.yaml.
-* :class:`SelfFittingModel` subclasses (popularity, EASE) are fitted in one shot on the training
-  matrix; the training loop tries each of ``candidates()`` and keeps the one with the best
-  validation NDCG@100.
+* :class:`VAEModel` subclasses (Mult-VAE, Mult-DAE, RecVAE, gated and VampPrior variants) are
+  trained by the VAE loop (:mod:`evcf.training.loop`) with mini-batch gradient steps.  Each one has
+  a frozen ``Config`` dataclass; ``build_model(name, n_items, **hparams)`` fills it from params.yaml.
+* :class:`SelfFittingModel` subclasses (popularity, EASE, WMF, SLIM, CDAE) fit themselves on the
+  training matrix, each with its own procedure; the in-run search (:mod:`evcf.training.self_fitting`)
+  tries each of ``candidates()`` and keeps the one with the best validation NDCG@100.
 
 Inputs are dense float tensors ``x`` of shape ``(batch, n_items)`` holding the 0/1 click matrix rows
 of the users in the batch (built on the training device from a sparse matrix, one batch at a time).
