@@ -119,6 +119,16 @@ def get_device(wildcards):
     return "cpu" if DEVICE.startswith("cuda") and not uses_gpu(wildcards.model) else DEVICE
 
 
+# The resources of the jobs that need more than Snakemake's defaults, defined once for the rules
+# (`resources: **RESOURCES["train"]`): the split holds a dataset's ratings in memory (Netflix: 100M
+# rows); a training job (train_model, tune_point, tune_rung) its split and model, and a GPU where it
+# uses one (get_gpu).  On SLURM the profile (workflow/profiles/slurm) sets memory and time per rule.
+RESOURCES = {
+    "split": dict(mem_mb=8000),
+    "train": dict(mem_mb=4000, runtime=720, gpu=get_gpu, gpu_slots=get_gpu),
+}
+
+
 def get_collect_input(wildcards):
     """Every run of one (dataset, model) row."""
     return [f"{run_dir(wildcards.dataset, wildcards.model, s)}/{name}"

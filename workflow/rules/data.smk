@@ -37,6 +37,6 @@ rule split_dataset:
     params:
         args=get_split_args,
     resources:
-        mem_mb=8000,
+        **RESOURCES["split"],
     shell:
         "evcf split {params.args} --out data/processed/{wildcards.dataset} 2> {log}"

@@ -25,10 +25,7 @@ rule train_model:
         code=get_code,
     threads: config.get("threads", 2)
     resources:
-        mem_mb=4000,
-        runtime=720,
-        gpu=get_gpu,
-        gpu_slots=get_gpu,
+        **RESOURCES["train"],
     shell:
         "evcf train --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
         "--model {wildcards.model} --seed {wildcards.seed} {params.args} --tuned {input.tuned} "

@@ -31,10 +31,7 @@ rule tune_point:
     priority: 1  # grid points first: each search, its summary and its Table 1 runs form the longest chain
     threads: config.get("threads", 2)
     resources:
-        mem_mb=4000,
-        runtime=720,
-        gpu=get_gpu,
-        gpu_slots=get_gpu,
+        **RESOURCES["train"],
     shell:
         "evcf train --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
         "--model {wildcards.model} --seed {params.seed} {params.args} "
@@ -59,10 +56,7 @@ rule tune_rung:
         code=get_code,
     threads: config.get("threads", 2)
     resources:
-        mem_mb=4000,
-        runtime=720,
-        gpu=get_gpu,
-        gpu_slots=get_gpu,
+        **RESOURCES["train"],
     shell:
         "evcf tune-rung --data data/processed/{wildcards.dataset} --dataset {wildcards.dataset} "
         "--model {wildcards.model} --seed {params.seed} --rung {wildcards.rung} {params.args} "
