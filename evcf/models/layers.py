@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
