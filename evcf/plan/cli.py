@@ -11,17 +11,34 @@ __all__ = ["add_parser", "cmd_plan"]
 
 def cmd_plan(args: argparse.Namespace) -> None:
     """Jobs, epochs, hours and disk of the selection, before anything runs."""
+    import shlex
+    import sys
+
     from . import bench_figures, format_plan, load_config, make_plan
+    from ..tuning import tuning_mode
+    from .measured import compare, load_records, record_run
 
     config = load_config(Path(args.params), args.config)
+    records = load_records(Path(args.bench))
+    if args.measured:
+        command = " ".join(["evcf", *map(shlex.quote, sys.argv[1:])])
+        record = record_run(Path(args.measured), config, command=command)
+        records.update({key: (row, Path(args.write or args.measured).name) for key, row in record["rows"].items()})
+        if args.write:
+            from ..io import write_json
+
+            write_json(Path(args.write), record)
     device = args.device or config.get("device", "auto")
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = device.split(":")[0]
-    rows = make_plan(config, device=device, figures=bench_figures(Path(args.bench)))
-    print(format_plan(config, rows, device=device, params=args.params, figures_dir=args.bench), flush=True)
+    rows = make_plan(config, device=device, figures=bench_figures(Path(args.bench)), records=records)
+    print(format_plan(config, rows, device=device, params=args.params, figures_dir=args.bench,
+                      measured=compare(rows, records, tuning_mode(config))), flush=True)
+    if args.measured and args.write:
+        print(f"ok: {args.write}")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -34,5 +51,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="the device to cost (default: params.yaml's device; auto = CUDA when present)")
     p.add_argument("--bench", default="results/bench", help="the folder of evcf bench JSON figures")
+    p.add_argument("--measured", default=None, metavar="ROOT",
+                   help="record a finished run of the selection (the folder Snakemake ran in: its results/ and "
+                        "benchmarks/) and print it beside the plan (evcf/plan/measured.py)")
+    p.add_argument("--write", default=None, metavar="JSON",
+                   help="with --measured: write the record, e.g. results/bench/quickstart-synthetic.json")
     p.set_defaults(func=cmd_plan)
     return p

@@ -12,6 +12,7 @@ from ..data.shapes import SHAPES
 from ..errors import EvcfError
 from ..tuning import halving_settings, rung_budgets, rung_slots, tuning_mode
 from .figures import pick
+from .measured import epoch_share, overhead_s
 
 __all__ = ["Row", "make_plan", "GIB", "WIDTH"]
 
@@ -28,6 +29,7 @@ class Row:
     table_jobs: int = 0
     table_epochs: int = 0
     hours: dict = field(default_factory=dict)  # mode (None: no search) -> hours of the row, where costed
+    bound_hours: dict = field(default_factory=dict)  # the same at the most epochs (where hours are less)
     epoch_h: float | None = None  # hours of one epoch (with its validation) at the recipe, or of one run
     unit: str = "epoch"
     notes: list = field(default_factory=list)  # what the reader should know (printed as footnotes)
@@ -66,7 +68,11 @@ def _parameter_count(model: str, n_items: int, hparams: dict) -> int | None:
     return sum(p.numel() for p in built.parameters())
 
 
-def make_plan(config: dict[str, Any], *, device: str, figures: dict) -> list[Row]:
+def make_plan(config: dict[str, Any], *, device: str, figures: dict, records: dict | None = None) -> list[Row]:
+    """Each (dataset, model) row, costed from ``figures`` (:func:`~evcf.plan.figures.bench_figures`)
+    and, where a measured run of the dataset was recorded (``records``,
+    :func:`~evcf.plan.measured.load_records`), with two of its figures: what a job pays outside its
+    run, and the share of its bound that an early-stopping fit ran (the bound's hours kept beside)."""
     from ..models import build_model, model_class
     from ..models.base import VAEModel
     from ..training import train_config
@@ -87,8 +93,14 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict) -> list[Row
         shape = dataset if dataset in SHAPES or dataset in bench_shapes else None
         if n_items is None and shape is not None:  # not split here yet: the items of its bench
             n_items = next((f.items for key, fs in figures.items() if key[1] == shape for f in fs if f.items), None)
+        recorded = {k: v for k, v in (records or {}).items() if v[0].get("dataset") == dataset}
+        # what a job pays outside its run: measured in a recorded run of this dataset, else the bench's
+        # start-up of a process (imports only: a lower bound)
+        overhead = overhead_s([row for row, _ in recorded.values()])
+        sources = sorted({source for _, source in recorded.values()})
         for model in config["models"]:
             cls = model_class(model)
+            record = recorded.get(f"{dataset}/{model}", (None, ""))[0]
             hparams, train = run_settings(config, dataset, model)
             cfg = train_config(train)
             row = Row(dataset, model)
@@ -113,8 +125,11 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict) -> list[Row
             row.old_runs = row.table_jobs + len(points)
             found = figures.get((device, shape, model), []) if shape else []
             eval_h = lambda f: (f.eval_s or 0.0) * heldout / (f.eval_users or heldout) / 3600  # noqa: E731
-            # every job: a process start-up and the test evaluation at its end
-            job_h = lambda f: (f.startup_s or 0.0) / 3600 + eval_h(f)  # noqa: E731
+            start_h = lambda f: (f.startup_s or 0.0) / 3600 if overhead is None else overhead / 3600  # noqa: E731
+            # every job: its start-up (loading, writing) and the test evaluation at its end
+            job_h = lambda f: start_h(f) + eval_h(f)  # noqa: E731
+            # the first seed of a searched row copies its winning point's run: a job without training
+            copies = 1 if points and runs else 0
 
             def bench_hint(h: dict, t: dict) -> str:
                 extra = ("" if t.get("batch_size") == train.get("batch_size") else f" --batch-size {t['batch_size']}")
@@ -140,7 +155,7 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict) -> list[Row
                         missing += [r for r in reason.split(", ") if r not in missing]
                         hint = hint or (bench_hint(h, t) if figure is None else "")
                         continue
-                    costs.append((figure.epoch_s / 3600 + eval_h(figure), job_h(figure)))
+                    costs.append((figure.epoch_s / 3600 + eval_h(figure), job_h(figure), start_h(figure)))
                     if why and why not in row.notes:
                         row.notes.append(why)
                     if figure.pipelined and "pipelined epoch (CUDA)" not in row.notes:
@@ -150,20 +165,30 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict) -> list[Row
                 if known:
                     mean_epoch = sum(c[0] for c in known) / len(known)
                     mean_job = sum(c[1] for c in known) / len(known)
+                    copy = copies * sum(c[2] for c in known) / len(known)
                     row.epoch_h = mean_epoch
-                    table = row.table_jobs * (cfg.epochs * mean_epoch + mean_job)
-                    if points:
-                        full = sum(e * c[0] + c[1] for e, c in zip(epochs, costs) if c is not None)
+                    # with patience, at the share of its bound that the recorded run's fits ran
+                    share = epoch_share(record, cfg.epochs, cfg.patience) if record and cfg.patience else None
+
+                    def hours_at(share: float) -> dict:
+                        table = row.table_jobs * (cfg.epochs * share * mean_epoch + mean_job) + copy
+                        if not points:
+                            return {"full": table, "halving": table, None: table}
+                        full = sum(e * share * c[0] + c[1] for e, c in zip(epochs, costs) if c is not None)
                         # rung 0 trains every point to the first budget at its own cost; which points
                         # later rungs train is decided by the search: at the grid's mean cost
                         first = sum(budgets[0] * c[0] + c[1] for c in known)
                         later = sum(n * ((b - budgets[r - 1]) * mean_epoch + mean_job)
                                     for r, (n, b) in enumerate(zip(slots, budgets)) if r)
-                        row.hours = {"full": full + table, "halving": first + later + table, None: table}
-                        if row.table_jobs:
-                            row.notes.append("Table 1 runs at the grid's mean epoch (the winner is not known yet)")
-                    else:
-                        row.hours = {"full": table, "halving": table, None: table}
+                        return {"full": full + table, "halving": first + later + table, None: table}
+
+                    row.hours = hours_at(share or 1.0)
+                    if share is not None:
+                        row.bound_hours = hours_at(1.0)
+                        row.notes.append(f"early stopping: each run at {share:.0%} of its {cfg.epochs} epochs, as "
+                                         f"the recorded run's ({', '.join(sources)}); an estimate")
+                    if points and row.table_jobs:
+                        row.notes.append("Table 1 runs at the grid's mean epoch (the winner is not known yet)")
                 if row.uncosted:
                     what = (f"{row.uncosted} of {len(costs)} grid points" if points else "the recipe")
                     row.notes.append(f"not counted: {what}, no figure at {', '.join(missing)}"
@@ -173,15 +198,26 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict) -> list[Row
                 if figure is not None and figure.fit_s is not None:
                     built = build_model(model, n_items or 2, **hparams)
                     settings = len(list(built.candidates()))
-                    # a fit that selects its epoch (CDAE) scores the validation users after every epoch
-                    validations = built.config.epochs if getattr(built, "selects_epochs", False) else 1
+                    # a fit that selects its epoch (CDAE) scores the validation users after every epoch;
+                    # its figure is the fit at the most epochs; with patience, the recorded run's share of them
+                    selects = getattr(built, "selects_epochs", False)
+                    bound, patience = (built.config.epochs, built.config.patience) if selects else (1, 0)
+                    share = epoch_share(record, bound, patience) if record and patience else None
+
+                    def run_h(share: float) -> float:
+                        return (figure.fit_s * share / 3600 + eval_h(figure) * bound * share) * settings + job_h(figure)
+
                     row.unit = "run"
-                    row.epoch_h = (figure.fit_s / 3600 + eval_h(figure) * validations) * settings + job_h(figure)
-                    hours = row.epoch_h * row.table_jobs
-                    row.hours = {"full": hours, "halving": hours, None: hours}
+                    row.epoch_h = run_h(share or 1.0)
+                    row.hours = dict.fromkeys(("full", "halving", None), row.epoch_h * row.table_jobs)
+                    if share is not None:
+                        row.bound_hours = dict.fromkeys(("full", "halving", None), run_h(1.0) * row.table_jobs)
                     row.notes += [x for x in (why, f"{settings} settings fitted in each run" if settings > 1 else "",
-                                              f"validated after each of {validations} epochs" if validations > 1
-                                              else "") if x]
+                                              f"validated after each of {bound} epochs" if bound > 1 and share is None
+                                              else "",
+                                              f"early stopping: each fit at {share:.0%} of its {bound} epochs, as the "
+                                              f"recorded run's ({', '.join(sources)}); an estimate"
+                                              if share is not None else "") if x]
                 elif figure is not None and figure.note.startswith("skipped"):
                     row.notes.append(f"no figure: the bench {figure.note}")
                     row.uncosted = 1

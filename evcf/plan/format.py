@@ -28,7 +28,8 @@ def _fmt_total(hours: float) -> str:
     return f"{hours:,.1f} h ({hours / 24:,.1f} days)" if hours >= 1 else f"{hours:,.2f} h ({hours * 60:,.0f} min)"
 
 
-def format_plan(config: dict[str, Any], rows: list[Row], *, device: str, params: str, figures_dir: str) -> str:
+def format_plan(config: dict[str, Any], rows: list[Row], *, device: str, params: str, figures_dir: str,
+                measured: list[tuple[str, float, float, str]] | None = None) -> str:
     """The plan as people read it: a table within 120 columns (long notes become numbered
     footnotes under it), hours in one unit per column, totals in hours and days."""
     import textwrap
@@ -38,18 +39,20 @@ def format_plan(config: dict[str, Any], rows: list[Row], *, device: str, params:
     mode = tuning_mode(config)
     other = {"full": "halving", "halving": "full"}.get(mode or "")
     footnotes: list[str] = []
+    # one unit for both time columns: minutes when every row takes less than an hour (the quick start)
+    largest = max((h for r in rows for h in r.hours.values() if h is not None), default=0.0)
+    unit, per_hour = ("min", 60) if largest < 1 else ("h", 1)
 
     def refs(row: Row) -> str:
         marks = []
-        for note in row.notes:
+        bound = _hours(row, mode) if not row.bound_hours else row.bound_hours.get(mode)
+        extra = [f"{row.model}: at most {_fmt_h(bound, per_hour)} {unit} at the bound"] if row.bound_hours else []
+        for note in row.notes + extra:
             if note not in footnotes:
                 footnotes.append(note)
             marks.append(str(footnotes.index(note) + 1))
         return ",".join(marks)
 
-    # one unit for both time columns: minutes when every row takes less than an hour (the quick start)
-    largest = max((h for r in rows for h in r.hours.values() if h is not None), default=0.0)
-    unit, per_hour = ("min", 60) if largest < 1 else ("h", 1)
     table = [[r.dataset, r.model, f"{r.search_jobs:,}", f"{r.search_epochs.get(mode, 0) if mode else 0:,}",
               f"{r.table_jobs:,}", f"{r.table_epochs:,}", _fmt_h(_hours(r, mode), per_hour),
               *([_fmt_h(_hours(r, other), per_hour)] if other else []),
@@ -83,7 +86,14 @@ def format_plan(config: dict[str, Any], rows: list[Row], *, device: str, params:
                      "(see the notes): the hours are a lower bound")
     lines += [f"disk kept by finished runs (train.weights): {kept / GIB:,.1f} GB; the same runs' checkpoints "
               f"before this policy: {before / GIB:,.1f} GB (gradient-trained rows; self-fitting rows not estimated)",
-              "epochs and hours are upper bounds: early stopping (patience) can end a run sooner"]
+              "epochs are upper bounds, and so are the hours of a run with patience unless a recorded run of its "
+              "dataset says how soon early stopping ended it (its note says so)"]
+    if measured:
+        lines += ["", f"measured: the recorded run ({', '.join(sorted({m[3] for m in measured}))}): each row's "
+                  "jobs as Snakemake timed them, beside this plan's estimate", ""]
+        lines += columns([[key, _fmt_h(plan / 3600, per_hour), _fmt_h(seconds / 3600, per_hour),
+                           f"{plan / seconds - 1:+.0%}"] for key, plan, seconds, _ in measured],
+                         ["row", f"plan ({unit})", f"measured ({unit})", "plan vs measured"]).splitlines()
     # 120 columns: the table fits as it is; footnotes and sentences wrap (a footnote's later lines indented)
     return "\n".join(textwrap.fill(line, WIDTH, subsequent_indent="    ", break_long_words=False,
                                    break_on_hyphens=False) if len(line) > WIDTH else line for line in lines)

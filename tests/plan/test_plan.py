@@ -49,8 +49,8 @@ def test_hours_are_epochs_times_the_measured_epoch_and_its_validation(tmp_path):
     at batch 500 (100 + 100 = 200 s).  Vamp's 16 points (2 likelihoods x 4 beta caps x 2 batch sizes)
     each at their own batch size: 200 (100 + 100 s an epoch) or 500 (40 + 100 s).  Under halving,
     budgets 45 / 134 / 400 for 16 / 6 / 2 points: rung 0 at each point's cost, the promoted points
-    at the grid's mean (170 s), then the second seed's 400 epochs at that mean (the first seed's
-    run is the winner's)."""
+    at the grid's mean (170 s), then the second seed's 400 epochs at that mean; the first seed's
+    run is the winner's, copied by a job that pays its start-up only (5 s)."""
     bench = _bench(tmp_path / "bench", startup=5.0, **{"mult-vae": {**FIGURE, "batch_size": 500}, "vamp": FIGURE})
     (bench / "vamp-500.json").write_text(json.dumps({
         "device": "cpu", "shape": {"name": "ml-20m"}, "eval_users": 1000, "job_startup": {"seconds": 5.0},
@@ -65,7 +65,7 @@ def test_hours_are_epochs_times_the_measured_epoch_and_its_validation(tmp_path):
     vamp = rows["vamp"]
     assert vamp.search_epochs == {"full": 16 * 400, "halving": 16 * 45 + 6 * 89 + 2 * 266}
     assert vamp.search_jobs == 16 + 6 + 2 and vamp.table_jobs == 1 and vamp.table_epochs == 400
-    table = 400 * 170 + job
+    table = 400 * 170 + job + 5
     full = 8 * (400 * 200 + job) + 8 * (400 * 140 + job) + table
     halving = 8 * (45 * 200 + job) + 8 * (45 * 140 + job) + 6 * (89 * 170 + job) + 2 * (266 * 170 + job) + table
     assert vamp.hours["full"] * 3600 == pytest.approx(full) and vamp.hours["halving"] * 3600 == pytest.approx(halving)
