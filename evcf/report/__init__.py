@@ -5,7 +5,8 @@
 written, builds every output in memory, then writes each file to a temporary name and renames it into
 place.  Outputs, relative to ``out_dir``:
 
-* ``table1.md`` / ``table1.csv`` / ``table1.tex`` / ``table1.html`` — :mod:`evcf.report.table`
+* ``table1.md`` / ``table1.csv`` / ``table1.tex`` / ``table1.html`` — :mod:`evcf.report.table` (the
+  frame, the CSV) and the modules it names (rows, verdicts, and one renderer per format)
   (the HTML page is what Snakemake's report shows; published values come from
   :mod:`evcf.report.published`)
 * ``significance.csv`` — :mod:`evcf.report.stats`
@@ -34,8 +35,11 @@ from evcf.report import plots
 from evcf.report.published import load_published
 from evcf.report.stats import CLAIM_COLUMNS, METRICS, SIGNIFICANCE_COLUMNS, average_over_seeds, claims_table, \
     significance_table
-from evcf.report.table import PAPER_ROWS, build_table, canonical_model, order_datasets, order_models, \
-    render_html, render_latex, render_markdown, render_settings_markdown
+from evcf.report.html_page import render_html
+from evcf.report.latex import render_latex
+from evcf.report.markdown import render_markdown, render_settings_markdown
+from evcf.report.rows import PAPER_ROWS, canonical_model, order_datasets, order_models
+from evcf.report.table import build_table
 
 __all__ = ["make_report", "load_runs", "RunData"]
 

@@ -23,8 +23,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from evcf.models import model_entry
+from evcf.report.rows import METRIC_LABELS, canonical_model, dataset_label, model_label, order_models
 from evcf.report.stats import METRICS
-from evcf.report.table import METRIC_LABELS, dataset_label, model_label, order_models
 
 __all__ = ["DPI", "model_color", "metrics_plot", "learning_curves_plot", "per_user_plot",
            "train_time_plot"]
@@ -55,19 +56,16 @@ _TIME_DETAIL = {"benchmark": "the whole job = Snakemake's benchmark (start-up, d
                 "wall_seconds": "training only = metrics.json wall_seconds, the time evcf train prints "
                                 "(training and test, no start-up or data loading)"}
 
-# A fixed colour per known model (Tableau 10 and one more); other models share the rest by name.
-_MODEL_COLORS = {
-    "mult-dae": "#1f77b4", "mult-vae": "#ff7f0e", "mult-vae-gated": "#2ca02c", "vamp": "#d62728",
-    "hvamp": "#9467bd", "hvamp-gated": "#e377c2", "wmf": "#8c564b", "slim": "#bcbd22",
-    "cdae": "#17becf", "popularity": "#7f7f7f", "ease": "#393b79", "recvae": "#637939",
-}
+# A model's colour is its class's ``colour`` (evcf/models); a model without one takes one of these by name.
 _OTHER_COLORS = ["#1b9e77", "#e6ab02", "#a6761d", "#000000", "#66a61e", "#b15928"]
 _METRIC_COLORS = {"recall@20": "#4c72b0", "recall@50": "#dd8452", "ndcg@100": "#55a868"}
 
 
 def model_color(model: str) -> str:
-    """The colour of ``model`` in every figure (fixed for known models, chosen by name otherwise)."""
-    return _MODEL_COLORS.get(model) or _OTHER_COLORS[sum(map(ord, model)) % len(_OTHER_COLORS)]
+    """The colour of ``model`` in every figure: its class's ``colour``, or one chosen by name for a model
+    without one."""
+    entry = model_entry(canonical_model(model))
+    return entry.colour if entry and entry.colour else _OTHER_COLORS[sum(map(ord, model)) % len(_OTHER_COLORS)]
 
 
 def _figure(n_models: int, *, height: float = 4.8, min_width: float = 7.0) -> Figure:

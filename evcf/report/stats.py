@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from evcf.evaluate import METRICS as _EVALUATED
+
 __all__ = [
     "METRICS",
     "SIGNIFICANCE_COLUMNS",
@@ -52,7 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METRICS = ("recall@20", "recall@50", "ndcg@100")
+METRICS = tuple(_EVALUATED)  # the metrics each run computes (evcf.evaluate), in its order
 
 SIGNIFICANCE_COLUMNS = [
     "dataset",

@@ -24,7 +24,7 @@ from evcf.report.stats import holm, paired_tests
 from evcf.report.table import (build_table, canonical_model, model_label, order_datasets,
                                order_models, render_latex, render_markdown)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 METRICS = ("recall@20", "recall@50", "ndcg@100")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PAPER_ORDER = ["WMF", "SLIM", "CDAE", "Mult-DAE", "Mult-VAE", "Mult-VAE (Gated)", "Vamp", "H+Vamp",
