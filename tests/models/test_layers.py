@@ -336,7 +336,7 @@ def test_nll_from_the_clicks_equals_the_dense_formula(likelihood, dtype, pad):
 def test_the_multinomial_gradient_from_the_clicks_passes_gradcheck_with_repeated_and_padded_clicks():
     """The hand-written backward against finite differences (float64): a click listed twice counts
     twice, a padding click (value 0) not at all, values other than 1 scale their term."""
-    from evcf.models.layers import _MultinomialFromClicks
+    from evcf.models.densities import _MultinomialFromClicks
 
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(3, 7, generator=g, dtype=torch.float64).requires_grad_()
