@@ -323,9 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench_parser
     from .plan.cli import add_parser as add_plan_parser  # evcf plan (evcf/plan/)
     from .replay import add_parser as add_replay_parser  # evcf tune-replay (evcf/replay.py)
+    from .docs import add_parser as add_docs_parser  # evcf docs (evcf/docs.py)
 
     add_plan_parser(sub)
     add_replay_parser(sub)
+    add_docs_parser(sub)
 
     add_bench_parser(sub)
     from .status import add_parser as add_status_parser  # evcf status (evcf/status.py)

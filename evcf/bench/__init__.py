@@ -93,7 +93,7 @@ from .table import format_table
 from .timer import gemm_rate
 from .vae import step_flops
 
-__all__ = ["run_bench", "format_table", "add_parser", "gemm_rate", "step_flops", "bench_preprocess", "load_params",
+__all__ = ["run_bench", "format_table", "add_parser", "show", "gemm_rate", "step_flops", "bench_preprocess", "load_params",
            "load_params_checked", "recipe"]
 
 
@@ -106,23 +106,23 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _show(paths: list[str]) -> None:
-    """Print the table of each bench JSON given (committed figures, rendered as the run printed them)."""
-    for i, name in enumerate(paths):
-        path = Path(name)
+def show(paths: list[str]) -> str:
+    """The table of each bench JSON given (committed figures, rendered as the run printed them)."""
+    parts = []
+    for path in map(Path, paths):
         try:
             result = json.loads(path.read_text())
             table = format_table(result)
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise EvcfError(f"not an evcf bench result ({type(exc).__name__}: {exc})", path=path,
                             fix="give a JSON that evcf bench wrote, e.g. results/bench/cpu-synthetic.json") from None
-        print(("\n" if i else "") + f"{path}: {result.get('command') or 'evcf bench'}")
-        print(table)
+        parts.append(f"{path}: {result.get('command') or 'evcf bench'}\n{table}")
+    return "\n\n".join(parts)
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
     if args.show:
-        _show(args.show)
+        print(show(args.show))
         return
     params, params_check = load_params_checked(Path(args.params)) if args.params else (None, None)
     command = " ".join(["evcf", *map(shlex.quote, sys.argv[1:])])  # what wrote this file

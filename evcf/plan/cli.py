@@ -6,37 +6,45 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "cmd_plan"]
+__all__ = ["add_parser", "cmd_plan", "plan_text"]
 
 
-def cmd_plan(args: argparse.Namespace) -> None:
-    """Jobs, epochs, hours and disk of the selection, before anything runs."""
+def plan_text(params: str, overrides: list[str], *, device: str | None = None, bench: str = "results/bench",
+              measured: str | None = None, write: str | None = None) -> str:
+    """What ``evcf plan`` prints for these arguments; with ``measured`` (a finished run's folder),
+    that run recorded (and written to ``write``) and printed beside the plan."""
     import shlex
     import sys
 
-    from . import bench_figures, format_plan, load_config, make_plan
     from ..tuning import tuning_mode
+    from . import bench_figures, format_plan, load_config, make_plan
     from .measured import compare, load_records, record_run
 
-    config = load_config(Path(args.params), args.config)
-    records = load_records(Path(args.bench))
-    if args.measured:
+    config = load_config(Path(params), overrides)
+    records = load_records(Path(bench))
+    if measured:
         command = " ".join(["evcf", *map(shlex.quote, sys.argv[1:])])
-        record = record_run(Path(args.measured), config, command=command)
-        records.update({key: (row, Path(args.write or args.measured).name) for key, row in record["rows"].items()})
-        if args.write:
+        record = record_run(Path(measured), config, command=command)
+        records.update({key: (row, Path(write or measured).name) for key, row in record["rows"].items()})
+        if write:
             from ..io import write_json
 
-            write_json(Path(args.write), record)
-    device = args.device or config.get("device", "auto")
+            write_json(Path(write), record)
+    device = device or config.get("device", "auto")
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = device.split(":")[0]
-    rows = make_plan(config, device=device, figures=bench_figures(Path(args.bench)), records=records)
-    print(format_plan(config, rows, device=device, params=args.params, figures_dir=args.bench,
-                      measured=compare(rows, records, tuning_mode(config))), flush=True)
+    rows = make_plan(config, device=device, figures=bench_figures(Path(bench)), records=records)
+    return format_plan(config, rows, device=device, params=params, figures_dir=bench,
+                       measured=compare(rows, records, tuning_mode(config)))
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    """Jobs, epochs, hours and disk of the selection, before anything runs."""
+    print(plan_text(args.params, args.config, device=args.device, bench=args.bench, measured=args.measured,
+                    write=args.write), flush=True)
     if args.measured and args.write:
         print(f"ok: {args.write}")
 
