@@ -18,8 +18,8 @@ from evcf.report.rows import (MARK, METRIC_LABELS, SEPARATOR_TEXT, comparison_da
                               order_models, ours_parts, published_sources, seeds_lines, table_datasets, table_notes,
                               table_rows, title, without_published)
 from evcf.report.stats import METRICS
-from evcf.report.verdicts import (CLAIMS_NOTE, NO_PUBLISHED, UNCHECKED, VERDICT_HEADERS, VERDICT_NOTE, claim_parts, claims_heading,
-                                  no_verdicts_line, tolerance_note, verdict_rows)
+from evcf.report.verdicts import (CLAIMS_NOTE, NO_PUBLISHED, UNCHECKED, VERDICT_HEADERS, VERDICT_NOTE, claim_parts,
+                                  claims_heading, no_verdicts_line, tolerance_note, verdict_rows)
 
 __all__ = ["render_markdown", "render_settings_markdown", "settings_rows", "SEARCH_LABELS"]
 

@@ -137,7 +137,7 @@ def table_rows(table: pd.DataFrame, datasets: list[str] | None = None) -> list[R
     for _, group in part.groupby("row_order", sort=True):
         first = group.iloc[0]
         rows.append(Row(first["model"], first["label"], first["section"],
-                         {(r.dataset, r.metric): r for r in group.itertuples(index=False)}))
+                        {(r.dataset, r.metric): r for r in group.itertuples(index=False)}))
     return rows
 
 
