@@ -23,8 +23,8 @@ __all__ = ["SELF_FITTING_TRAIN", "code_hash", "content_hash", "code_modules", "l
            "environment", "run_identity", "identity_diff"]
 
 # the training settings a self-fitting model (WMF, SLIM, CDAE, EASE, popularity) reads: its fit has its
-# own settings under `model`; the VAE loop's (epochs, lr, β...) never reach it (evcf/training.py:
-# _fit_self_fitting, numerics), so they are neither in its identity nor in its rule's params
+# own settings under `model`; the VAE loop's (epochs, lr, β...) never reach it (evcf/training/:
+# self_fitting.py, device.py's numerics), so they are neither in its identity nor in its rule's params
 SELF_FITTING_TRAIN = ("eval_batch_size", "checkpoint_minutes", "tf32", "deterministic", "weights")
 _PACKAGE = Path(__file__).resolve().parent
 # what `evcf train` runs for every model: the loop and, through its imports, data loading, batching,

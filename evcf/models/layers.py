@@ -164,12 +164,10 @@ class GaussianHead(nn.Module):
 def keep_mask(like: torch.Tensor, p: float) -> torch.Tensor:
     """A dropout mask for ``like``: True with probability 1 − ``p``, independently per entry.
 
-    The same Bernoulli(1 − p) law as ``bernoulli_``, drawn faster on the CPU, where the generator
-    is sequential and the draws are the cost: at p = 0.5 (every model's default) one random bit per
-    entry, eight entries from each uniform random byte; otherwise a uniform compared with 1 − p, as
-    CDAE's corruption draws it (evcf/models/cdae.py).  A (1000 × 20,108) pseudo-input mask on this
-    project's 2-core machine: ~0.05 s by bits, ~0.19 s by uniforms, ~0.45 s by ``bernoulli_``.
-    Neither way reads a value back from the device (no host synchronisation on a GPU).  Each
+    The same Bernoulli(1 − p) law as ``bernoulli_``, from fewer random draws, which are the cost on
+    the CPU, where the generator is sequential: at p = 0.5 (every model's default) one random bit
+    per entry, eight entries from each uniform random byte; otherwise a uniform compared with 1 − p,
+    as CDAE's corruption draws it (evcf/models/cdae.py).  Neither way reads a value back from the device (no host synchronisation on a GPU).  Each
     draw advances the generator's offset by the mask's size, which a CUDA graph would have to
     register; evcf does not capture its step (evcf/batches.py says why).
     """
@@ -185,7 +183,7 @@ class Dropout(nn.Dropout):
     """``nn.Dropout`` (same ``p``, same train/eval behaviour, same expectation) with the mask of
     :func:`keep_mask`.  The models' dense dropouts are this: the VampPrior's pseudo-inputs, a
     (K × I) dense matrix each step, are where it matters (``F.dropout`` draws its mask with
-    ``bernoulli_``, about a fifth of a Vamp step on the CPU at ML-20M's shape)."""
+    ``bernoulli_``, one random number per entry)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:

@@ -27,9 +27,9 @@ class TrainConfig:
     patience: int = 0  # stop after more than this many epochs without improvement after warm-up (EVCF); 0 = never
     eval_batch_size: int = 2000  # Liang's evaluation batch
     precision: str = "fp32"  # "fp32" or "bf16" (autocast of the training forward pass)
-    # ours (issue 14): a checkpoint is 0.4-1.3 GB at ML-20M's shape and a GPU epoch takes seconds, so
-    # write one when this many minutes have passed since the last (and after the last epoch); 0 =
-    # after every epoch.  Not part of the run's identity: it does not change the numbers.
+    # ours (issue 14): a checkpoint holds the weights and every optimizer's state, large at ML-20M's
+    # shape, and an epoch on a GPU is short, so write one when this many minutes have passed since
+    # the last (and after the last epoch); 0 = after every epoch.  Not part of the run's identity: it does not change the numbers.
     checkpoint_minutes: float = 10.0
     # ours: the optimizer step as torch's fused Adam kernel (for Adam and AdamNormGrad): one pass over
     # each parameter instead of a chain of elementwise operations, the same update up to float
