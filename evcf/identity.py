@@ -30,7 +30,8 @@ _PACKAGE = Path(__file__).resolve().parent
 # what `evcf train` runs for every model: the loop and, through its imports, data loading, batching,
 # evaluation, metrics, the optimizers, the β schedules and the model registry
 _RUN_ROOTS = ("evcf.training", "evcf.data.sparse")
-# the registry imports every model file; a run depends only on its own model's file (and its imports)
+# the registry (which imports a model's file when that model is asked for); a run depends only on its
+# own model's file (and its imports), never on the other model files the registry names
 _REGISTRY = "evcf.models"
 # the libraries that compute a run's numbers (import name -> distribution name), when its modules import them
 _NUMERIC = {"torch": "torch", "numpy": "numpy", "scipy": "scipy", "pandas": "pandas", "implicit": "implicit",
