@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from evcf.errors import EvcfError
+from evcf.io import write_atomic
 from evcf.report import plots
 from evcf.report.published import load_published
 from evcf.report.stats import CLAIM_COLUMNS, METRICS, SIGNIFICANCE_COLUMNS, average_over_seeds, claims_table, \
@@ -246,16 +246,6 @@ def _summary(runs: pd.DataFrame) -> dict:
     return summary
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _csv(frame: pd.DataFrame) -> bytes:
     return frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
 
@@ -310,7 +300,7 @@ def make_report(runs: list[Path], out_dir: Path, *, benchmarks_dir: Path | None 
     written: dict[str, Path] = {}
     for name, payload in outputs.items():
         path = out_dir / name
-        _write_atomic(path, payload)
+        write_atomic(path, payload)
         written[name] = path
     log.info("report: %d runs, %d datasets, %d files written to %s", len(data.runs),
              data.runs["dataset"].nunique(), len(written), out_dir)
