@@ -317,7 +317,3 @@ def get_tune_summary_args(wildcards):
         return "--decisions " + " ".join(inputs)
     settings = [p["setting"] for p in _points(wildcards)]
     return f"--points {' '.join(str(Path(i).parent) for i in inputs)} --settings {q(settings)}"
-
-
-def get_tuned_input(wildcards):
-    return f"results/tune/{wildcards.dataset}/{wildcards.model}/winner.json"
