@@ -3,11 +3,16 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
 
-from evcf.metrics import ndcg_at_k, recall_at_k
+from conftest import write_synthetic_split
+from evcf.data.sparse import load_split
+from evcf.evaluate import evaluate
+from evcf.metrics import ndcg_at_k, recall_at_k, topk_hits
+from evcf.models import build_model
 
 INF = -np.inf
 
@@ -109,3 +114,40 @@ def test_matches_independent_implementation_with_masked_foldin(seed):
         r_ind, n_ind = _independent(scores, held, k)
         np.testing.assert_allclose(recall_at_k(scores, held, k), r_ind, equal_nan=True)
         np.testing.assert_allclose(ndcg_at_k(scores, held, k), n_ind, rtol=1e-6, equal_nan=True)
+
+
+# -- ties and batching -----------------------------------------------------------------------------
+
+
+def reference_ranking(scores: np.ndarray, k: int) -> np.ndarray:
+    """Independent: sort by (score descending, item index ascending)."""
+    items = np.arange(scores.shape[1])
+    return np.stack([np.lexsort((items, -row))[:k] for row in scores])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ties_rank_the_lower_item_index_first(dtype):
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(30, 57)).astype(np.float64)  # many ties, as popularity counts have
+    scores[:, 5] = -np.inf  # masked fold-in items tie too
+    heldout = rng.random((30, 57)) < 0.2
+    hits, n = topk_hits(torch.tensor(scores, dtype=dtype), torch.tensor(heldout), 20)
+    want = np.take_along_axis(heldout, reference_ranking(scores, 20), axis=1)
+    np.testing.assert_array_equal(hits.numpy(), want)
+    np.testing.assert_array_equal(n.numpy(), heldout.sum(1))
+
+
+def test_all_equal_scores_give_the_first_k_items():
+    heldout = torch.zeros(2, 10, dtype=torch.bool)
+    heldout[:, [0, 1, 9]] = True
+    hits, _ = topk_hits(torch.ones(2, 10), heldout, 3)
+    assert hits.tolist() == [[True, True, False]] * 2
+
+
+def test_popularity_evaluation_is_independent_of_the_row_batching(tmp_path):
+    data = load_split(write_synthetic_split(tmp_path / "processed", 40, n_users=400, n_items=100, mean_items=25, n_topics=5, seed=1))
+    model = build_model("popularity", data.n_items)
+    model.fit(data.train)
+    one = evaluate(model.score, data.test_tr, data.test_te, batch_size=1000).per_user
+    many = evaluate(model.score, data.test_tr, data.test_te, batch_size=7).per_user
+    pd.testing.assert_frame_equal(one, many)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evcf.cli import main
 from evcf.data.split import binarize_filter, check_fingerprint, rows_sha256, split_users, write_split
 from evcf.data.synthetic import SyntheticSpec, generate_ratings
 from evcf.errors import EvcfError
@@ -105,3 +106,37 @@ def test_rows_sha256_matches_hand_computation():
 
     frame = pd.DataFrame({"uid": [10, 2, 2], "sid": [1, 7, 3]})
     assert rows_sha256(frame) == hashlib.sha256(b"2,3\n2,7\n10,1\n").hexdigest()
+
+
+# -- the fingerprint --------------------------------------------------------------------------------
+
+
+def test_fingerprint_checks_filtered_counts(tmp_path):
+    raw = generate_ratings(SyntheticSpec(n_users=300, n_items=80, mean_items=20, n_topics=4, seed=1))
+    filtered = binarize_filter(raw, 3.5, 5)
+    split = split_users(filtered, 30)
+    right = {"ratings": len(filtered), "users": filtered["user"].nunique(),
+             "filtered_items": filtered["item"].nunique()}
+    check_fingerprint(split, right, source="x")
+    with pytest.raises(EvcfError, match="ratings: expected"):
+        check_fingerprint(split, {**right, "ratings": right["ratings"] + 1}, source="x")
+    with pytest.raises(EvcfError, match="filtered_items: expected"):
+        check_fingerprint(split, {**right, "filtered_items": 17769}, source="x")
+
+
+def test_evcf_split_checks_the_fingerprint(tmp_path, capsys):
+    """Mutation: cmd_split never calls check_fingerprint."""
+    from evcf.data.synthetic import SyntheticSpec, generate_ratings, write_ratings
+
+    raw = tmp_path / "ratings.csv"
+    write_ratings(generate_ratings(SyntheticSpec(n_users=200, n_items=60, mean_items=20, n_topics=4, seed=1)), raw)
+    args = ["split", "--raw", str(raw), "--format", "csv", "--threshold", "3.5", "--min-items", "5",
+            "--heldout", "20"]
+    assert main([*args, "--out", str(tmp_path / "ok")]) == 0
+    users = json.loads((tmp_path / "ok" / "stats.json").read_text())["filtered"]["users"]
+    capsys.readouterr()
+    assert main([*args, "--fingerprint", json.dumps({"users": users + 1}), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "users" in err
+    assert not (tmp_path / "bad").exists()
+    assert main([*args, "--fingerprint", json.dumps({"users": users}), "--out", str(tmp_path / "good")]) == 0
