@@ -18,7 +18,7 @@ def plan_text(params: str, overrides: list[str], *, device: str | None = None, b
 
     from ..tuning import tuning_mode
     from . import bench_figures, format_plan, load_config, make_plan
-    from .measured import compare, load_records, record_run
+    from .measured import compare, cpu_share, load_records, record_run
 
     config = load_config(Path(params), overrides)
     records = load_records(Path(bench))
@@ -37,8 +37,10 @@ def plan_text(params: str, overrides: list[str], *, device: str | None = None, b
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = device.split(":")[0]
     rows = make_plan(config, device=device, figures=bench_figures(Path(bench)), records=records)
-    return format_plan(config, rows, device=device, params=params, figures_dir=bench,
-                       measured=compare(rows, records, tuning_mode(config)))
+    measured = compare(rows, records, tuning_mode(config))
+    cpu = cpu_share([records[key][0] for key, *_ in measured])
+    return format_plan(config, rows, device=device, params=params, figures_dir=bench, measured=measured,
+                       measured_cpu=cpu)
 
 
 def cmd_plan(args: argparse.Namespace) -> None:

@@ -12,7 +12,7 @@ from ..data.shapes import SHAPES
 from ..errors import EvcfError
 from ..tuning import halving_settings, rung_budgets, rung_slots, tuning_mode
 from .figures import pick
-from .measured import epoch_share, overhead_s
+from .measured import epoch_share
 
 __all__ = ["Row", "make_plan", "GIB", "WIDTH"]
 
@@ -71,8 +71,8 @@ def _parameter_count(model: str, n_items: int, hparams: dict) -> int | None:
 def make_plan(config: dict[str, Any], *, device: str, figures: dict, records: dict | None = None) -> list[Row]:
     """Each (dataset, model) row, costed from ``figures`` (:func:`~evcf.plan.figures.bench_figures`)
     and, where a measured run of the dataset was recorded (``records``,
-    :func:`~evcf.plan.measured.load_records`), with two of its figures: what a job pays outside its
-    run, and the share of its bound that an early-stopping fit ran (the bound's hours kept beside)."""
+    :func:`~evcf.plan.measured.load_records`), the share of its bound that an early-stopping fit ran
+    there (a count, whatever the machine's load; the bound's hours kept beside)."""
     from ..models import build_model, model_class
     from ..models.base import VAEModel
     from ..training import train_config
@@ -94,9 +94,6 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict, records: di
         if n_items is None and shape is not None:  # not split here yet: the items of its bench
             n_items = next((f.items for key, fs in figures.items() if key[1] == shape for f in fs if f.items), None)
         recorded = {k: v for k, v in (records or {}).items() if v[0].get("dataset") == dataset}
-        # what a job pays outside its run: measured in a recorded run of this dataset, else the bench's
-        # start-up of a process (imports only: a lower bound)
-        overhead = overhead_s([row for row, _ in recorded.values()])
         sources = sorted({source for _, source in recorded.values()})
         for model in config["models"]:
             cls = model_class(model)
@@ -125,8 +122,8 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict, records: di
             row.old_runs = row.table_jobs + len(points)
             found = figures.get((device, shape, model), []) if shape else []
             eval_h = lambda f: (f.eval_s or 0.0) * heldout / (f.eval_users or heldout) / 3600  # noqa: E731
-            start_h = lambda f: (f.startup_s or 0.0) / 3600 if overhead is None else overhead / 3600  # noqa: E731
-            # every job: its start-up (loading, writing) and the test evaluation at its end
+            start_h = lambda f: (f.startup_s or 0.0) / 3600  # noqa: E731
+            # every job: a process start-up and the test evaluation at its end
             job_h = lambda f: start_h(f) + eval_h(f)  # noqa: E731
             # the first seed of a searched row copies its winning point's run: a job without training
             copies = 1 if points and runs else 0

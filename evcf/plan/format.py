@@ -29,7 +29,8 @@ def _fmt_total(hours: float) -> str:
 
 
 def format_plan(config: dict[str, Any], rows: list[Row], *, device: str, params: str, figures_dir: str,
-                measured: list[tuple[str, float, float, str]] | None = None) -> str:
+                measured: list[tuple[str, float, float, str]] | None = None,
+                measured_cpu: float | None = None) -> str:
     """The plan as people read it: a table within 120 columns (long notes become numbered
     footnotes under it), hours in one unit per column, totals in hours and days."""
     import textwrap
@@ -89,8 +90,10 @@ def format_plan(config: dict[str, Any], rows: list[Row], *, device: str, params:
               "epochs are upper bounds, and so are the hours of a run with patience unless a recorded run of its "
               "dataset says how soon early stopping ended it (its note says so)"]
     if measured:
+        share = f"{measured_cpu:.0f}%" if measured_cpu is not None else "an unknown share"
         lines += ["", f"measured: the recorded run ({', '.join(sorted({m[3] for m in measured}))}): each row's "
-                  "jobs as Snakemake timed them, beside this plan's estimate", ""]
+                  f"jobs as Snakemake timed them, beside this plan's estimate; its jobs used a median {share} of "
+                  "a CPU (Snakemake's mean_load; a single-threaded job alone on a core uses about 100%)", ""]
         lines += columns([[key, _fmt_h(plan / 3600, per_hour), _fmt_h(seconds / 3600, per_hour),
                            f"{plan / seconds - 1:+.0%}"] for key, plan, seconds, _ in measured],
                          ["row", f"plan ({unit})", f"measured ({unit})", "plan vs measured"]).splitlines()

@@ -15,9 +15,13 @@ plan's selection and writes, per (dataset, model), each job of the row:
   ``epochs_run`` in ``tuning.csv`` and its ``epochs`` setting);
 * whether it was a copy of its grid point's run (``reused_from``: the first seed of a searched row).
 
-The plan uses two of these figures, which no bench can measure: the epochs an early-stopping fit
-runs (as a share of its bound) and a job's cost outside its run.  Everything else it costs from the
-bench, and it prints the record's seconds beside its own estimate.
+and the share of a CPU that Snakemake saw the job use (its benchmark's ``mean_load``, sampled over
+the job's first 15 s): a single-threaded job far below 100% was timed while other work shared its
+core, and its seconds say more about the machine's load than about the job.
+
+The plan takes one figure from a record, which no bench measures and no load changes: the epochs
+an early-stopping fit runs (as a share of its bound).  Everything else it costs from the bench, and
+it prints the record's seconds beside its own estimate, with the record's median CPU share.
 """
 
 from __future__ import annotations
@@ -29,17 +33,17 @@ from typing import Any
 
 from ..errors import EvcfError
 
-__all__ = ["record_run", "load_records", "compare", "KIND"]
+__all__ = ["record_run", "load_records", "compare", "cpu_share", "KIND"]
 
 KIND = "measured run"  # the record's "kind" (bench_figures skips it: it has no "models")
 
 
-def _job_seconds(tsv: Path) -> float | None:
-    """The mean ``s`` of a Snakemake benchmark file (one row per repeat), None if unreadable."""
+def _benchmark(tsv: Path, column: str) -> float | None:
+    """The mean of ``column`` of a Snakemake benchmark file (one row per repeat), None if unreadable."""
     try:
         header, *rows = tsv.read_text().splitlines()
-        column = header.split("\t").index("s")
-        values = [float(r.split("\t")[column]) for r in rows if r.strip()]
+        index = header.split("\t").index(column)
+        values = [float(r.split("\t")[index]) for r in rows if r.strip()]
     except (OSError, ValueError, IndexError):
         return None
     return sum(values) / len(values) if values else None
@@ -63,7 +67,8 @@ def _epochs(folder: Path, metrics: dict) -> tuple[list[int], int | None, int]:
 
 
 def _job(root: Path, step: str, dataset: str, model: str, name: str, folder: Path) -> dict[str, Any]:
-    seconds = _job_seconds(root / "benchmarks" / step / dataset / model / f"{name}.tsv")
+    tsv = root / "benchmarks" / step / dataset / model / f"{name}.tsv"
+    seconds = _benchmark(tsv, "s")
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -73,7 +78,7 @@ def _job(root: Path, step: str, dataset: str, model: str, name: str, folder: Pat
         raise EvcfError("no benchmark of this job", path=root / "benchmarks" / step / dataset / model / f"{name}.tsv",
                         fix="record a run that Snakemake made (its benchmarks/ folder beside results/)")
     fits, bound, patience = _epochs(folder, metrics)
-    return {"step": step, "name": name, "seconds": round(seconds, 3),
+    return {"step": step, "name": name, "seconds": round(seconds, 3), "cpu_percent": _benchmark(tsv, "mean_load"),
             "run_seconds": metrics.get("wall_seconds"), "reused": bool(metrics.get("reused_from")),
             "fit_epochs": fits, "epochs_bound": bound, "patience": patience}
 
@@ -128,14 +133,6 @@ def load_records(folder: Path) -> dict[str, Any]:
     return found
 
 
-def overhead_s(rows: list[dict[str, Any]]) -> float | None:
-    """What a job paid outside its run (start-up, loading, writing): the median over the jobs of
-    the records' rows of the job's seconds less its run's."""
-    gaps = [j["seconds"] - j["run_seconds"] for row in rows for j in row["jobs"]
-            if isinstance(j.get("run_seconds"), (int, float)) and not j.get("reused")]
-    return statistics.median(gaps) if gaps else None
-
-
 def epoch_share(row: dict[str, Any], bound: int, patience: int) -> float | None:
     """The share of its bound that a fit of ``row`` ran, where the record's fits had the same
     bound and patience and stopped early (None: no such fits, or none stopped early)."""
@@ -144,6 +141,12 @@ def epoch_share(row: dict[str, Any], bound: int, patience: int) -> float | None:
     if not fits or not patience:
         return None
     return sum(fits) / len(fits) / bound
+
+
+def cpu_share(rows: list[dict[str, Any]]) -> float | None:
+    """The median share of a CPU (%) that the records' jobs used, as Snakemake saw it."""
+    shares = [j["cpu_percent"] for row in rows for j in row["jobs"] if isinstance(j.get("cpu_percent"), (int, float))]
+    return statistics.median(shares) if shares else None
 
 
 def compare(rows: list[Any], records: dict[str, Any], mode: str | None) -> list[tuple[str, float, float, str]]:
