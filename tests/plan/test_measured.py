@@ -5,10 +5,12 @@ record of a measured quick start."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from evcf.cli import main
 from evcf.errors import EvcfError
 from evcf.plan import bench_figures, load_config, make_plan
 from evcf.plan.measured import compare, load_records, record_run
@@ -52,7 +54,7 @@ def _finished_run(root: Path) -> Path:
 SELECTION = ["datasets=[synthetic]", "models=[cdae, mult-vae-evcf]", "seeds=[1, 2]"]
 
 
-def test_a_finished_run_is_recorded_row_by_row(tmp_path):
+def test_a_finished_run_is_recorded_row_by_row(tmp_path, capsys):
     """By hand: each job's seconds from Snakemake's benchmark, its run's from metrics.json, the
     epochs of each fit (CDAE's from tuning.csv), and the copy marked."""
     run = _finished_run(tmp_path / "run")
@@ -61,6 +63,12 @@ def test_a_finished_run_is_recorded_row_by_row(tmp_path):
     with pytest.raises(EvcfError, match="a halving run is not recorded"):
         record_run(run, load_config(PARAMS, [*SELECTION, "tuning=halving"]), command="x")
     record = record_run(run, load_config(PARAMS, SELECTION), command="evcf plan --measured run")
+    # the command: the same record written, and the measured rows printed beside the plan
+    out = tmp_path / "record.json"
+    assert main(["plan", "--params", str(PARAMS), "--bench", str(RECORD.parent), "--config", *SELECTION, "--measured", str(run),
+                 "--write", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"] == record["rows"]
+    assert re.search(r"^synthetic/cdae\s+[\d.]+\s+3\.0\s+[-+]\d+%$", capsys.readouterr().out, re.M)
     cdae = record["rows"]["synthetic/cdae"]["jobs"][0]
     assert cdae == {"step": "train_model", "name": "seed-1", "seconds": 90.0, "cpu_percent": 90.0, "run_seconds": 84.0,
                     "reused": False, "fit_epochs": [40, 60, 80], "epochs_bound": 200, "patience": 10}
