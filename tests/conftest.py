@@ -92,6 +92,28 @@ def workflow_copy(tmp_path: Path) -> Path:
     return make_workflow_copy(tmp_path / "wf")
 
 
+# the grid of the shared finished run: two points of Mult-VAE at hidden size 32 (a search, its winner's
+# Table 1 run), and popularity without a grid
+TINY_GRID = {"synthetic-tiny": {"mult-vae": {"train.lr": [0.001, 0.01], "model.hidden_size": [32]}}}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny workflow (:func:`make_workflow_copy` with :data:`TINY_GRID`) run once to the end by
+    ``snakemake --cores 2 all``, for the whole session.  Tests never touch it: they take a copy
+    (:func:`copy_run`), each its own."""
+    root = make_workflow_copy(tmp_path_factory.mktemp("tiny-run") / "wf", tune=TINY_GRID)
+    run([tool("snakemake"), "--cores", "2", "all"], cwd=root)
+    return root
+
+
+def copy_run(finished: Path, dest: Path) -> Path:
+    """A copy of a finished workflow folder in ``dest``: its files with their times (Snakemake
+    compares them), Snakemake's records, and the package link as it is."""
+    shutil.copytree(finished, dest, symlinks=True)
+    return dest
+
+
 def write_synthetic_split(out: Path, heldout: int, **spec) -> Path:
     """A seeded synthetic dataset (``SyntheticSpec(**spec)``), binarized (ratings > 3.5, users with
     >= 5) and split as the pipeline does, with ``heldout`` validation and test users, in ``out``."""

@@ -16,11 +16,10 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import BIN, REPO, make_workflow_copy
+from conftest import BIN, REPO, copy_run, make_workflow_copy
 
 pytestmark = pytest.mark.slow
 
-GRID = {"synthetic-tiny": {"mult-vae": {"train.lr": [0.001, 0.01]}}}
 
 
 def run(cmd, cwd, check=True):
@@ -62,9 +61,10 @@ def edit(path, old, new):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    root = own_package(make_workflow_copy(tmp_path_factory.mktemp("scope") / "wf", tune=GRID))
-    run([str(BIN / "snakemake"), "--cores", "2", "all"], root)
+def finished(tiny_run, tmp_path_factory):
+    """The session's finished tiny run (conftest.tiny_run: Mult-VAE's two-point grid, popularity),
+    copied with a package of its own: with the same code, nothing is to be done."""
+    root = own_package(copy_run(tiny_run, tmp_path_factory.mktemp("scope") / "wf"))
     assert jobs(root) == {}
     return root
 

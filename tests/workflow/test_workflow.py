@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import html as html_lib
 import json
@@ -16,7 +17,7 @@ import re
 
 import yaml
 
-from conftest import dump_params, make_workflow_copy, run, tool
+from conftest import TINY_GRID, copy_run, dump_params, make_workflow_copy, run, tool
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +30,15 @@ def _metrics(root, model):
     return {k: v for k, v in data.items() if k not in TIMING_KEYS}
 
 
-# a small grid, so that both front-ends run the search and train the table's runs with its winner
-GRID = {"synthetic-tiny": {"mult-vae": {"train.lr": [0.001, 0.01]}}}
+# a small grid (conftest.TINY_GRID), so that both front-ends run the search and train the table's
+# runs with its winner
+GRID = TINY_GRID
 
 
 @pytest.fixture(scope="module")
-def snakemake_run(tmp_path_factory):
-    root = make_workflow_copy(tmp_path_factory.mktemp("smk") / "wf", tune=GRID)
-    run([tool("snakemake"), "--cores", "2", "all"], cwd=root)
-    return root
+def snakemake_run(tiny_run, tmp_path_factory):
+    """The session's finished tiny run (`snakemake --cores 2 all`, conftest.tiny_run), copied."""
+    return copy_run(tiny_run, tmp_path_factory.mktemp("smk") / "wf")
 
 
 def test_snakemake_all_produces_every_output(snakemake_run):
@@ -130,10 +131,9 @@ def test_dvc_exp_run_downloads_a_grouplens_archive(tmp_path):
     assert "ml-100k" in shown.stdout
 
 
-def test_grid_winners_train_table1_and_a_grid_change_reruns_only_its_row(tmp_path):
-    grid = {"synthetic-tiny": {"mult-vae": {"train.lr": [0.001, 0.01], "model.hidden_size": [32]}}}
-    root = make_workflow_copy(tmp_path / "wf", tune=grid)
-    run([tool("snakemake"), "--cores", "2", "all"], cwd=root)
+def test_grid_winners_train_table1_and_a_grid_change_reruns_only_its_row(tiny_run, tmp_path):
+    grid = copy.deepcopy(TINY_GRID)  # the finished run's grid: train.lr 0.001, 0.01 at hidden size 32
+    root = copy_run(tiny_run, tmp_path / "wf")
     tune_dir = root / "results/tune/synthetic-tiny/mult-vae"
     summary = pd.read_csv(tune_dir / "summary.csv")
     assert list(summary["point"]) == [0, 1]
