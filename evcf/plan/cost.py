@@ -12,7 +12,7 @@ from ..data.shapes import SHAPES
 from ..errors import EvcfError
 from ..tuning import halving_settings, rung_budgets, rung_slots, tuning_mode
 from .figures import pick
-from .measured import epoch_share
+from .measured import epoch_share, overhead_s
 
 __all__ = ["Row", "make_plan", "GIB", "WIDTH"]
 
@@ -72,7 +72,8 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict, records: di
     """Each (dataset, model) row, costed from ``figures`` (:func:`~evcf.plan.figures.bench_figures`)
     and, where a measured run of the dataset was recorded (``records``,
     :func:`~evcf.plan.measured.load_records`), the share of its bound that an early-stopping fit ran
-    there (a count, whatever the machine's load; the bound's hours kept beside)."""
+    there (a count, whatever the machine's load; the bound's hours kept beside) and, if its jobs had
+    a CPU each, what a job pays outside its run (:func:`~evcf.plan.measured.overhead_s`)."""
     from ..models import build_model, model_class
     from ..models.base import VAEModel
     from ..training import train_config
@@ -95,6 +96,9 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict, records: di
             n_items = next((f.items for key, fs in figures.items() if key[1] == shape for f in fs if f.items), None)
         recorded = {k: v for k, v in (records or {}).items() if v[0].get("dataset") == dataset}
         sources = sorted({source for _, source in recorded.values()})
+        # what a job pays outside its run: from an uncontended recorded run of this dataset, else the
+        # bench's start-up of a process (its imports only: less than a job pays)
+        overhead = overhead_s([row for row, _ in recorded.values()])
         for model in config["models"]:
             cls = model_class(model)
             record = recorded.get(f"{dataset}/{model}", (None, ""))[0]
@@ -122,8 +126,8 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict, records: di
             row.old_runs = row.table_jobs + len(points)
             found = figures.get((device, shape, model), []) if shape else []
             eval_h = lambda f: (f.eval_s or 0.0) * heldout / (f.eval_users or heldout) / 3600  # noqa: E731
-            start_h = lambda f: (f.startup_s or 0.0) / 3600  # noqa: E731
-            # every job: a process start-up and the test evaluation at its end
+            start_h = lambda f: (f.startup_s or 0.0) / 3600 if overhead is None else overhead / 3600  # noqa: E731
+            # every job: its start-up (with loading and writing, where recorded) and its test evaluation
             job_h = lambda f: start_h(f) + eval_h(f)  # noqa: E731
             # the first seed of a searched row copies its winning point's run: a job without training
             copies = 1 if points and runs else 0
@@ -229,5 +233,8 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict, records: di
                 row.weights_bytes = count * weights[cfg.weights]
                 # weights, the best epoch's copy, Adam's two moment buffers (AdamNormGrad: the same)
                 row.checkpoint_bytes = count * 4 * 4
+            if overhead is not None and row.hours:
+                row.notes.append(f"each job: {overhead:.1f} s outside its run (start-up, loading, writing), the "
+                                 f"median of the recorded run's ({', '.join(sources)})")
             rows.append(row)
     return rows

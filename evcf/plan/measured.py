@@ -19,9 +19,12 @@ and the share of a CPU that Snakemake saw the job use (its benchmark's ``mean_lo
 the job's first 15 s): a single-threaded job far below 100% was timed while other work shared its
 core, and its seconds say more about the machine's load than about the job.
 
-The plan takes one figure from a record, which no bench measures and no load changes: the epochs
-an early-stopping fit runs (as a share of its bound).  Everything else it costs from the bench, and
-it prints the record's seconds beside its own estimate, with the record's median CPU share.
+The plan takes from a record what no bench measures: the epochs an early-stopping fit runs (as a
+share of its bound: a count, whatever the machine's load) and, from a record whose jobs had a CPU
+each (a median share of at least :data:`UNCONTENDED` %), what a job pays outside its run (start-up,
+loading the split, writing the results: the median of the jobs' seconds less their runs').
+Everything else it costs from the bench, and it prints the record's seconds beside its own
+estimate, with the record's median CPU share.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from typing import Any
 
 from ..errors import EvcfError
 
-__all__ = ["record_run", "load_records", "compare", "cpu_share", "KIND"]
+__all__ = ["record_run", "load_records", "compare", "cpu_share", "overhead_s", "epoch_share", "KIND", "UNCONTENDED"]
 
 KIND = "measured run"  # the record's "kind" (bench_figures skips it: it has no "models")
+UNCONTENDED = 80.0  # % of a CPU: a record whose jobs used less (a median) was timed under other load
 
 
 def _benchmark(tsv: Path, column: str) -> float | None:
@@ -131,6 +135,16 @@ def load_records(folder: Path) -> dict[str, Any]:
             for key, row in (data.get("rows") or {}).items():
                 found.setdefault(key, (row, path.name))
     return found
+
+
+def overhead_s(rows: list[dict[str, Any]]) -> float | None:
+    """What a job paid outside its run (start-up, loading, writing): the median over the jobs of
+    ``rows`` (not the copies) of the job's seconds less its run's; None where the jobs did not have
+    a CPU each (:data:`UNCONTENDED`), whose seconds measure the load."""
+    share = cpu_share(rows)
+    gaps = [j["seconds"] - j["run_seconds"] for row in rows for j in row["jobs"]
+            if isinstance(j.get("run_seconds"), (int, float)) and not j.get("reused")]
+    return statistics.median(gaps) if gaps and share is not None and share >= UNCONTENDED else None
 
 
 def epoch_share(row: dict[str, Any], bound: int, patience: int) -> float | None:
