@@ -118,9 +118,22 @@ def record_run(root: Path, config: dict[str, Any], *, command: str) -> dict[str,
     from ..training import resolve_device
 
     return {"kind": KIND, "command": command, "root": str(root), "datasets": list(config["datasets"]),
-            "machine": machine(resolve_device("cpu")), "cores_note": "the jobs ran as Snakemake scheduled them "
-            "(the quick start: --cores 2, threads=1: two jobs side by side)",
+            "machine": machine(resolve_device("cpu")), "snakemake": _snakemake_log(root),
             "load_average_when_recorded": load_average(), "rows": rows}
+
+
+def _snakemake_log(root: Path) -> dict[str, Any] | None:
+    """The command and the cores (jobs at a time, with one thread each) of the run's last Snakemake
+    log (``.snakemake/log/``), None where there is none."""
+    import re
+
+    logs = sorted((root / ".snakemake" / "log").glob("*.snakemake.log"))
+    if not logs:
+        return None
+    text = logs[-1].read_text(errors="replace")
+    command, cores = re.search(r"Command: (.*)", text), re.search(r"Provided cores: (\d+)", text)
+    return {"log": logs[-1].name, "command": command.group(1).strip() if command else None,
+            "cores": int(cores.group(1)) if cores else None}
 
 
 def load_records(folder: Path) -> dict[str, Any]:

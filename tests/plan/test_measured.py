@@ -75,6 +75,12 @@ def test_a_finished_run_is_recorded_row_by_row(tmp_path, capsys):
     assert cdae == {"step": "train_model", "name": "seed-1", "seconds": 90.0, "cpu_percent": 90.0, "run_seconds": 84.0,
                     "reused": False, "fit_epochs": [40, 60, 80], "epochs_bound": 200, "patience": 10}
     assert record["kind"] == "measured run" and record["command"] == "evcf plan --measured run"
+    assert record["snakemake"] is None  # no Snakemake log here; a run's says how many jobs ran at a time
+    log = run / ".snakemake/log/2026-01-01T000000.000000.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("Command: snakemake --cores 1 all\nProvided cores: 1 (use --cores to define parallelism)\n")
+    assert record_run(run, load_config(PARAMS, SELECTION), command="x")["snakemake"] == {
+        "log": log.name, "command": "snakemake --cores 1 all", "cores": 1}
     vae = record["rows"]["synthetic/mult-vae-evcf"]
     assert [(j["step"], j["name"], j["seconds"], j["reused"]) for j in vae["jobs"]] == [
         ("tune_point", "point-0", 20.0, False), ("tune_point", "point-1", 20.0, False),
