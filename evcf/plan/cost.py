@@ -96,7 +96,7 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict, records: di
             n_items = next((f.items for key, fs in figures.items() if key[1] == shape for f in fs if f.items), None)
         recorded = {k: v for k, v in (records or {}).items() if v[0].get("dataset") == dataset}
         sources = sorted({source for _, source in recorded.values()})
-        # what a job pays outside its run: from an uncontended recorded run of this dataset, else the
+        # what a job costs whatever it trains: from an uncontended recorded run of this dataset, else the
         # bench's start-up of a process (its imports only: less than a job pays)
         overhead = overhead_s([row for row, _ in recorded.values()])
         for model in config["models"]:
@@ -234,7 +234,7 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict, records: di
                 # weights, the best epoch's copy, Adam's two moment buffers (AdamNormGrad: the same)
                 row.checkpoint_bytes = count * 4 * 4
             if overhead is not None and row.hours:
-                row.notes.append(f"each job: {overhead:.1f} s outside its run (start-up, loading, writing), the "
-                                 f"median of the recorded run's ({', '.join(sources)})")
+                row.notes.append(f"each job: {overhead:.1f} s whatever it trains (start-up, loading, writing), the "
+                                 f"quickest job of the recorded run ({', '.join(sources)})")
             rows.append(row)
     return rows
