@@ -6,16 +6,18 @@ them, and prints for each (dataset, model):
 
 * the jobs of each step: search runs (``tune_point`` under ``tuning: full``, ``tune_rung`` under
   ``halving``), Table 1 runs (``train_model``; the first seed's run of a searched row is the
-  winning point's run, reused, so it is not counted);
+  winning point's run, reused: not counted as a run, but its job's start-up is);
 * the epochs trained, under ``full`` and under ``halving``, whichever is selected (an upper bound:
-  early stopping can end a run sooner);
+  early stopping can end a run sooner; a recorded run of the dataset, :mod:`~evcf.plan.measured`,
+  says how soon for the rows with patience);
 * the hours on the chosen device, from ``evcf bench`` figures for the dataset's shape
   (``results/bench/*.json``; a generated dataset such as ``synthetic`` is benched on its own split:
   ``evcf bench --shape synthetic --params params.yaml``): epoch seconds (plus the validation pass,
   scaled to the dataset's held-out users) for gradient-trained models, each grid point at its own
   batch size and network (a figure measured at another batch size or depth is not used), the
-  fit of one setting times the settings for the self-fitting ones; each job also pays the
-  measured start-up of a process and one test evaluation.  On CUDA the epoch is the pipelined one
+  fit of one setting times the settings for the self-fitting ones; each job also pays its
+  start-up (the bench's, or what the quickest job of an uncontended recorded run took) and one
+  test evaluation.  On CUDA the epoch is the pipelined one
   (steps queued back to back, as training runs them), not the synchronised one.  Where no figure
   exists for that device, shape, model and settings, it says so (with the bench command that would
   measure it) and leaves it out; it never guesses;
