@@ -1,8 +1,8 @@
 """Optimisers: plain Adam (Liang et al. 2018) and EVCF's AdamNormGrad (Kim & Suh 2019).
 
 Both have a ``fused`` form (``train.fused_optimizer``, on by default): torch's fused Adam kernel, one
-pass over each parameter instead of a chain of elementwise operations (about 7x less time on a CPU
-at ML-20M's 24-44M parameters, a sizeable part of a step).  The update is the same up to float
+pass over each parameter instead of a chain of elementwise operations (fewer passes over memory;
+``evcf bench`` measures the difference).  The update is the same up to float
 rounding, not bit for bit (tests/training/test_optim.py compares the two over several steps); off, each
 optimizer runs the elementwise form of its reference code.
 

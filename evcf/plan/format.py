@@ -93,8 +93,8 @@ def format_plan(config: dict[str, Any], rows: list[Row], *, device: str, params:
         share = f"{measured_cpu:.0f}%" if measured_cpu is not None else "an unknown share"
         lines += ["", f"measured: the recorded run ({', '.join(sorted({m[3] for m in measured}))}): each row's "
                   f"jobs as Snakemake timed them, beside this plan's estimate; its jobs used a median {share} of "
-                  "a CPU (Snakemake's mean_load: about 70% for a job alone on the idle 2-core machine, about 20% beside "
-                  "other work)", ""]
+                  "a CPU (Snakemake's mean_load, which reads well below 100% even for a job alone on an idle "
+                  "machine, and far lower beside other work)", ""]
         lines += columns([[key, _fmt_h(plan / 3600, per_hour), _fmt_h(seconds / 3600, per_hour),
                            f"{plan / seconds - 1:+.0%}"] for key, plan, seconds, _ in measured],
                          ["row", f"plan ({unit})", f"measured ({unit})", "plan vs measured"]).splitlines()

@@ -41,9 +41,8 @@ __all__ = ["record_run", "load_records", "compare", "cpu_share", "overhead_s", "
 
 KIND = "measured run"  # the record's "kind" (bench_figures skips it: it has no "models")
 # % of a CPU: a record whose jobs used less (a median) was timed under other load.  Snakemake's
-# mean_load reads well below 100% even for a job alone on an idle machine (about 75% for the quick
-# start's, one after another): its samples start with the process's own start-up; beside other
-# work the same jobs read about 20%
+# mean_load reads well below 100% even for a job alone on an idle machine (its samples start with
+# the process's own start-up), and far lower beside other work
 UNCONTENDED = 50.0
 
 

@@ -44,7 +44,7 @@ TIME_MEASURES = {
     # Snakemake's benchmark file of the train_model job: the process from start to exit
     "benchmark": "the whole job: Python and torch start-up, data loading, training with validation, "
                  "test evaluation, writing the results (Snakemake's benchmark)",
-    # evcf/training.py run(): perf_counter from the start of run() to just before metrics.json is written;
+    # evcf.training.run(): perf_counter from the start of run() to just before metrics.json is written;
     # the split is loaded before run() is called (evcf/cli.py cmd_train), and a resumed run counts only
     # the execution that finished it.  It is the time `evcf train` prints on its "ok:" line.
     "wall_seconds": "training only: model building, training with validation and test evaluation, without "
