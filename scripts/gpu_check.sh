@@ -9,7 +9,7 @@
 #
 # Each stage runs under its own time limit (the `limits` lists below; --limits prints them), and the
 # default budget fits their sum, so that every stage can run to its end: on CUDA 520 s, + 10 s for
-# the last stage's kill grace, within 9 minutes (tests/test_gpu_check.py fails if they stop fitting).
+# the last stage's kill grace, within 9 minutes (tests/bench/test_gpu_check.py fails if they stop fitting).
 #
 # It writes into OUTDIR, each file as soon as its stage ends (a stage cut short by its time limit
 # keeps what it measured, or leaves a stand-in JSON that says so; no stage stops the ones after it):
@@ -65,7 +65,7 @@ if [ "$device" = cuda ]; then
     precisions=(fp32 tf32 bf16)
     numerics_args=(--seeds 1 2 --settings fp32 tf32 bf16)
     # the whole check within 9 minutes: 520 s, + 10 s of the last stage's kill grace, + 10 s spare;
-    # each stage's own limit (seconds), which together must fit the budget (tests/test_gpu_check.py)
+    # each stage's own limit (seconds), which together must fit the budget (tests/bench/test_gpu_check.py)
     default_budget=520
     limits=(env=40 gemm=30 bench-fp32=70 bench-tf32=70 bench-bf16=70 tests=110 numerics=130)
 else
@@ -88,7 +88,7 @@ if [ -n "$print_limits" ]; then
     printf '}}\n'
     exit 0
 fi
-if [ "$limits_sum" -gt "$default_budget" ]; then  # a guard for edits: tests/test_gpu_check.py checks it too
+if [ "$limits_sum" -gt "$default_budget" ]; then  # a guard for edits: tests/bench/test_gpu_check.py checks it too
     echo "gpu_check: the stages' limits add up to $limits_sum s, more than the default budget of $default_budget s" >&2
     exit 2
 fi

@@ -33,7 +33,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     # ours: the optimizer step as torch's fused Adam kernel (for Adam and AdamNormGrad): one pass over
     # each parameter instead of a chain of elementwise operations, the same update up to float
-    # rounding (tests/test_optim.py); off = the elementwise form of the reference codes
+    # rounding (tests/training/test_optim.py); off = the elementwise form of the reference codes
     fused_optimizer: bool = True
     # ours: torch.compile of the model's loss (forward and backward; one graph, static shapes thanks
     # to the padded click lists).  Off by default; recorded in metrics.json
