@@ -6,7 +6,7 @@ written, builds every output in memory, then writes each file to a temporary nam
 place.  Outputs, relative to ``out_dir``:
 
 * ``table1.md`` / ``table1.csv`` / ``table1.tex`` / ``table1.html`` — :mod:`evcf.report.table` (the
-  frame, the CSV) and the modules it names (rows, verdicts, and one renderer per format)
+  frame, the CSV), :mod:`~evcf.report.rows`, :mod:`~evcf.report.verdicts` and one renderer per format
   (the HTML page is what Snakemake's report shows; published values come from
   :mod:`evcf.report.published`)
 * ``significance.csv`` — :mod:`evcf.report.stats`

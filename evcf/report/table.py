@@ -43,59 +43,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from evcf.report.html_page import render_html
-from evcf.report.latex import render_latex
-from evcf.report.markdown import SEARCH_LABELS, render_markdown, render_settings_markdown, settings_rows
 from evcf.report.published import Published, load_published
-from evcf.report.rows import (MARK, METRIC_LABELS, PAPER_DATASETS, PAPER_ROWS, SEPARATOR_TEXT, SIGNIFICANCE_LEVEL,
-                              canonical_model, dataset_label, model_label, model_section, order_datasets,
-                              order_models, title)
+from evcf.report.rows import SIGNIFICANCE_LEVEL, model_label, model_section, order_datasets, order_models
 from evcf.report.stats import METRICS
-from evcf.report.verdicts import (CLAIMS_NOTE, COMPARISON_LABELS, CONFIDENCE, DIRECTIONS_HEADING, MAX_SEEDS,
-                                  NO_PUBLISHED, UNCHECKED, VERDICT_HEADERS, VERDICT_NOTE, claim_verdict, half_width,
-                                  published_rounding, reproduction, seed_spreads, seeds_needed, tolerance_for)
+from evcf.report.verdicts import reproduction, seed_spreads, tolerance_for
 
-__all__ = [
-    "TABLE_COLUMNS",
-    "aggregate",
-    "build_table",
-    # from the modules the table was split into
-    "METRIC_LABELS",
-    "SIGNIFICANCE_LEVEL",
-    "MARK",
-    "SEPARATOR_TEXT",
-    "canonical_model",
-    "model_label",
-    "model_section",
-    "dataset_label",
-    "order_datasets",
-    "order_models",
-    "title",
-    "PAPER_ROWS",
-    "PAPER_DATASETS",
-    "render_markdown",
-    "render_latex",
-    "render_html",
-    "render_settings_markdown",
-    "settings_rows",
-    "SEARCH_LABELS",
-    "reproduction",
-    "half_width",
-    "published_rounding",
-    "seeds_needed",
-    "seed_spreads",
-    "tolerance_for",
-    "claim_verdict",
-    "NO_PUBLISHED",
-    "CONFIDENCE",
-    "MAX_SEEDS",
-    "VERDICT_HEADERS",
-    "VERDICT_NOTE",
-    "CLAIMS_NOTE",
-    "COMPARISON_LABELS",
-    "UNCHECKED",
-    "DIRECTIONS_HEADING",
-]
+__all__ = ["TABLE_COLUMNS", "aggregate", "build_table"]
 
 
 TABLE_COLUMNS = [

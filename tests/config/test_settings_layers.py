@@ -180,7 +180,7 @@ def test_the_table_credits_command_line_values_to_the_command_line():
     import pandas as pd
 
     from evcf.report import _command_line
-    from evcf.report.table import settings_rows
+    from evcf.report.markdown import settings_rows
 
     typed = {"settings_source": {"train.lr": {"from": "command line: model_params.mult-vae.train", "value": 0.002}}}
     assert _command_line(typed) == "train.lr = 0.002" and _command_line({}) == ""

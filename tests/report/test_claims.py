@@ -12,7 +12,11 @@ import pytest
 from scipy import stats
 
 from evcf.report.stats import CLAIMS, Claim, _seed_pairs, claims_table, holm
-from evcf.report.table import DIRECTIONS_HEADING, PAPER_ROWS, build_table, render_html, render_markdown
+from evcf.report.html_page import render_html
+from evcf.report.markdown import render_markdown
+from evcf.report.rows import PAPER_ROWS
+from evcf.report.table import build_table
+from evcf.report.verdicts import DIRECTIONS_HEADING
 
 METRICS = ("recall@20", "recall@50", "ndcg@100")
 N_USERS = 400

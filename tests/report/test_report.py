@@ -21,8 +21,10 @@ from evcf.report import make_report
 from evcf.report import published as published_module
 from evcf.report.published import load_published
 from evcf.report.stats import holm, paired_tests
-from evcf.report.table import (build_table, canonical_model, model_label, order_datasets,
-                               order_models, render_latex, render_markdown)
+from evcf.report.latex import render_latex
+from evcf.report.markdown import render_markdown
+from evcf.report.rows import canonical_model, model_label, order_datasets, order_models
+from evcf.report.table import build_table
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS = ("recall@20", "recall@50", "ndcg@100")
@@ -630,7 +632,7 @@ def _settings_run(model, seed, source="params.yaml", setting=None, selected=None
 
 def test_what_each_row_ran_with_says_which_search_chose_it(tmp_path):
     """(issue 18) full grid, successive halving, a winner borrowed from another dataset: each named."""
-    from evcf.report.table import settings_rows
+    from evcf.report.markdown import settings_rows
 
     runs = pd.DataFrame([
         _settings_run("vamp", s, "search", {"train.batch_size": 50}, search="full") for s in (1, 2)
@@ -662,7 +664,7 @@ def test_what_each_row_ran_with_says_which_search_chose_it(tmp_path):
 
 
 def test_what_each_row_ran_with_names_grid_winners_and_in_run_picks():
-    from evcf.report.table import settings_rows
+    from evcf.report.markdown import settings_rows
 
     runs = pd.DataFrame([
         _settings_run("vamp", 1, "search", {"train.batch_size": 50}),
@@ -756,7 +758,7 @@ def test_claims_from_per_user_files_with_known_winners(tmp_path):
 
 
 def test_claim_verdict_lines():
-    from evcf.report.table import claim_verdict
+    from evcf.report.verdicts import claim_verdict
 
     rows = pd.DataFrame({"metric": list(METRICS), "outcome": ["holds", "not shown", "reversed"],
                          "reason": ["", "seeds disagree", ""]})

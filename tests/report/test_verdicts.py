@@ -14,8 +14,10 @@ import pytest
 from scipy import stats
 
 from evcf.report.published import PublishedValue
-from evcf.report.table import (VERDICT_NOTE, build_table, half_width, published_rounding, render_markdown,
-                               reproduction, seed_spreads, seeds_needed)
+from evcf.report.markdown import render_markdown
+from evcf.report.table import build_table
+from evcf.report.verdicts import (VERDICT_NOTE, half_width, published_rounding, reproduction, seed_spreads,
+                                  seeds_needed)
 
 METRICS = ("recall@20", "recall@50", "ndcg@100")
 T2 = 4.302652729911275  # t(0.975, 2), from a printed t table
