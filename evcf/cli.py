@@ -324,10 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .plan.cli import add_parser as add_plan_parser  # evcf plan (evcf/plan/)
     from .replay import add_parser as add_replay_parser  # evcf tune-replay (evcf/replay.py)
     from .docs import add_parser as add_docs_parser  # evcf docs (evcf/docs.py)
+    from .timings import add_parser as add_timed_parser  # evcf timed (evcf/timings.py)
 
     add_plan_parser(sub)
     add_replay_parser(sub)
     add_docs_parser(sub)
+    add_timed_parser(sub)
 
     add_bench_parser(sub)
     from .status import add_parser as add_status_parser  # evcf status (evcf/status.py)
@@ -341,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:
-        args.func(args)
+        code = args.func(args)  # None, or the exit status of a command that passes one on (evcf timed)
     except EvcfError as exc:
         signum = getattr(exc, "signum", None)  # evcf.training.Interrupted: checkpointed, resumable
         print(f"error: {exc}", file=sys.stderr)
@@ -352,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

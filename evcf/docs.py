@@ -3,23 +3,31 @@
 No page under docs/ copies a measured figure by hand: the bench's tables (``evcf bench --show``),
 the quick start's plan beside its recorded run and the paper's plan (``evcf plan``) are printed
 into one generated page, :data:`PAGE`, by ``evcf docs --write``, from ``results/bench/*.json`` and
-params.yaml.  tests/plan/test_figures_page.py renders it again and compares it with the committed
-page byte for byte, so a new figure, a changed recipe or a changed printout shows there until the
-page is regenerated.  Registered on the ``evcf`` parser by :func:`add_parser`.
+params.yaml, with the everyday path's timing records (``results/timings/*.json``, evcf/timings.py).
+The README's times are spans ``<!-- timing:NAME -->…<!-- /timing -->`` that the same command fills
+from those records.  tests/plan/test_figures_page.py renders both again and compares them with the
+committed files byte for byte, so a new figure, a changed recipe or a changed printout shows there
+until they are regenerated.  Registered on the ``evcf`` parser by :func:`add_parser`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+from . import timings
 from .errors import EvcfError
+from .io import write_atomic
 
-__all__ = ["PAGE", "render", "add_parser"]
+__all__ = ["PAGE", "README", "render", "render_readme", "add_parser"]
 
 PAGE = "docs/figures.md"
+README = "README.md"
+# a README span that evcf docs fills from results/timings/NAME.json (evcf/timings.py)
+SPAN = re.compile(r"(<!-- timing:(?P<name>[a-z0-9-]+) -->)(?P<text>.*?)(<!-- /timing -->)")
 # the plans the page prints: (heading, evcf plan --config overrides, --device)
 PLANS = (("The quick start, beside its recorded run", ["datasets=[synthetic]"], "cpu"),
          ("The paper's selection (params.yaml) on a CPU", [], "cpu"))
@@ -62,30 +70,53 @@ def render(root: Path = Path(".")) -> str:
                                                if overrides else []), f"--device {device}"])
             lines += ["", f"## {heading}", "", f"`{command}`", "", "```",
                       plan_text("params.yaml", overrides, device=device, bench=os.fspath(bench)), "```"]
+        lines += ["", "## The everyday path", "",
+                  "How long the README's commands took, each run under `evcf timed NAME -- COMMAND` (the",
+                  "quick start's pipeline, the fast tier) or timed by `.ci/run` itself, from",
+                  f"`{timings.FOLDER}/*.json`; the README quotes the same records.", "",
+                  *timings.records_text(timings.load_records())]
     return "\n".join(lines) + "\n"
 
 
+def render_readme(root: Path = Path(".")) -> str:
+    """README.md with each ``<!-- timing:NAME -->…<!-- /timing -->`` span filled from
+    ``results/timings/NAME.json``; a span without a record is an error."""
+    figures = timings.readme_figures(timings.load_records(root / timings.FOLDER))
+    text = (root / README).read_text()
+
+    def fill(match: re.Match) -> str:
+        name = match["name"]
+        if name not in figures:
+            raise EvcfError(f"README span timing:{name} has no record", path=root / timings.FOLDER / f"{name}.json",
+                            fix=f"measure it: evcf timed {name} -- COMMAND (see evcf/timings.py)")
+        return match[1] + figures[name] + match[4]
+
+    return SPAN.sub(fill, text)
+
+
 def _cmd_docs(args: argparse.Namespace) -> None:
-    page = render()
+    rendered = {PAGE: render(), README: render_readme()}
     if args.check:
-        committed = Path(PAGE).read_text() if Path(PAGE).exists() else ""
-        if committed != page:
-            raise EvcfError("the committed page differs from what the figures render", path=PAGE,
-                            fix="run evcf docs --write and commit the page")
-        print(f"ok: {PAGE} is up to date")
+        for path, text in rendered.items():
+            committed = Path(path).read_text() if Path(path).exists() else ""
+            if committed != text:
+                raise EvcfError("the committed file differs from what the figures render", path=path,
+                                fix="run evcf docs --write and commit it")
+            print(f"ok: {path} is up to date")
         return
     if args.write:
-        Path(PAGE).write_text(page)
-        print(f"ok: {PAGE}")
+        for path, text in rendered.items():
+            write_atomic(path, text)
+            print(f"ok: {path}")
     else:
-        print(page, end="")
+        print(rendered[PAGE], end="")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``evcf docs`` on the CLI's subparsers."""
     p = subparsers.add_parser("docs", help=f"render the documentation's measured figures ({PAGE}) from "
                               "results/bench/*.json")
-    p.add_argument("--write", action="store_true", help=f"write {PAGE} (default: print it)")
-    p.add_argument("--check", action="store_true", help=f"fail if the committed {PAGE} is not what renders")
+    p.add_argument("--write", action="store_true", help=f"write {PAGE} and the README's timing spans (default: print the page)")
+    p.add_argument("--check", action="store_true", help=f"fail if the committed {PAGE} or README is not what renders")
     p.set_defaults(func=_cmd_docs)
     return p

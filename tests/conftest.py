@@ -150,3 +150,16 @@ def readme_block(heading: str) -> list[str]:
     block = section[section.index("```bash") + len("```bash"):]
     block = block[:block.index("```")]
     return [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The longest-waiting files first, for ``.ci/run``'s two workers (``-n 2``; pyproject's addopts
+    add ``--dist loadfile --no-loadscope-reorder``: each file goes whole to the next free worker, in
+    this order): the SLURM
+    test, which spends minutes waiting on the cluster's queue while the other worker runs the rest,
+    then the workflow files, which run whole pipelines; then everything else, as collected.  Run on
+    one worker, only the order changes: no test depends on another file's tests."""
+    def weight(item) -> int:
+        return 0 if item.get_closest_marker("slurm") else 1 if "workflow" in item.path.parts else 2
+
+    items.sort(key=weight)  # stable: the collected order within each group

@@ -130,16 +130,18 @@ def load_average() -> list[float] | None:
         return None
 
 
-def machine(device: Any) -> dict[str, Any]:
-    """The CPU, its cores, and the GPU of ``device`` (None on the CPU)."""
-    import torch
-
+def machine(device: Any = None) -> dict[str, Any]:
+    """The CPU, its cores, and the GPU of ``device`` (None on the CPU or without a device)."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
         cpu = names[0] if names else cpu
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    gpu = None
+    if device is not None and device.type == "cuda":
+        import torch
+
+        gpu = torch.cuda.get_device_name(device)
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "gpu": gpu,
             "summary": f"{cpu}, {usable} cores" + (f", {gpu}" if gpu else "")}
 

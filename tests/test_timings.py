@@ -1,0 +1,59 @@
+"""The README's times are measured, recorded and rendered (evcf/timings.py, evcf docs): ``evcf timed``
+records a command's wall-clock seconds, only when it succeeds, and ``evcf docs --write`` fills the
+README's ``<!-- timing:NAME -->`` spans from the records."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from evcf.cli import main
+from evcf.docs import render_readme
+from evcf.errors import EvcfError
+from evcf.timings import write_record
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_timed_records_the_commands_seconds_and_where_it_ran(tmp_path, capsys):
+    code = main(["timed", "--folder", str(tmp_path), "nap", "--",
+                 sys.executable, "-c", "import time; time.sleep(0.4)"])
+    assert code == 0
+    record = json.loads((tmp_path / "nap.json").read_text())
+    assert 0.4 <= record["seconds"] < 5 and record["phases"] == {"run": record["seconds"]}
+    assert record["command"].endswith("-c 'import time; time.sleep(0.4)'")
+    assert record["machine"]["usable_cores"] >= 1 and record["date"].count("-") == 2
+    assert "recorded in" in capsys.readouterr().out
+
+
+def test_a_failed_command_passes_its_status_on_and_keeps_the_old_record(tmp_path, capsys):
+    (tmp_path / "nap.json").write_text("old")
+    code = main(["timed", "--folder", str(tmp_path), "nap", "--", sys.executable, "-c", "raise SystemExit(3)"])
+    assert code == 3
+    assert (tmp_path / "nap.json").read_text() == "old"
+    assert "exited 3; no record written" in capsys.readouterr().err
+
+
+def test_the_committed_readme_quotes_the_committed_records():
+    """Every timing span of the README is filled from its record (and there is one for the quick start,
+    the fast tier and .ci/run)."""
+    text = (REPO / "README.md").read_text()
+    # (bootstrap: the records come from a run of this commit)
+    assert render_readme(REPO) == text, "run `evcf docs --write` and commit README.md"
+
+
+def test_a_span_is_filled_from_its_record_and_needs_one(tmp_path):
+    (tmp_path / "README.md").write_text("CI took <!-- timing:ci -->typed by hand<!-- /timing -->.\n")
+    record = tmp_path / "results/timings/ci.json"
+    write_record(record, "bash .ci/run", {"install": 100.0, "fast tier": 200.0}, [0.5, 0.4, 0.3])
+    first = render_readme(tmp_path)
+    assert first.startswith("CI took <!-- timing:ci -->300 s (5.0 min) (install 100 s, fast tier 200 s) on ")
+    assert "typed by hand" not in first
+    write_record(record, "bash .ci/run", {"install": 100.0, "fast tier": 260.0}, None)
+    assert "360 s (6.0 min)" in render_readme(tmp_path)
+    record.unlink()
+    with pytest.raises(EvcfError, match="timing:ci has no record"):
+        render_readme(tmp_path)
