@@ -81,10 +81,6 @@ def load_records(folder: Path = FOLDER) -> dict[str, dict]:
     return records
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds:,.0f} s ({seconds / 60:.1f} min)"
-
-
 def _where(record: dict) -> str:
     machine = record["machine"]
     commit = (record.get("commit") or "unknown")[:7] + ("+changes" if record.get("work_tree_changed") else "")
@@ -95,10 +91,11 @@ def readme_figures(records: dict[str, dict]) -> dict[str, str]:
     """The text of each README span ``<!-- timing:NAME -->…<!-- /timing -->``, by NAME."""
     figures = {}
     for name, record in records.items():
-        text = _minutes(record["seconds"])
+        seconds = record["seconds"]
+        parts = [f"{seconds / 60:.1f} min"]
         if len(record["phases"]) > 1:
-            text += " (" + ", ".join(f"{phase} {s:,.0f} s" for phase, s in record["phases"].items()) + ")"
-        figures[name] = f"{text} on {_where(record)}"
+            parts += [f"{phase} {s:,.0f} s" for phase, s in record["phases"].items()]
+        figures[name] = f"{seconds:,.0f} s ({', '.join(parts)}) on {_where(record)}"
     return figures
 
 

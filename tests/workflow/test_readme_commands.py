@@ -35,6 +35,7 @@ README_COMMANDS = {
     "python -m pytest": ("elsewhere", ".ci/run: the fast tier (-q aside)"),
     'python -m pytest -q -m "slow or slurm"': ("elsewhere", ".ci/run: the slow tier"),
     'python -m pytest -q -m "slow or slurm" -n 2': ("elsewhere", ".ci/run: the slow tier, as CI runs it"),
+    "evcf timed": ("name", "the command's name; tests/test_timings.py runs `evcf timed NAME -- COMMAND`"),
     "bash .ci/run": ("elsewhere", "CI runs it (a test cannot run the suite it is part of)"),
     "pip install -e .": ("elsewhere", ".ci/run installs the package (--no-deps -e ., after the lock)"),
     "pip install --no-deps -e .": ("elsewhere", ".ci/run"),
