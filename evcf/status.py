@@ -85,6 +85,8 @@ def interrupted_since(results: Path | str, since: float) -> list[str]:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 90:  # the quick start's runs take seconds per epoch: "0 min" would say nothing
+        return f"{seconds:.0f} s"
     minutes = int(round(seconds / 60))
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 

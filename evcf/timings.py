@@ -6,14 +6,15 @@ typed in.  They are measured by running the command under
 
     evcf timed NAME -- COMMAND [ARGS...]
 
-which runs COMMAND as it is (its output on the terminal), and when it succeeds writes
-``results/timings/NAME.json``: the command, its wall-clock seconds, the commit it ran at (and
-whether the work tree had changes), the machine and its load average just before the start.
-``.ci/run`` times its own phases (install, fast tier, slow tier) and writes the same kind of record
-with :func:`write_record`.  ``evcf docs --write`` renders the records into docs/figures.md and into
-the README's marked spans (:func:`readme_figures`); tests/plan/test_figures_page.py checks both.
-A command that fails, or is stopped, leaves no record, and an existing record is only replaced
-by a complete new one.
+which runs COMMAND as it is (its output on the terminal), and when it succeeds adds a run to
+``results/timings/NAME.json``: its wall-clock seconds, the commit it ran at (and whether the work
+tree had changes), the machine and its load average just before the start.  A record keeps every
+run of one command on one machine; a run of another command, or on another machine, starts the
+record again.  ``.ci/run`` times its own phases (install, fast tier, slow tier) and adds them to
+``results/timings/ci.json`` with :func:`write_record`.  ``evcf docs --write`` renders the records
+(one run's seconds, or the median and range of several) into docs/figures.md and into the README's
+marked spans (:func:`readme_figures`); tests/test_timings.py and tests/plan/test_figures_page.py
+check both.  A command that fails, or is stopped, adds no run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import datetime
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -45,8 +47,10 @@ def _git(*args: str) -> str | None:
 
 
 def write_record(path: Path, command: str, phases: dict[str, float], load_before: list[float] | None) -> dict:
-    """Write one timing record (atomically) to ``path``: ``phases`` are the measured seconds of each
-    part of ``command`` in the order they ran; the total is their sum."""
+    """Add one run to the timing record at ``path`` (atomically): ``phases`` are the measured seconds
+    of each part of ``command`` in the order they ran; the run's total is their sum.  A record keeps
+    every run of its command, so that the README can give their spread; a record of another command
+    is replaced."""
     from .bench.timer import machine
     from .io import write_json
 
@@ -54,9 +58,7 @@ def write_record(path: Path, command: str, phases: dict[str, float], load_before
         raise EvcfError(f"a timing record needs each phase's seconds (>= 0), got {phases}", path=path,
                         fix="pass the measured seconds of each phase")
     status = _git("status", "--porcelain", "--untracked-files=no")
-    record = {
-        "kind": KIND,
-        "command": command,
+    run = {
         "seconds": round(sum(phases.values()), 1),
         "phases": {name: round(float(s), 1) for name, s in phases.items()},
         "commit": _git("rev-parse", "HEAD"),
@@ -65,47 +67,74 @@ def write_record(path: Path, command: str, phases: dict[str, float], load_before
         "machine": machine(),
         "load_average_before": load_before,
     }
+    record = {"kind": KIND, "command": command, "runs": []}
+    if path.exists():
+        old = _read(path)
+        if old["command"] == command and _machine(old["runs"][-1]) == _machine(run):
+            record = old
+        else:
+            print(f"evcf timed: {path} held runs of {old['command']} on {_machine(old['runs'][-1])}; "
+                  "started again", file=sys.stderr)
+    record["runs"].append(run)
     write_json(path, record)
     return record
 
 
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EvcfError(f"unreadable timing record ({exc})", path=path, fix="restore it from git") from None
+    if not isinstance(data, dict) or data.get("kind") != KIND or not data.get("runs"):
+        raise EvcfError("not a timing record (\"kind\": \"timing\" with \"runs\")", path=path,
+                        fix=f"write it with evcf timed, or move it out of {path.parent}")
+    return data
+
+
 def load_records(folder: Path = FOLDER) -> dict[str, dict]:
     """The timing records of ``folder`` by name (the file's stem)."""
-    records = {}
-    for path in sorted(folder.glob("*.json")):
-        data = json.loads(path.read_text())
-        if data.get("kind") != KIND:
-            raise EvcfError("not a timing record (no \"kind\": \"timing\")", path=path,
-                            fix="write it with evcf timed, or move it out of " + str(folder))
-        records[path.stem] = data
-    return records
+    return {path.stem: _read(path) for path in sorted(folder.glob("*.json"))}
 
 
-def _where(record: dict) -> str:
-    machine = record["machine"]
-    commit = (record.get("commit") or "unknown")[:7] + ("+changes" if record.get("work_tree_changed") else "")
-    return f"{machine['cpu']}, {machine['usable_cores']} cores; {record['date']}, commit {commit}"
+def _machine(run: dict) -> str:
+    return f"{run['machine']['cpu']}, {run['machine']['usable_cores']} cores"
+
+
+def _where(runs: list[dict]) -> str:
+    machines = sorted({_machine(r) for r in runs})
+    dates = sorted({r["date"] for r in runs})
+    commits = sorted({(r.get("commit") or "unknown")[:7] + ("+changes" if r.get("work_tree_changed") else "")
+                      for r in runs})
+    return (f"{'; '.join(machines)}; {dates[0] if len(dates) == 1 else dates[0] + ' to ' + dates[-1]}, "
+            f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}")
 
 
 def readme_figures(records: dict[str, dict]) -> dict[str, str]:
-    """The text of each README span ``<!-- timing:NAME -->…<!-- /timing -->``, by NAME."""
+    """The text of each README span ``<!-- timing:NAME -->…<!-- /timing -->``, by NAME: one run's
+    seconds, or the median of several with their range."""
     figures = {}
     for name, record in records.items():
-        seconds = record["seconds"]
-        parts = [f"{seconds / 60:.1f} min"]
-        if len(record["phases"]) > 1:
-            parts += [f"{phase} {s:,.0f} s" for phase, s in record["phases"].items()]
-        figures[name] = f"{seconds:,.0f} s ({', '.join(parts)}) on {_where(record)}"
+        runs = record["runs"]
+        totals = [r["seconds"] for r in runs]
+        median = statistics.median(totals)
+        parts = [f"{median / 60:.1f} min"]
+        if len(runs) > 1:
+            parts[0] = f"median of {len(runs)} runs, {median / 60:.1f} min; {min(totals):,.0f}–{max(totals):,.0f} s"
+        phases = {phase: statistics.median(r["phases"][phase] for r in runs) for phase in runs[-1]["phases"]}
+        if len(phases) > 1:
+            parts += [f"{phase} {s:,.0f} s" for phase, s in phases.items()]
+        figures[name] = f"{median:,.0f} s ({', '.join(parts)}) on {_where(runs)}"
     return figures
 
 
 def records_text(records: dict[str, dict]) -> list[str]:
-    """docs/figures.md's section: one line per record, with the command that was timed."""
+    """docs/figures.md's section: one line per record, with the command that was timed and each run's
+    load average before its start."""
     lines = []
     for name, record in records.items():
-        load = record.get("load_average_before")
-        lines.append(f"- **{name}**: `{record['command']}`: {readme_figures({name: record})[name]}"
-                     + (f"; load average before the start {load[0]:.2f}" if load else "") + ".")
+        loads = [f"{r['load_average_before'][0]:.2f}" if r.get("load_average_before") else "?" for r in record["runs"]]
+        lines.append(f"- **{name}**: `{record['command']}`: {readme_figures({name: record})[name]}; "
+                     f"load average before the start {', '.join(loads)}.")
     return lines
 
 
@@ -133,7 +162,7 @@ def _cmd_timed(args: argparse.Namespace) -> int:
         return code
     path = Path(args.folder) / f"{args.name}.json"
     record = write_record(path, shlex.join(command), {"run": seconds}, load)
-    print(f"evcf timed: {record['seconds']:,.1f} s, recorded in {path}")
+    print(f"evcf timed: {seconds:,.1f} s, recorded in {path} (run {len(record['runs'])} of that command)")
     return 0
 
 

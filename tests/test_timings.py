@@ -5,6 +5,7 @@ README's ``<!-- timing:NAME -->`` spans from the records."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,17 +24,29 @@ def test_timed_records_the_commands_seconds_and_where_it_ran(tmp_path, capsys):
                  sys.executable, "-c", "import time; time.sleep(0.4)"])
     assert code == 0
     record = json.loads((tmp_path / "nap.json").read_text())
-    assert 0.4 <= record["seconds"] < 5 and record["phases"] == {"run": record["seconds"]}
     assert record["command"].endswith("-c 'import time; time.sleep(0.4)'")
-    assert record["machine"]["usable_cores"] >= 1 and record["date"].count("-") == 2
+    [run] = record["runs"]
+    assert 0.4 <= run["seconds"] < 5 and run["phases"] == {"run": run["seconds"]}
+    assert run["machine"]["usable_cores"] >= 1 and run["date"].count("-") == 2
     assert "recorded in" in capsys.readouterr().out
 
 
-def test_a_failed_command_passes_its_status_on_and_keeps_the_old_record(tmp_path, capsys):
-    (tmp_path / "nap.json").write_text("old")
+def test_runs_of_one_command_add_up_and_another_command_starts_again(tmp_path):
+    path = tmp_path / "results/timings/nap.json"
+    for seconds in (300.0, 100.0, 110.0):
+        write_record(path, "sleep", {"run": seconds}, None)
+    (tmp_path / "README.md").write_text("<!-- timing:nap --><!-- /timing -->\n")
+    assert "110 s (median of 3 runs, 1.8 min; 100–300 s) on " in render_readme(tmp_path)
+    write_record(path, "sleep 2", {"run": 50.0}, None)
+    assert [r["seconds"] for r in json.loads(path.read_text())["runs"]] == [50.0]
+
+
+def test_a_failed_command_passes_its_status_on_and_adds_no_run(tmp_path, capsys):
+    write_record(tmp_path / "nap.json", shlex.join([sys.executable, "-c", "raise SystemExit(3)"]), {"run": 1.0}, None)
+    before = (tmp_path / "nap.json").read_text()
     code = main(["timed", "--folder", str(tmp_path), "nap", "--", sys.executable, "-c", "raise SystemExit(3)"])
     assert code == 3
-    assert (tmp_path / "nap.json").read_text() == "old"
+    assert (tmp_path / "nap.json").read_text() == before
     assert "exited 3; no record written" in capsys.readouterr().err
 
 
@@ -53,7 +66,7 @@ def test_a_span_is_filled_from_its_record_and_needs_one(tmp_path):
     assert first.startswith("CI took <!-- timing:ci -->300 s (5.0 min, install 100 s, fast tier 200 s) on ")
     assert "typed by hand" not in first
     write_record(record, "bash .ci/run", {"install": 100.0, "fast tier": 260.0}, None)
-    assert "360 s (6.0 min, install 100 s, fast tier 260 s)" in render_readme(tmp_path)
+    assert "330 s (median of 2 runs, 5.5 min; 300–360 s, install 100 s, fast tier 230 s)" in render_readme(tmp_path)
     record.unlink()
     with pytest.raises(EvcfError, match="timing:ci has no record"):
         render_readme(tmp_path)

@@ -185,6 +185,31 @@ def test_returns_every_written_file(report):
     assert not list(report["out"].rglob(".*.tmp"))
 
 
+def test_every_file_the_report_writes_is_a_declared_output(report):
+    """What `evcf report` writes is what the Snakemake rule (common.smk REPORT_FILES, PLOTS) and the
+    DVC stage (dvc.yaml make_report) declare: an undeclared file is never rebuilt when it is missing."""
+    import ast
+    import re
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    smk = (repo / "workflow/rules/common.smk").read_text()
+
+    def literal(name: str):  # a top-level assignment of common.smk: NAME = <literal>, to its closing bracket
+        source = re.search(rf"^{name} = ([({{].*?[)}}])(?:\s*#[^\n]*)?\n(?!\s)", smk, re.M | re.S).group(1)
+        return ast.literal_eval(source)
+
+    written = {name for name in report["written"] if "/" not in name}
+    plots = {name.split("/")[1].rsplit("_", 1)[0] for name in report["written"] if name.startswith("plots/")}
+    assert written == set(literal("REPORT_FILES"))
+    assert plots == set(literal("PLOTS"))
+    stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["make_report"]
+    declared = {Path(entry).name for key in ("outs", "metrics") for entry in stage[key]}
+    assert written == declared
+    assert stage["plots"] == ["reports/${item.dataset}/plots"]
+
+
 def test_table_csv_ours_matches_metrics_json(report):
     table = pd.read_csv(report["out"] / "table1.csv")
     expected = expected_stats(report["root"])

@@ -59,3 +59,10 @@ def test_the_cli_prints_the_table(tmp_path, capsys):
     assert "running" in out and "synthetic/mult-vae/seed-1" in out and "epoch 10/30" in out
     assert main(["status", "--results", str(tmp_path / "empty")]) == 0
     assert "no runs" in capsys.readouterr().out
+
+
+def test_a_short_eta_is_in_seconds(tmp_path):
+    """The quick start's epochs take about a second: its ETA reads in seconds, not "0 min"."""
+    run = tmp_path / "results/synthetic/mult-vae/seed-1"
+    progress(run, epoch=4, epochs=30, epoch_seconds=1.0, updated=NOW - 0.5)
+    assert "epoch 4/30, ETA 26 s" in render(scan(tmp_path / "results", now=NOW))

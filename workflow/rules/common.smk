@@ -199,7 +199,8 @@ def get_train_args(wildcards):
 
 PLOTS = {"metrics": "test metrics", "learning_curves": "learning curves",
          "per_user_ndcg": "per-user NDCG@100", "train_time": "training time"}  # evcf/report/plots.py
-REPORT_FILES = ("table1.md", "table1.csv", "table1.tex", "table1.html", "significance.csv", "summary.json")
+REPORT_FILES = ("table1.md", "table1.csv", "table1.tex", "table1.html", "significance.csv", "claims.csv",
+                "summary.json")  # what evcf report writes (tests/report/test_report.py compares)
 # the files `snakemake --report` shows, with their captions (workflow/report/*.rst)
 SHOWN = {"table1.html": ("table1.rst", "Table 1"),
          "significance.csv": ("significance.rst", "significance tests vs. Mult-VAE")}
