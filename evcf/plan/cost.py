@@ -26,7 +26,8 @@ class Row:
     model: str
     search_jobs: int = 0
     search_epochs: dict = field(default_factory=dict)  # mode -> epochs of the search
-    table_jobs: int = 0
+    table_jobs: int = 0  # train_model jobs that train
+    copied_jobs: int = 0  # train_model jobs that copy the search winner's run (the first seed's)
     table_epochs: int = 0
     hours: dict = field(default_factory=dict)  # mode (None: no search) -> hours of the row, where costed
     bound_hours: dict = field(default_factory=dict)  # the same at the most epochs (where hours are less)
@@ -119,7 +120,8 @@ def make_plan(config: dict[str, Any], *, device: str, figures: dict, records: di
                 row.search_epochs["halving"] = row.search_epochs["full"]
             row.search_jobs = (sum(slots) if mode == "halving" else len(points)) if points else 0
             runs = len(seeds) if cls.seeded else 1
-            row.table_jobs = runs - (1 if points else 0)  # the winner's run is the first seed's
+            row.copied_jobs = 1 if points else 0  # the winner's run is the first seed's
+            row.table_jobs = runs - row.copied_jobs
             row.table_epochs = row.table_jobs * cfg.epochs if gradient else 0
             row.kept_runs = row.table_jobs + ((slots[-1] if mode == "halving" and gradient else len(points))
                                               if points else 0)

@@ -72,9 +72,10 @@ def format_plan(config: dict[str, Any], rows: list[Row], *, device: str, params:
     lines += [f"[{i}] {note}" for i, note in enumerate(footnotes, start=1)]
     if footnotes:
         lines.append("")
-    lines.append(f"jobs: {sum(r.search_jobs for r in rows)} search "
-                 f"({'tune_rung' if mode == 'halving' else 'tune_point'}), {sum(r.table_jobs for r in rows)} "
-                 "Table 1 runs (train_model; the first seed of a searched row is its winner's run, reused)")
+    trained, copied = sum(r.table_jobs for r in rows), sum(r.copied_jobs for r in rows)
+    lines.append(f"jobs: {sum(r.search_jobs for r in rows)} search ({'tune_rung' if mode == 'halving' else 'tune_point'}), "
+                 f"{trained + copied} Table 1 runs (train_model): {trained} trained, {copied} copied from the "
+                 "search's winner (a searched row's first seed)")
     if epochs["full"]:
         lines.append(f"search epochs: {epochs['full']:,} under tuning: full, {epochs['halving']:,} under tuning: "
                      f"halving ({epochs['halving'] / epochs['full']:.0%} of full)")

@@ -127,10 +127,10 @@ def test_the_figure_that_recorded_the_runs_settings_is_preferred(tmp_path):
 def test_the_papers_defaults(tmp_path):
     out = _plan()
     assert out.returncode == 0, out.stderr
-    # 288 grid points (32 for each of the three gated/EVCF-recipe rows and H+Vamp, 16 for Vamp, per
-    # dataset); 12 rows x 2 datasets: 9 seeded x 3 seeds + 3 seedless, minus the 10 searched rows'
-    # first seeds (the winners' runs)
-    assert "jobs: 300 search (tune_point), 54 Table 1 runs" in out.stdout  # with RecVAE's 6-point grid
+    # 300 grid points over the two datasets (per dataset: 32 for each of the three gated/EVCF-recipe
+    # rows and H+Vamp, 16 for Vamp, 6 for RecVAE); 33 train_model jobs per dataset (10 seeded rows x
+    # 3 seeds + 3 seedless), of which the 6 searched rows' first seeds copy their winner's run
+    assert "jobs: 300 search (tune_point), 66 Table 1 runs (train_model): 54 trained, 12 copied" in out.stdout
     assert re.search(r"hours on cpu, one job after another: [\d,.]+ h \([\d,.]+ days\) under tuning: full, "
                      r"[\d,.]+ h \([\d,.]+ days\) under tuning: halving", unwrapped(out.stdout))
     # for people: 120 columns, hours in hours only (no minutes mixed in), the notes as footnotes

@@ -44,6 +44,7 @@ README_COMMANDS = {
         "elsewhere", "not run: a download from PyTorch's index; .ci/run installs the same version"),
     "evcf plan": ("here", ""),
     "evcf plan --device cpu": ("here", ""),
+    "evcf plan --help": ("here", ""),
     "evcf plan --device cuda": ("here", "refused without CUDA figures, as the README says"),
     "evcf plan --config tuning=halving 'datasets=[ml-20m]'": ("here", ""),
     "evcf plan --config 'datasets=[synthetic]'": ("here", ""),
@@ -132,10 +133,15 @@ def test_the_readme_evcf_commands_run(monkeypatch, capsys):
     assert commands
     for command in commands:
         args = [a for word in shlex.split(command)[1:] for a in (sorted(glob.glob(word)) if "*" in word else [word])]
-        code = main(args)
+        try:
+            code = main(args)
+        except SystemExit as exc:  # argparse's --help
+            code = exc.code
         out, err = capsys.readouterr()
         if command == "evcf plan --device cuda":
             assert code == 2 and "no evcf bench figures for device 'cuda'" in err, err
+        elif "--help" in args:
+            assert code == 0 and "--measured" in out, out  # the README points there for its options
         else:
             assert code == 0, (command, err)
             assert ("hours on cpu" in out) if args[0] == "plan" else "cpu-synthetic.json" in out, command
