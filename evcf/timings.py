@@ -57,7 +57,8 @@ def write_record(path: Path, command: str, phases: dict[str, float], load_before
     if not phases or any(not isinstance(s, (int, float)) or s < 0 for s in phases.values()):
         raise EvcfError(f"a timing record needs each phase's seconds (>= 0), got {phases}", path=path,
                         fix="pass the measured seconds of each phase")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # the records themselves are not what was measured: a run added before this one is no change
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){FOLDER.as_posix()}")
     run = {
         "seconds": round(sum(phases.values()), 1),
         "phases": {name: round(float(s), 1) for name, s in phases.items()},

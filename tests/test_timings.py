@@ -70,3 +70,19 @@ def test_a_span_is_filled_from_its_record_and_needs_one(tmp_path):
     record.unlink()
     with pytest.raises(EvcfError, match="timing:ci has no record"):
         render_readme(tmp_path)
+
+
+def test_a_changed_tree_is_flagged_but_not_for_the_records_themselves(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    write_record(tmp_path / "results/timings/a.json", "true", {"run": 1.0}, None)
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"]):
+        subprocess.run(["git", *cmd], check=True)
+    write_record(tmp_path / "results/timings/a.json", "true", {"run": 2.0}, None)  # at the commit
+    write_record(tmp_path / "results/timings/a.json", "true", {"run": 3.0}, None)  # only the record changed
+    (tmp_path / "code.py").write_text("x = 2\n")
+    write_record(tmp_path / "results/timings/a.json", "true", {"run": 4.0}, None)  # the code changed
+    runs = json.loads((tmp_path / "results/timings/a.json").read_text())["runs"]
+    assert [r["work_tree_changed"] for r in runs[1:]] == [False, False, True]
