@@ -49,8 +49,8 @@ def _git(*args: str) -> str | None:
 def write_record(path: Path, command: str, phases: dict[str, float], load_before: list[float] | None) -> dict:
     """Add one run to the timing record at ``path`` (atomically): ``phases`` are the measured seconds
     of each part of ``command`` in the order they ran; the run's total is their sum.  A record keeps
-    every run of its command, so that the README can give their spread; a record of another command
-    is replaced."""
+    every run of its command on one machine, so that the README can give their spread; a record of
+    another command or machine is started again."""
     from .bench.timer import machine
     from .io import write_json
 
@@ -98,7 +98,7 @@ def load_records(folder: Path = FOLDER) -> dict[str, dict]:
 
 
 def _machine(run: dict) -> str:
-    return f"{run['machine']['cpu']}, {run['machine']['usable_cores']} cores"
+    return run["machine"]["summary"]  # evcf.bench.timer.machine's: the CPU, its usable cores, the GPU
 
 
 def _where(runs: list[dict]) -> str:
